@@ -1,0 +1,46 @@
+"""onnxruntime session handling (the only module that touches onnxruntime)."""
+
+import numpy as np
+
+from asidfe_phot import _stamps
+from asidfe_phot.exceptions import ModelError
+
+__all__ = []  # private module
+
+
+def default_providers():
+    """CUDA when onnxruntime-gpu sees a GPU, else CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def create_session(path, providers=None):
+    """An inference session for ``path``, checked against the stamp contract."""
+    import onnxruntime as ort
+
+    providers = default_providers() if providers is None else list(providers)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises several private exception types
+        msg = f"could not load ONNX model {path}: {exc}"
+        raise ModelError(msg) from exc
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    expected = [_stamps.N_INPUT_CHANNELS, _stamps.STAMP_SIZE, _stamps.STAMP_SIZE]
+    if len(inputs) != 1 or list(inputs[0].shape[1:]) != expected or len(outputs) != 1 \
+            or outputs[0].shape[-1] != 2 * len(_stamps.TARGET_NAMES):
+        msg = (f"ONNX model {path} does not follow the contract: one input (batch, "
+               f"{', '.join(map(str, expected))}) and one output (batch, 6)")
+        raise ModelError(msg)
+    return session
+
+
+def run(session, inputs):
+    """Network outputs (n, 6) for inputs (n, 2, 32, 32)."""
+    name = session.get_inputs()[0].name
+    return session.run(None, {name: np.ascontiguousarray(inputs, dtype=np.float32)})[0]

@@ -1,0 +1,21 @@
+"""Warnings and errors raised by asidfe_phot."""
+
+from astropy.utils.exceptions import AstropyUserWarning
+
+__all__ = ["AsidfePhotWarning", "FlaggedSourcesWarning", "NoSourceNoiseWarning", "ModelError"]
+
+
+class AsidfePhotWarning(AstropyUserWarning):
+    """Base class of asidfe_phot warnings."""
+
+
+class FlaggedSourcesWarning(AsidfePhotWarning):
+    """Some sources were flagged; see the ``flags`` column (one warning per call)."""
+
+
+class NoSourceNoiseWarning(AsidfePhotWarning):
+    """The error map lacks the sources' Poisson noise, so bright sources' errors are too small."""
+
+
+class ModelError(ValueError):
+    """A model file is missing, corrupt, or does not follow the preprocessing contract."""

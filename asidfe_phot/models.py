@@ -1,0 +1,114 @@
+"""
+The model registry: the ONNX models that ship with the package.
+
+A model directory holds ``model.onnx`` and ``config.json`` (the model card:
+version, sha256, training recipe, preprocessing contract, metrics). Loading
+verifies the sha256 and the contract, so a corrupt, truncated or
+incompatible file fails loudly instead of giving wrong numbers.
+"""
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+
+from asidfe_phot import _stamps
+from asidfe_phot.exceptions import ModelError
+
+__all__ = ["DEFAULT_MODEL", "list_models", "model_path", "load_model_card", "verify_model"]
+
+#: The model used when none is named.
+DEFAULT_MODEL = "asidfe_tsmve_v1"
+
+_CONTRACT_KEYS = ("stamp_size", "flux_softening")
+
+
+def _registry_root():
+    return resources.files("asidfe_phot._model_files")
+
+
+def list_models():
+    """Names of the models shipped with the package."""
+    root = _registry_root()
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "config.json").is_file())
+
+
+def model_path(model=None):
+    """
+    Directory of a model: a registry name, a path to a model directory, or None (default).
+
+    Raises
+    ------
+    ModelError
+        If no such model exists.
+    """
+    if model is None:
+        model = DEFAULT_MODEL
+    candidate = Path(model)
+    if candidate.is_dir():
+        directory = candidate
+    else:
+        entry = _registry_root() / str(model)
+        if not entry.is_dir():
+            msg = (f"model {model!r} is neither a model directory nor a shipped model; "
+                   f"shipped models: {list_models()}")
+            raise ModelError(msg)
+        directory = Path(str(entry))
+    for name in ("config.json", "model.onnx"):
+        if not (directory / name).is_file():
+            msg = f"model directory {directory} has no {name}"
+            raise ModelError(msg)
+    return directory
+
+
+def load_model_card(model=None):
+    """The model card (``config.json``) of a model, as a dict."""
+    path = model_path(model) / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        msg = f"model card {path} is not valid JSON: {exc}"
+        raise ModelError(msg) from exc
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_model(model=None):
+    """
+    Check a model's file against its card: sha256 and preprocessing contract.
+
+    Returns
+    -------
+    directory : `~pathlib.Path`
+    card : dict
+
+    Raises
+    ------
+    ModelError
+        On a checksum mismatch, a missing card entry, or a contract that differs
+        from this version of the package's preprocessing.
+    """
+    directory = model_path(model)
+    card = load_model_card(directory)
+    for key in ("sha256", "contract", "name", "version"):
+        if key not in card:
+            msg = f"model card {directory / 'config.json'} lacks {key!r}"
+            raise ModelError(msg)
+    digest = _sha256(directory / "model.onnx")
+    if digest != card["sha256"]:
+        msg = (f"{directory / 'model.onnx'} is corrupt or was replaced: sha256 {digest} "
+               f"differs from the model card's {card['sha256']}")
+        raise ModelError(msg)
+    ours = _stamps.contract()
+    for key in _CONTRACT_KEYS:
+        if card["contract"].get(key) != ours[key]:
+            msg = (f"model {card['name']} was trained with {key}={card['contract'].get(key)!r} "
+                   f"but this package preprocesses with {key}={ours[key]!r}")
+            raise ModelError(msg)
+    return directory, card

@@ -1,0 +1,360 @@
+"""Machine-learning photometry: the photutils-compatible `MLPhotometry` class."""
+
+import sys
+import warnings
+from datetime import UTC, datetime
+
+import numpy as np
+from astropy.table import QTable
+
+from asidfe_phot import _onnx, _stamps
+from asidfe_phot import flags as _flags
+from asidfe_phot._background import estimate_background
+from asidfe_phot._validation import coerce_data, parse_positions, value_in_unit
+from asidfe_phot.exceptions import FlaggedSourcesWarning, NoSourceNoiseWarning
+from asidfe_phot.models import verify_model
+
+__all__ = ["MLPhotometry"]
+
+OUTPUT_COLUMNS = ("id", "x_init", "y_init", "x_fit", "y_fit", "flux_fit", "x_err", "y_err",
+                  "flux_err", "flags")
+#: Flags serious enough for a (single, summary) warning.
+_WARN_FLAGS = _flags.NO_OVERLAP | _flags.CORE_MASKED | _flags.SATURATED
+_CORE_RADIUS = 3
+_SATURATION_RADIUS = 2
+_SNR_RANGE = (2.0, 3e4)
+
+
+class _PreparedImage:
+    """Everything per image that stamps are cut from (computed once per call)."""
+
+    def __init__(self, subtracted, bad, error, rms, gain, raw, saturation):
+        self.subtracted = subtracted    # data - background
+        self.bad = bad                  # masked or non-finite pixels (or None)
+        self.error = error              # user's total error map, or None
+        self.rms = rms                  # background rms map (used when error is None)
+        self.gain = gain                # effective gain for the source Poisson term, or None
+        self.raw = raw                  # data before background subtraction
+        self.saturation = saturation
+
+
+class MLPhotometry:
+    """
+    Photometry and astrometry of point sources with a TS-MVE neural network.
+
+    For each input position a 32x32 stamp is cut from the background-subtracted
+    image and a two-step mean-variance estimation CNN (Stoppa et al. 2023)
+    predicts the total flux, the sub-pixel centre and a calibrated 1-sigma
+    uncertainty of each. A drop-in for photutils' `~photutils.psf.PSFPhotometry`
+    and `~photutils.aperture.aperture_photometry` in scripts.
+
+    The instance is immutable after construction and holds one onnxruntime
+    session, so it can be reused for many images.
+
+    Parameters
+    ----------
+    model : str or path-like, optional
+        A shipped model name (see `asidfe_phot.models.list_models`) or a model
+        directory (``model.onnx`` + ``config.json``). Default: the shipped
+        default model. Its sha256 is checked against its card.
+    batch_size : int, optional
+        Stamps per network call; memory is bounded by this, not by the number
+        of sources.
+    providers : list of str, optional
+        onnxruntime execution providers. Default: CUDA when onnxruntime-gpu
+        and a GPU are present, else CPU.
+    progress_bar : bool, optional
+        Print progress to stderr.
+    finder : callable, optional
+        A photutils finder (e.g. `~photutils.detection.DAOStarFinder`) used when
+        ``init_params`` is not given; it runs on the background-subtracted image.
+    localbkg_estimator : `~photutils.background.LocalBackground`, optional
+        Subtract a local annulus background per source, after the 2-D background.
+    background_box_size : int, optional
+        Mesh size (px) of the default 2-D background estimate.
+    max_shift : float, optional
+        Flag sources whose fitted position is further than this (px) from the input.
+
+    Notes
+    -----
+    Pixel convention (photutils'): 0-based, integer coordinates are pixel centres.
+
+    ``flux_err``, ``x_err`` and ``y_err`` are the network's predicted 1-sigma
+    uncertainties of the total flux and position. They include background and
+    source photon noise, read noise and the effect of neighbours, and are
+    calibrated on simulations (z-score std near 1 per S/N bin; see the model
+    card). For them to hold at high S/N the network must know the sources'
+    Poisson noise: pass ``error`` (a total error map, e.g. from
+    `~photutils.utils.calc_total_error`), or ``gain`` (electrons per data unit),
+    or an image whose sky level has not been subtracted (the effective gain is
+    then ``sky / rms**2``). Otherwise rows get the ``NO_SOURCE_NOISE`` flag.
+    """
+
+    def __init__(self, model=None, *, batch_size=2048, providers=None, progress_bar=False,
+                 finder=None, localbkg_estimator=None, background_box_size=64, max_shift=2.0):
+        if int(batch_size) != batch_size or batch_size < 1:
+            msg = f"batch_size must be a positive integer, got {batch_size!r}"
+            raise ValueError(msg)
+        if finder is not None and not callable(finder):
+            msg = "finder must be callable, e.g. photutils.detection.DAOStarFinder(...)"
+            raise TypeError(msg)
+        if localbkg_estimator is not None and not callable(localbkg_estimator):
+            msg = "localbkg_estimator must be callable, e.g. photutils.background.LocalBackground"
+            raise TypeError(msg)
+        if background_box_size < 8:
+            msg = f"background_box_size must be >= 8 px, got {background_box_size}"
+            raise ValueError(msg)
+        if not max_shift > 0:
+            msg = f"max_shift must be positive, got {max_shift}"
+            raise ValueError(msg)
+        self._model_dir, self._card = verify_model(model)
+        self._session = _onnx.create_session(self._model_dir / self._card.get("file",
+                                                                              "model.onnx"),
+                                             providers)
+        self.batch_size = int(batch_size)
+        self.progress_bar = bool(progress_bar)
+        self.finder = finder
+        self.localbkg_estimator = localbkg_estimator
+        self.background_box_size = int(background_box_size)
+        self.max_shift = float(max_shift)
+
+    @property
+    def model_card(self):
+        """A copy of the model card (dict)."""
+        return dict(self._card)
+
+    @property
+    def providers(self):
+        """The onnxruntime providers in use."""
+        return self._session.get_providers()
+
+    def __repr__(self):
+        return (f"<MLPhotometry(model={self._card['name']}_v{self._card['version']}, "
+                f"batch_size={self.batch_size}, providers={self.providers}, "
+                f"finder={self.finder!r}, localbkg_estimator={self.localbkg_estimator!r})>")
+
+    @staticmethod
+    def decode_flags(flags):
+        """Names of the flags set in ``flags`` (see `asidfe_phot.flags`)."""
+        return _flags.decode_flags(flags)
+
+    def __call__(self, data, *, mask=None, error=None, init_params=None, background=None,
+                 gain=None, saturation=None, wcs=None):
+        """
+        Measure the sources in ``data``.
+
+        Parameters
+        ----------
+        data : 2-D array, `~astropy.units.Quantity`, `~numpy.ma.MaskedArray` or `~astropy.nddata.NDData`
+            The image. NDData (e.g. CCDData) gives its mask, uncertainty, unit
+            and wcs. Big-endian FITS data are fine.
+        mask : 2-D bool array, optional
+            True for pixels to ignore (non-finite pixels are always ignored).
+            Merged with a MaskedArray's mask.
+        error : 2-D array or Quantity, optional
+            Total 1-sigma error per pixel, data units (see Notes of the class).
+        init_params : `~astropy.table.Table`, optional
+            Input positions, under any of the column names photutils'
+            PSFPhotometry accepts: x in ``x_init, xinit, x, x_0, x0, xcentroid,
+            x_centroid, x_peak, xcen, x_cen, xpos, x_pos, x_fit, xfit`` (y alike),
+            or a ``sky_centroid`` SkyCoord column with ``wcs``; optional unique
+            ``id``. Without it, the ``finder`` given at construction is used.
+        background : float, 2-D array, Quantity or `~photutils.background.Background2D`, optional
+            The background to subtract. Default: estimated with a sigma-clipped
+            mesh (``background_box_size``). Pass ``0`` for background-subtracted data.
+        gain : float, optional
+            Effective gain, electrons per data unit, for the sources' Poisson
+            noise when ``error`` is not given.
+        saturation : float or Quantity, optional
+            Saturation level (data units, before background subtraction): stamps
+            whose core reaches it are flagged ``SATURATED``.
+        wcs : WCS, optional
+            Adds a ``sky_centroid`` column; converts ``sky_centroid`` inputs.
+
+        Returns
+        -------
+        `~astropy.table.QTable`
+            One row per input row, in input order: ``id, x_init, y_init, x_fit,
+            y_fit, flux_fit, x_err, y_err, flux_err, flags`` (flux in the data's
+            unit; positions in pixels) and ``sky_centroid`` when a WCS is known.
+            ``meta`` records the model, its sha256, the providers, the gain and
+            background used, and the package versions.
+
+        Raises
+        ------
+        ValueError, TypeError, astropy.units.UnitsError
+            On bad input, with a message naming the problem.
+        """
+        image, unit, mask, error, wcs = coerce_data(data, mask, error, wcs)
+        if init_params is None:
+            if self.finder is None:
+                msg = "give init_params (a table of positions) or construct with a finder"
+                raise ValueError(msg)
+        prepared, info = self._prepare(image, unit, mask, error, background, gain, saturation)
+        if init_params is None:
+            found = self.finder(prepared.subtracted, mask=prepared.bad)
+            init_params = found if found is not None else QTable({"x": [], "y": []})
+        x, y, ids = parse_positions(init_params, wcs)
+        results = self._measure(prepared, x, y)
+        return self._assemble(ids, x, y, results, unit, wcs, info)
+
+    def _prepare(self, image, unit, mask, error, background, gain, saturation):
+        bad = ~np.isfinite(image)
+        if mask is not None:
+            bad |= mask
+        if error is not None:
+            bad |= ~np.isfinite(error) | (error <= 0)
+        if bad.all():
+            msg = "data has no usable pixel (all masked or non-finite)"
+            raise ValueError(msg)
+        info = {}
+        if background is None:
+            bkg, rms = estimate_background(image, bad, self.background_box_size)
+            info["background"] = f"mesh {self.background_box_size} px"
+        else:
+            if hasattr(background, "background") and hasattr(background, "background_rms"):
+                bkg = value_in_unit(background.background, unit, "background")
+                rms = value_in_unit(background.background_rms, unit, "background")
+                info["background"] = type(background).__name__
+            else:
+                bkg = value_in_unit(background, unit, "background")
+                rms = None
+                info["background"] = "user"
+            bkg = np.broadcast_to(np.asarray(bkg, dtype=np.float32), image.shape)
+            if rms is None and error is None:
+                _, rms = estimate_background(image - bkg, bad, self.background_box_size)
+            elif rms is not None:
+                rms = np.broadcast_to(np.asarray(rms, dtype=np.float32), image.shape)
+        subtracted = np.where(bad, np.float32(0), image - bkg).astype(np.float32, copy=False)
+        if gain is not None:
+            gain = float(value_in_unit(gain, None if unit is None else 1 / unit, "gain"))
+            if not gain > 0:
+                msg = f"gain must be positive (electrons per data unit), got {gain}"
+                raise ValueError(msg)
+            info["gain"] = gain
+        elif error is None:
+            level = float(np.median(bkg[~bad]))
+            noise = float(np.median(rms[~bad]))
+            # A sky that was not subtracted reveals the effective gain: sky / rms^2.
+            if noise > 0 and level > 3 * noise:
+                gain = level / noise**2
+                info["gain"] = f"{gain:.6g} (sky / rms^2)"
+            else:
+                info["gain"] = None
+        if saturation is not None:
+            saturation = float(value_in_unit(saturation, unit, "saturation"))
+        prepared = _PreparedImage(subtracted, bad if bad.any() else None, error, rms, gain,
+                                  image, saturation)
+        return prepared, info
+
+    def _measure(self, prepared, x, y):
+        n = x.size
+        out = {k: np.full(n, np.nan) for k in ("x_fit", "y_fit", "flux_fit", "x_err", "y_err",
+                                               "flux_err")}
+        out["flags"] = np.zeros(n, dtype=np.int32)
+        size = _stamps.STAMP_SIZE
+        ref = size // 2
+        core = slice(ref - _CORE_RADIUS, ref + _CORE_RADIUS + 1)
+        sat = slice(ref - _SATURATION_RADIUS, ref + _SATURATION_RADIUS + 1)
+        local = None
+        if self.localbkg_estimator is not None and n:
+            local = np.asarray(self.localbkg_estimator(prepared.subtracted, x, y,
+                                                       mask=prepared.bad), dtype=np.float32)
+            local = np.nan_to_num(local)
+        for start in range(0, n, self.batch_size):
+            sl = slice(start, min(start + self.batch_size, n))
+            bx, by = x[sl], y[sl]
+            data, inside = _stamps.cutout_stamps(prepared.subtracted, bx, by, size)
+            valid = inside
+            if prepared.bad is not None:
+                bad, _ = _stamps.cutout_stamps(prepared.bad, bx, by, size, fill=True)
+                valid = inside & ~bad
+            if local is not None:
+                data = data - local[sl, None, None]
+            if prepared.error is not None:
+                error, _ = _stamps.cutout_stamps(prepared.error, bx, by, size, fill=1.0)
+            else:
+                rms, _ = _stamps.cutout_stamps(prepared.rms, bx, by, size, fill=1.0)
+                error = _stamps.total_error(data, rms, prepared.gain)
+            inputs, scale = _stamps.encode_inputs(data, error, valid)
+            usable = valid.any(axis=(1, 2)) & np.isfinite(scale) & (scale > 0)
+            f = np.zeros(len(scale), dtype=np.int32)
+            f[~inside.all(axis=(1, 2))] |= _flags.EDGE
+            f[~valid.all(axis=(1, 2)) & inside.all(axis=(1, 2))] |= _flags.MASKED
+            if prepared.bad is not None:
+                f[(~valid[:, core, core]).any(axis=(1, 2)) & inside[:, core, core].all(
+                    axis=(1, 2))] |= _flags.CORE_MASKED | _flags.MASKED
+            f[~usable] |= _flags.NO_OVERLAP
+            if prepared.saturation is not None:
+                raw, _ = _stamps.cutout_stamps(prepared.raw, bx, by, size, fill=-np.inf)
+                f[(raw[:, sat, sat] >= prepared.saturation).any(axis=(1, 2))] |= _flags.SATURATED
+            if prepared.error is None and prepared.gain is None:
+                f |= _flags.NO_SOURCE_NOISE
+            idx = np.flatnonzero(usable)
+            if idx.size:
+                res = _stamps.decode_outputs(_onnx.run(self._session, inputs[idx]), scale[idx])
+                rx = _stamps.reference_pixel(bx[idx])
+                ry = _stamps.reference_pixel(by[idx])
+                xf, yf = rx + res["dx"], ry + res["dy"]
+                gl = start + idx
+                out["x_fit"][gl], out["y_fit"][gl] = xf, yf
+                out["flux_fit"][gl] = res["flux"]
+                out["x_err"][gl], out["y_err"][gl] = res["dx_err"], res["dy_err"]
+                out["flux_err"][gl] = res["flux_err"]
+                shift = np.hypot(xf - bx[idx], yf - by[idx])
+                f[idx[shift > self.max_shift]] |= _flags.LARGE_SHIFT
+                snr = res["flux"] / res["flux_err"]
+                f[idx[(snr < _SNR_RANGE[0]) | (snr > _SNR_RANGE[1])]] |= _flags.OUTSIDE_TRAINING
+                f[idx[res["flux"] <= 0]] |= _flags.NONPOSITIVE_FLUX
+            out["flags"][sl] = f
+            if self.progress_bar:
+                print(f"\rMLPhotometry: {sl.stop}/{n} sources", end="", file=sys.stderr)
+        if self.progress_bar and n:
+            print(file=sys.stderr)
+        return out
+
+    def _assemble(self, ids, x, y, res, unit, wcs, info):
+        tbl = QTable()
+        tbl["id"] = ids
+        tbl["x_init"] = x
+        tbl["y_init"] = y
+        tbl["x_fit"] = res["x_fit"]
+        tbl["y_fit"] = res["y_fit"]
+        tbl["flux_fit"] = res["flux_fit"] if unit is None else res["flux_fit"] * unit
+        tbl["x_err"] = res["x_err"]
+        tbl["y_err"] = res["y_err"]
+        tbl["flux_err"] = res["flux_err"] if unit is None else res["flux_err"] * unit
+        tbl["flags"] = res["flags"]
+        if wcs is not None:
+            tbl["sky_centroid"] = wcs.pixel_to_world(tbl["x_fit"], tbl["y_fit"])
+        tbl.meta.update(self._meta(info))
+        nwarn = int(np.count_nonzero(tbl["flags"] & _WARN_FLAGS))
+        if nwarn:
+            msg = (f"{nwarn} of {len(tbl)} sources are flagged (no usable pixels, masked core "
+                   "or saturated); see the 'flags' column and MLPhotometry.decode_flags")
+            warnings.warn(msg, FlaggedSourcesWarning, stacklevel=3)
+        if len(tbl) and np.all(tbl["flags"] & _flags.NO_SOURCE_NOISE):
+            msg = ("no error map, gain or sky level tells the network the sources' Poisson "
+                   "noise, so flux_err is too small for bright sources; pass error= or gain=")
+            warnings.warn(msg, NoSourceNoiseWarning, stacklevel=3)
+        return tbl
+
+    def _meta(self, info):
+        import onnxruntime
+
+        from asidfe_phot import __version__
+
+        return {
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "asidfe_phot_version": __version__,
+            "onnxruntime_version": onnxruntime.__version__,
+            "numpy_version": np.__version__,
+            "model_name": self._card["name"],
+            "model_version": self._card["version"],
+            "model_sha256": self._card["sha256"],
+            "providers": self.providers,
+            "batch_size": self.batch_size,
+            "max_shift": self.max_shift,
+            **info,
+        }
+

@@ -1,0 +1,90 @@
+"""Batches of network inputs and targets from the sharded stamp data set."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from asidfe_phot import _stamps
+
+_STORED = _stamps.STORED_STAMP_SIZE
+_SIZE = _stamps.STAMP_SIZE
+
+
+class StampSet:
+    """
+    One split of a data set written by `training.simulate`, held in memory.
+
+    Parameters
+    ----------
+    root : path
+        Data set directory (with ``index.json``).
+    split : {'train', 'val', 'test'}
+    limit : int, optional
+        Use only the first ``limit`` stamps (quick runs, equal-budget comparisons).
+    """
+
+    def __init__(self, root, split, limit=None):
+        root = Path(root)
+        index = json.loads((root / "index.json").read_text())
+        shards = index["splits"][split]["shards"]
+        stamps, meta = [], []
+        total = 0
+        for name in shards:
+            if limit is not None and total >= limit:
+                break
+            m = np.load(root / f"{name}.meta.npy")
+            s = np.load(root / f"{name}.stamps.npy", mmap_mode="r")
+            take = len(m) if limit is None else min(len(m), limit - total)
+            stamps.append(np.ascontiguousarray(s[:take]))
+            meta.append(m[:take])
+            total += take
+        self.stamps = np.concatenate(stamps) if stamps else np.zeros((0, _STORED, _STORED),
+                                                                     np.float32)
+        self.meta = np.concatenate(meta) if meta else np.zeros(0)
+        self.index = index
+
+    def __len__(self):
+        return len(self.meta)
+
+    def batch(self, idx, rng=None):
+        """
+        Inputs and targets for stamps ``idx``.
+
+        With ``rng``: random 32x32 crops of the 34x34 stamps and random flips /
+        transposes (targets transformed alike). Without: the central crop.
+
+        Returns
+        -------
+        inputs : (n, 2, 32, 32) float32
+        targets : (n, 3) float32
+        scale : (n,) float64
+        """
+        n = len(idx)
+        meta = self.meta[idx]
+        if rng is None:
+            cx = cy = np.ones(n, dtype=np.int64)
+        else:
+            cx, cy = rng.integers(0, _STORED - _SIZE + 1, (2, n))
+        ar = np.arange(_SIZE)
+        rows = (cy[:, None] + ar)[:, :, None]
+        cols = (cx[:, None] + ar)[:, None, :]
+        data = self.stamps[idx[:, None, None], rows, cols]
+        # Truth position in crop pixel-index coordinates.
+        px = meta["true_dx"] + _STORED // 2 - cx
+        py = meta["true_dy"] + _STORED // 2 - cy
+        if rng is not None:
+            flip_x, flip_y, swap = rng.integers(0, 2, (3, n)).astype(bool)
+            data = np.where(flip_x[:, None, None], data[:, :, ::-1], data)
+            px = np.where(flip_x, _SIZE - 1 - px, px)
+            data = np.where(flip_y[:, None, None], data[:, ::-1, :], data)
+            py = np.where(flip_y, _SIZE - 1 - py, py)
+            data = np.where(swap[:, None, None], data.transpose(0, 2, 1), data)
+            px, py = np.where(swap, py, px), np.where(swap, px, py)
+        # The error map a user would pass: background rms plus the source's Poisson noise.
+        error = _stamps.total_error(data, meta["rms"][:, None, None], meta["gain"][:, None, None])
+        valid = np.ones(data.shape, dtype=bool)
+        inputs, scale = _stamps.encode_inputs(data, error, valid)
+        ref = _SIZE // 2
+        targets = _stamps.encode_targets(px - ref, py - ref, meta["flux"], scale)
+        return inputs, targets, scale

@@ -1,0 +1,110 @@
+"""
+Export trained weights to ONNX with a model card (``config.json``) and check parity.
+
+    python -m training.export --weights runs/v1/step2/best.pt --out models/asidfe_tsmve_v1 \
+        --name asidfe_tsmve --version 1 --card-extra runs/v1/card_extra.json
+"""
+
+import argparse
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from asidfe_phot import _stamps
+from training.model import LOGVAR_MAX, LOGVAR_MIN, TSMVE
+
+OPSET = 17
+INPUT_NAME, OUTPUT_NAME = "stamps", "outputs"
+
+
+def _git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def export_onnx(model, path):
+    """Write ``model`` as an opset-17 ONNX graph with a dynamic batch axis."""
+    model = model.eval().to(memory_format=torch.contiguous_format)
+    dummy = torch.zeros(2, _stamps.N_INPUT_CHANNELS, _stamps.STAMP_SIZE, _stamps.STAMP_SIZE)
+    torch.onnx.export(model, (dummy,), str(path), input_names=[INPUT_NAME],
+                      output_names=[OUTPUT_NAME], opset_version=OPSET, dynamo=False,
+                      dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+
+
+def parity(model, path, n=64, seed=0):
+    """Max absolute and relative difference between torch and onnxruntime outputs."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, (n, _stamps.N_INPUT_CHANNELS, _stamps.STAMP_SIZE,
+                          _stamps.STAMP_SIZE)).astype(np.float32)
+    x[:, 0] += 3 * np.exp(-0.5 * ((np.arange(32) - 16) ** 2)[None, :] / 4)[None]
+    with torch.no_grad():
+        ref = model.eval()(torch.from_numpy(x)).numpy()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {INPUT_NAME: x})[0]
+    diff = np.abs(got - ref)
+    return {"max_abs_diff": float(diff.max()),
+            "max_rel_diff": float((diff / np.maximum(np.abs(ref), 1e-3)).max())}
+
+
+def export(weights, out, name, version, card_extra=None):
+    """Export ``weights`` into the model directory ``out``; returns the card."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = TSMVE()
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"] if "model" in state else state)
+    onnx_path = out / "model.onnx"
+    export_onnx(model, onnx_path)
+    check = parity(model, onnx_path)
+    if check["max_rel_diff"] > 1e-4 and check["max_abs_diff"] > 1e-4:
+        msg = f"ONNX parity check failed: {check}"
+        raise RuntimeError(msg)
+    card = {
+        "name": name, "version": int(version), "file": "model.onnx",
+        "sha256": sha256(onnx_path), "opset": OPSET,
+        "input": {"name": INPUT_NAME, "shape": ["batch", _stamps.N_INPUT_CHANNELS,
+                                                _stamps.STAMP_SIZE, _stamps.STAMP_SIZE]},
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", 6]},
+        "contract": _stamps.contract(),
+        "logvar_bounds": [LOGVAR_MIN, LOGVAR_MAX],
+        "parity": check,
+        "training_commit": _git_commit(),
+    }
+    if card_extra:
+        card.update(card_extra)
+    (out / "config.json").write_text(json.dumps(card, indent=2, default=float) + "\n")
+    return card
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--name", default="asidfe_tsmve")
+    parser.add_argument("--version", type=int, default=1)
+    parser.add_argument("--card-extra", default=None, help="JSON file merged into the card")
+    args = parser.parse_args(argv)
+    extra = json.loads(Path(args.card_extra).read_text()) if args.card_extra else None
+    card = export(args.weights, args.out, args.name, args.version, extra)
+    print(json.dumps({k: card[k] for k in ("name", "version", "sha256", "parity")}))
+
+
+if __name__ == "__main__":
+    main()

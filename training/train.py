@@ -1,0 +1,209 @@
+"""
+Train the TS-MVE network (step 1: Huber on the means; step 2: Gaussian NLL on
+both branches) or a plain MVE baseline member (NLL from scratch).
+
+    python -m training.train --data runs/data_v1 --stage step1 --out runs/v1/step1 --samples 3e6
+    python -m training.train --data runs/data_v1 --stage step2 --init runs/v1/step1/best.pt \
+        --out runs/v1/step2 --samples 2e6
+
+Resumable: rerunning the same command continues from ``OUT/last.pt``.
+``--init`` starts from given weights and ``--freeze`` holds layers fixed (transfer learning).
+"""
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.data import StampSet
+from training.model import (LOGVAR_MAX, LOGVAR_MIN, TSMVE, gaussian_nll, huber,
+                            sigma_head_parameters)
+
+STAGES = ("step1", "step2", "mve")
+
+
+def _metrics(outputs, targets, with_variance):
+    n = targets.shape[1]
+    err = outputs[:, :n] - targets
+    out = {"mse": float((err**2).mean()), "mae": float(err.abs().mean()),
+           "huber": float(huber(outputs, targets))}
+    if with_variance:
+        out["nll"] = float(gaussian_nll(outputs, targets))
+    return out
+
+
+def evaluate(model, dataset, batch_size=1024, with_variance=True, limit=None):
+    """Validation metrics over (up to ``limit`` of) ``dataset``, central crops, no augmentation."""
+    model.eval()
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    outs, tgts = [], []
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            idx = np.arange(start, min(start + batch_size, n))
+            x, t, _ = dataset.batch(idx)
+            outs.append(model(torch.from_numpy(x).contiguous(memory_format=torch.channels_last)))
+            tgts.append(torch.from_numpy(t))
+    model.train()
+    return _metrics(torch.cat(outs), torch.cat(tgts), with_variance)
+
+
+def _start_variances_at_residuals(model, val_set, n=8192):
+    """Start step 2 with each log-variance at the step-1 residual variance of its target."""
+    idx = np.arange(min(n, len(val_set)))
+    x, t, _ = val_set.batch(idx)
+    with torch.no_grad():
+        mean = model.mean(torch.from_numpy(x))
+        var = ((mean - torch.from_numpy(t)) ** 2).mean(dim=0)
+        for k, head in enumerate(model.logvar.heads):
+            last_layer = head[-1]
+            last_layer.weight.mul_(0.01)
+            target = torch.log(var[k].clamp_min(1e-8))
+            frac = (target - LOGVAR_MIN) / (LOGVAR_MAX - LOGVAR_MIN)
+            last_layer.bias.fill_(float(torch.logit(frac.clamp(1e-4, 1 - 1e-4))))
+
+
+def freeze(model, what):
+    """Hold parts fixed: 'conv' (both branches' conv blocks) or 'mean' (the whole mean branch)."""
+    for part in what:
+        if part == "conv":
+            params = list(model.mean.convs.parameters()) + list(model.logvar.convs.parameters())
+        elif part == "mean":
+            params = list(model.mean.parameters())
+        else:
+            msg = f"freeze: unknown part {part!r}; use 'conv' or 'mean'"
+            raise ValueError(msg)
+        for p in params:
+            p.requires_grad_(False)
+
+
+def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batch_size=256,
+          lr=1e-3, eval_every=250_000, val_limit=50_000, patience=8, train_limit=None,
+          threads=None, device="cpu", checkpoint_seconds=300, log=print):
+    """Train one network; returns its history. See the module docstring."""
+    if stage not in STAGES:
+        msg = f"stage must be one of {STAGES}, got {stage!r}"
+        raise ValueError(msg)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    train_set = StampSet(data, "train", limit=train_limit)
+    val_set = StampSet(data, "val", limit=val_limit)
+    model = TSMVE().to(memory_format=torch.channels_last)
+    if init is not None:
+        state = torch.load(init, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"] if "model" in state else state)
+    freeze(model, freeze_parts)
+    with_variance = stage != "step1"
+    last = out / "last.pt"
+    if stage == "step2" and not last.exists():
+        _start_variances_at_residuals(model, val_set)
+    if stage == "step1":
+        params = [p for p in model.mean.parameters() if p.requires_grad]
+        groups = [{"params": params}]
+    else:
+        decayed = {id(p) for p in sigma_head_parameters(model)}
+        mean_ids = {id(p) for p in model.mean.parameters()}
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        # Step 2 refines the step-1 means gently (a tenth of the rate), so the early,
+        # still-wrong variances cannot undo them (the instability TS-MVE exists to avoid).
+        mean_lr = lr * 0.1 if stage == "step2" else lr
+        groups = [{"params": [p for p in trainable if id(p) in mean_ids], "lr": mean_lr},
+                  {"params": [p for p in trainable
+                              if id(p) not in mean_ids and id(p) not in decayed]},
+                  {"params": [p for p in trainable if id(p) in decayed], "weight_decay": 1e-3}]
+        groups = [g for g in groups if g["params"]]
+    optimizer = torch.optim.Adam(groups, lr=lr)
+    total_steps = max(1, int(samples) // batch_size)
+    # Constant rate for 40 % of the budget, then exponential decay to a tenth.
+    def rate(step):
+        frac = step / total_steps
+        return 1.0 if frac < 0.4 else math.exp(math.log(0.1) * (frac - 0.4) / 0.6)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
+    state = {"step": 0, "history": [], "best": math.inf, "bad_evals": 0}
+    if last.exists():
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        state = ckpt["state"]
+        log(f"resumed at step {state['step']}")
+    rng = np.random.default_rng([seed, state["step"]])
+    loss_fn = gaussian_nll if with_variance else huber
+    steps_per_eval = max(1, eval_every // batch_size)
+    model.train()
+    t_last_ckpt = t0 = time.time()
+    running = []
+
+    def save(path):
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "state": state, "stage": stage}, path)
+
+    while state["step"] < total_steps and state["bad_evals"] < patience:
+        idx = rng.integers(0, len(train_set), batch_size)
+        x, t, _ = train_set.batch(idx, rng)
+        x = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+        outputs = model(x)
+        loss = loss_fn(outputs, torch.from_numpy(t))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        state["step"] += 1
+        running.append(loss.item())
+        if state["step"] % steps_per_eval == 0 or state["step"] == total_steps:
+            metrics = evaluate(model, val_set, with_variance=with_variance)
+            key = metrics["nll"] if with_variance else metrics["huber"]
+            entry = {"step": state["step"], "samples": state["step"] * batch_size,
+                     "train_loss": float(np.mean(running)), "lr": scheduler.get_last_lr()[0],
+                     "seconds": time.time() - t0,
+                     **{f"val_{k}": v for k, v in metrics.items()}}
+            running = []
+            state["history"].append(entry)
+            if key < state["best"]:
+                state["best"], state["bad_evals"] = key, 0
+                torch.save({"model": model.state_dict()}, out / "best.pt")
+            else:
+                state["bad_evals"] += 1
+            (out / "history.json").write_text(json.dumps(state["history"], indent=1))
+            log(json.dumps(entry))
+            save(last)
+            t_last_ckpt = time.time()
+        elif time.time() - t_last_ckpt > checkpoint_seconds:
+            save(last)
+            t_last_ckpt = time.time()
+    save(last)
+    if not (out / "best.pt").exists():
+        torch.save({"model": model.state_dict()}, out / "best.pt")
+    (out / "DONE").write_text(json.dumps({"step": state["step"], "best": state["best"]}))
+    return state["history"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--stage", required=True, choices=STAGES)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--samples", type=float, default=3e6, help="training budget in stamps")
+    parser.add_argument("--init", default=None, help="start from these weights (.pt)")
+    parser.add_argument("--freeze", default="", help="comma-separated: conv, mean")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--eval-every", type=int, default=250_000)
+    parser.add_argument("--train-limit", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    train(args.data, args.stage, args.out, args.samples, init=args.init,
+          freeze_parts=[p for p in args.freeze.split(",") if p], seed=args.seed,
+          batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
+          train_limit=args.train_limit, threads=args.threads)
+
+
+if __name__ == "__main__":
+    main()
