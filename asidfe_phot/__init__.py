@@ -12,6 +12,6 @@ except ImportError:  # not installed (source checkout without a build)
     __version__ = "0.0.dev0"
 
 from asidfe_phot.flags import decode_flags  # noqa: F401
-from asidfe_phot.photometry import *  # noqa: F401,F403
+from asidfe_phot.photometry import MLPhotometry  # noqa: F401
 
 __all__ = ["MLPhotometry", "decode_flags", "__version__"]

@@ -95,10 +95,13 @@ def total_error(data, background_rms, gain=None):
 def noise_scale(error_stamps, valid):
     """Median per-pixel error of each stamp over its valid pixels, shape (n,)."""
     err = np.where(valid, error_stamps, np.nan)
-    flat = err.reshape(err.shape[0], -1)
-    with np.errstate(invalid="ignore"):
-        scale = np.nanmedian(flat, axis=1) if flat.size else np.zeros(0)
-    return scale.astype(np.float64)
+    flat = err.reshape(err.shape[0], int(np.prod(err.shape[1:])))
+    # Stamps without a valid pixel get NaN (np.nanmedian would warn on all-NaN rows).
+    scale = np.full(flat.shape[0], np.nan)
+    some = np.isfinite(flat).any(axis=1)
+    if some.any():
+        scale[some] = np.nanmedian(flat[some], axis=1)
+    return scale
 
 
 def encode_inputs(data_stamps, error_stamps, valid, scale=None):

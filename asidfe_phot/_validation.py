@@ -4,8 +4,7 @@ import warnings
 
 import astropy.units as u
 import numpy as np
-from astropy.nddata import (InverseVariance, NDData, StdDevUncertainty,
-                            VarianceUncertainty)
+from astropy.nddata import InverseVariance, NDData, StdDevUncertainty, VarianceUncertainty
 from astropy.table import Table
 
 from asidfe_phot.exceptions import AsidfePhotWarning
@@ -59,8 +58,9 @@ def coerce_data(data, mask, error, wcs, stacklevel=4):
     if isinstance(data, NDData):
         for given, attr in ((mask, "mask"), (error, "uncertainty"), (wcs, "wcs")):
             if given is not None and getattr(data, attr) is not None:
-                msg = (f"both the NDData's {attr} and the {attr if attr != 'uncertainty' else 'error'}"
-                       " keyword were given; the keyword is used")
+                keyword = "error" if attr == "uncertainty" else attr
+                msg = (f"both the NDData's {attr} and the {keyword} keyword were given; "
+                       "the keyword is used")
                 warnings.warn(msg, AsidfePhotWarning, stacklevel=stacklevel)
         if error is None and data.uncertainty is not None:
             error = _uncertainty_to_error(data.uncertainty)

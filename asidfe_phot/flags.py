@@ -11,26 +11,33 @@ __all__ = ["FLAG_DEFINITIONS", "EDGE", "MASKED", "CORE_MASKED", "NO_OVERLAP", "L
            "OUTSIDE_TRAINING", "NONPOSITIVE_FLUX", "SATURATED", "NO_SOURCE_NOISE",
            "decode_flags", "flag_table"]
 
-#: The single registry: (bit, name, description).
-FLAG_DEFINITIONS = (
-    (1, "EDGE", "the 32x32 stamp extends beyond the image; missing pixels set to background"),
-    (2, "MASKED", "the stamp holds masked or non-finite pixels; they are set to background"),
-    (4, "CORE_MASKED", "masked or non-finite pixels within 3 px of the input position: "
-                       "results unreliable"),
-    (8, "NO_OVERLAP", "no usable pixel in the stamp: results are NaN"),
-    (16, "LARGE_SHIFT", "fitted position more than 2 px from the input position "
-                        "(outside the offsets seen in training)"),
-    (32, "OUTSIDE_TRAINING", "predicted S/N outside the training range (below 2 or above "
-                             "30000) or a non-positive noise scale"),
-    (64, "NONPOSITIVE_FLUX", "fitted flux is zero or negative"),
-    (128, "SATURATED", "a pixel within 2 px of the source reaches the saturation level"),
-    (256, "NO_SOURCE_NOISE", "no error map, gain or sky level told the network the sources' "
-                             "Poisson noise: flux_err is too small for bright sources"),
-)
+EDGE = 1
+MASKED = 2
+CORE_MASKED = 4
+NO_OVERLAP = 8
+LARGE_SHIFT = 16
+OUTSIDE_TRAINING = 32
+NONPOSITIVE_FLUX = 64
+SATURATED = 128
+NO_SOURCE_NOISE = 256
 
-for _bit, _name, _ in FLAG_DEFINITIONS:
-    globals()[_name] = _bit
-del _bit, _name
+#: The registry: (bit, name, description); docs and decode_flags derive from it.
+FLAG_DEFINITIONS = (
+    (EDGE, "EDGE", "the 32x32 stamp extends beyond the image; missing pixels set to background"),
+    (MASKED, "MASKED", "the stamp holds masked or non-finite pixels; they are set to background"),
+    (CORE_MASKED, "CORE_MASKED", "masked or non-finite pixels within 3 px of the input position: "
+                       "results unreliable"),
+    (NO_OVERLAP, "NO_OVERLAP", "no usable pixel in the stamp: results are NaN"),
+    (LARGE_SHIFT, "LARGE_SHIFT",
+     "fitted position more than max_shift (default 2 px) from the input position"),
+    (OUTSIDE_TRAINING, "OUTSIDE_TRAINING",
+     "predicted S/N outside the training range (below 2 or above 30000)"),
+    (NONPOSITIVE_FLUX, "NONPOSITIVE_FLUX", "fitted flux is zero or negative"),
+    (SATURATED, "SATURATED", "a pixel within 2 px of the source reaches the saturation level"),
+    (NO_SOURCE_NOISE, "NO_SOURCE_NOISE",
+     "no error map, gain or sky level told the network the sources' Poisson noise: "
+     "flux_err is too small for bright sources"),
+)
 
 
 def decode_flags(flags):

@@ -145,7 +145,7 @@ class MLPhotometry:
 
         Parameters
         ----------
-        data : 2-D array, `~astropy.units.Quantity`, `~numpy.ma.MaskedArray` or `~astropy.nddata.NDData`
+        data : 2-D array, `~astropy.units.Quantity`, MaskedArray or `~astropy.nddata.NDData`
             The image. NDData (e.g. CCDData) gives its mask, uncertainty, unit
             and wcs. Big-endian FITS data are fine.
         mask : 2-D bool array, optional

@@ -9,6 +9,7 @@ import argparse
 import hashlib
 import json
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +42,15 @@ def export_onnx(model, path):
     """Write ``model`` as an opset-17 ONNX graph with a dynamic batch axis."""
     model = model.eval().to(memory_format=torch.contiguous_format)
     dummy = torch.zeros(2, _stamps.N_INPUT_CHANNELS, _stamps.STAMP_SIZE, _stamps.STAMP_SIZE)
-    torch.onnx.export(model, (dummy,), str(path), input_names=[INPUT_NAME],
-                      output_names=[OUTPUT_NAME], opset_version=OPSET, dynamo=False,
-                      dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    # The legacy exporter is chosen on purpose: it writes a clean opset-17 graph, where
+    # dynamo silently writes opset 18. Its deprecation notices (torch's own and those of
+    # the TorchScript internals it calls) are expected.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
+        torch.onnx.export(model, (dummy,), str(path), input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], opset_version=OPSET, dynamo=False,
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
 
 
 def parity(model, path, n=64, seed=0):
@@ -90,6 +97,15 @@ def export(weights, out, name, version, card_extra=None):
     if card_extra:
         card.update(card_extra)
     (out / "config.json").write_text(json.dumps(card, indent=2, default=float) + "\n")
+    return card
+
+
+def update_card(model_dir, entries):
+    """Merge ``entries`` into a model card (the sha256 is of model.onnx, so it stays valid)."""
+    path = Path(model_dir) / "config.json"
+    card = json.loads(path.read_text())
+    card.update(entries)
+    path.write_text(json.dumps(card, indent=2, default=float) + "\n")
     return card
 
 

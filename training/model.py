@@ -14,7 +14,7 @@ class Branch(nn.Module):
     """Three conv blocks (4x4, 32 channels, ELU, 2x2 max-pool), then one MLP head per target."""
 
     def __init__(self, in_channels=_stamps.N_INPUT_CHANNELS, channels=32,
-                 n_targets=len(_stamps.TARGET_NAMES), stamp_size=_stamps.STAMP_SIZE,
+                 n_targets=3, stamp_size=_stamps.STAMP_SIZE,
                  hidden=(128, 64, 32)):
         super().__init__()
         self.convs = nn.ModuleList([

@@ -27,8 +27,7 @@ from scipy.spatial import cKDTree
 
 from asidfe_phot import _stamps
 from asidfe_phot._background import estimate_background
-from asidfe_phot.datasets import (PSF_FAMILIES, TRUNCATION_FWHM, fisher_bounds,
-                                  render_sources)
+from asidfe_phot.datasets import PSF_FAMILIES, TRUNCATION_FWHM, fisher_bounds, render_sources
 
 #: One row per stored stamp. Positions in the stored stamp's frame are offsets
 #: from its reference pixel (index 17 of 34), in px.
@@ -110,7 +109,8 @@ def _psf_at(cond, x, y, shape):
             "asym_angle": cond["asym_angle"]}
 
 
-def simulate_frame(frame_id, seed, preset="generic", families=PSF_FAMILIES, shape=FRAME_SHAPE):
+def simulate_frame(frame_id, seed, preset="generic", families=PSF_FAMILIES, shape=FRAME_SHAPE,
+                   return_frame=False):
     """
     Simulate one frame, detect, match, and cut stamps.
 
@@ -118,6 +118,11 @@ def simulate_frame(frame_id, seed, preset="generic", families=PSF_FAMILIES, shap
     -------
     stamps : (n, 34, 34) float32
     meta : structured array of `META_DTYPE`
+    frame : dict, only with ``return_frame=True``
+        ``image`` (ADU), ``background`` and ``rms`` (the estimates used),
+        ``truth`` (x, y, flux in ADU, flux_e, and the per-star PSF parameters
+        ``psf``), ``detections`` (sep's object array), ``match`` (truth index per
+        detection, -1 if none) and the observing conditions ``cond``.
     """
     import sep  # training-only dependency
 
@@ -160,8 +165,15 @@ def simulate_frame(frame_id, seed, preset="generic", families=PSF_FAMILIES, shap
     bkg, rms = estimate_background(image)
     sub = image - bkg
     objects = sep.extract(sub, 1.2, err=rms, minarea=4, deblend_cont=0.005)
+    frame = {"image": image, "background": bkg, "rms": rms, "cond": cond,
+             "truth": {"x": x, "y": y, "flux": flux_e / cond["gain"], "flux_e": flux_e,
+                       "psf": psf},
+             "detections": objects}
     empty = np.zeros((0, 34, 34), np.float32), np.zeros(0, META_DTYPE)
+    if return_frame:
+        empty = (*empty, frame)
     if len(objects) == 0:
+        frame["match"] = np.zeros(0, int)
         return empty
     det_x, det_y = objects["x"], objects["y"]
     # Match each detection to the star that contributes most light at its position.
@@ -189,6 +201,7 @@ def simulate_frame(frame_id, seed, preset="generic", families=PSF_FAMILIES, shap
     half = size // 2
     inside = (ref_x - half >= 0) & (ref_x + half - 1 < nx) & (ref_y - half >= 0) & (
         ref_y + half - 1 < ny)
+    frame["match"] = np.where(keep, match, -1)
     sel = np.flatnonzero(keep & inside)
     if sel.size == 0:
         return empty
@@ -226,7 +239,14 @@ def simulate_frame(frame_id, seed, preset="generic", families=PSF_FAMILIES, shap
     meta["ellipticity"] = star_psf["ellipticity"]
     meta["x_frame"] = sx
     meta["y_frame"] = sy
+    if return_frame:
+        return stamps.astype(np.float32), meta, frame
     return stamps.astype(np.float32), meta
+
+
+def frame_seeds(seed, n_frames):
+    """Per-frame seeds of a data set (so any frame can be re-simulated in full)."""
+    return np.random.SeedSequence(seed).generate_state(n_frames, dtype=np.uint32)
 
 
 def _worker(args):
@@ -261,7 +281,7 @@ def write_dataset(out, n_frames, preset="generic", seed=0, families=PSF_FAMILIES
     """Simulate ``n_frames`` frames and write the sharded data set; returns the index."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    seeds = np.random.SeedSequence(seed).generate_state(n_frames, dtype=np.uint32)
+    seeds = frame_seeds(seed, n_frames)
     tasks = [(i, int(seeds[i]), preset, tuple(families)) for i in range(n_frames)]
     writers = {s: _ShardWriter(out, s, shard_size) for s in SPLITS}
     processes = processes or os.cpu_count()

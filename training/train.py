@@ -20,8 +20,7 @@ import numpy as np
 import torch
 
 from training.data import StampSet
-from training.model import (LOGVAR_MAX, LOGVAR_MIN, TSMVE, gaussian_nll, huber,
-                            sigma_head_parameters)
+from training.model import LOGVAR_MAX, LOGVAR_MIN, TSMVE, gaussian_nll, huber, sigma_head_parameters
 
 STAGES = ("step1", "step2", "mve")
 

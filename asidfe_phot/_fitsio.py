@@ -1,0 +1,139 @@
+"""Reading images and their metadata from FITS files (shared by the CLI and the demo loader)."""
+
+import contextlib
+import warnings
+
+import astropy.units as u
+import numpy as np
+from astropy.io import fits
+from astropy.utils.exceptions import AstropyUserWarning
+from astropy.wcs import WCS, FITSFixedWarning
+
+__all__ = []  # private module
+
+#: Raised by astropy for non-standard header cards such as ESO's ``ESO-LOG ...``.
+_INVALID_CARD_MESSAGE = "The following header keyword is invalid"
+#: Keywords an extension inherits from the primary header when it lacks them.
+_INHERITED_KEYWORDS = ("GAIN", "SATURATE")
+
+
+class FITSReadError(ValueError):
+    """A FITS file or HDU that cannot be used as an image (message meant for users)."""
+
+
+@contextlib.contextmanager
+def quiet_header_warnings():
+    """Silence astropy's notes about non-standard header cards and auto-fixed WCS keywords."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_INVALID_CARD_MESSAGE,
+                                category=AstropyUserWarning)
+        warnings.filterwarnings("ignore", category=fits.verify.VerifyWarning)
+        warnings.filterwarnings("ignore", category=FITSFixedWarning)
+        yield
+
+
+def _describe(hdul):
+    parts = []
+    for i, hdu in enumerate(hdul):
+        shape = getattr(hdu, "shape", None) if hdu.is_image else None
+        what = "x".join(str(n) for n in shape[::-1]) + " image" if shape else type(hdu).__name__
+        parts.append(f"{i}: {hdu.name or '-'} ({what})")
+    return "; ".join(parts)
+
+
+def read_image(path, hdu=None):
+    """
+    A 2-D image and its header from a FITS file.
+
+    Parameters
+    ----------
+    path : path-like
+    hdu : int, optional
+        HDU index. Default: the first HDU holding a 2-D image.
+
+    Returns
+    -------
+    data : 2-D native-endian float32 array
+    header : `~astropy.io.fits.Header`
+        The image HDU's header; for an extension, the primary header's
+        GAIN and SATURATE are added when the extension lacks them.
+    index : int
+        The HDU used.
+
+    Raises
+    ------
+    FITSReadError
+        Missing or unreadable file, bad HDU index, or no 2-D image.
+    """
+    with quiet_header_warnings():
+        try:
+            hdul = fits.open(path, memmap=False)
+        except FileNotFoundError as exc:
+            msg = f"image file not found: {path}"
+            raise FITSReadError(msg) from exc
+        except OSError as exc:
+            msg = f"cannot read {path} as FITS: {exc}"
+            raise FITSReadError(msg) from exc
+        with hdul:
+            if hdu is None:
+                index = next((i for i, h in enumerate(hdul)
+                              if h.is_image and h.header.get("NAXIS", 0) == 2), None)
+                if index is None:
+                    msg = f"{path} has no 2-D image HDU (HDUs: {_describe(hdul)})"
+                    raise FITSReadError(msg)
+            else:
+                index = int(hdu)
+                if not -len(hdul) <= index < len(hdul):
+                    msg = (f"HDU {hdu} does not exist in {path}, which has {len(hdul)} HDU(s) "
+                           f"({_describe(hdul)})")
+                    raise FITSReadError(msg)
+                index %= len(hdul)
+            selected = hdul[index]
+            data = selected.data if selected.is_image else None
+            if data is None or data.ndim != 2:
+                shape = "no data" if data is None else f"a {data.ndim}-D array"
+                msg = (f"HDU {index} of {path} holds {shape}, not a 2-D image; choose another "
+                       f"with --hdu (HDUs: {_describe(hdul)})")
+                raise FITSReadError(msg)
+            header = selected.header.copy()
+            if index != 0:
+                for key in _INHERITED_KEYWORDS:
+                    if key not in header and key in hdul[0].header:
+                        header[key] = (hdul[0].header[key], "from the primary header")
+            data = np.asarray(data, dtype=np.float32).astype("=f4", copy=False)
+    return data, header, index
+
+
+def header_unit(header):
+    """The unit in BUNIT, or None when absent, blank or not understood."""
+    bunit = str(header.get("BUNIT", "") or "").strip()
+    if not bunit:
+        return None
+    for fmt in ("fits", None):
+        try:
+            unit = u.Unit(bunit, format=fmt)
+        except ValueError:
+            continue
+        return None if unit == u.dimensionless_unscaled else unit
+    return None
+
+
+def header_wcs(header):
+    """The celestial WCS of a header, or None when it has none."""
+    with quiet_header_warnings():
+        try:
+            wcs = WCS(header, naxis=2)
+        except Exception:  # noqa: BLE001 - a broken WCS is just "no WCS" for photometry
+            return None
+    return wcs if wcs.has_celestial else None
+
+
+def header_float(header, keyword):
+    """A positive float keyword, or None."""
+    with quiet_header_warnings():
+        value = header.get(keyword)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) and value > 0 else None

@@ -1,0 +1,69 @@
+"""Shared, deterministic fixtures for the asidfe_phot test suite."""
+
+import numpy as np
+import pytest
+from astropy.table import QTable
+from astropy.wcs import WCS
+
+from asidfe_phot import MLPhotometry
+from asidfe_phot.datasets import make_star_field
+
+#: The star field used by most photometry tests: small, fixed seed, gain 2 ADU/e.
+FIELD_SHAPE = (96, 96)
+FIELD_GAIN = 2.0
+
+
+def _readonly(array):
+    array = np.array(array)
+    array.flags.writeable = False  # photometry must never modify its inputs
+    return array
+
+
+@pytest.fixture(name="phot", scope="session")
+def fixture_phot():
+    """One MLPhotometry instance (default model, CPU) shared by the whole session."""
+    return MLPhotometry()
+
+
+@pytest.fixture(name="field", scope="session")
+def fixture_field():
+    """
+    A 96x96 Moffat star field, 12 stars kept 16 px from the edges.
+
+    Returns ``(image, truth, meta)`` as `asidfe_phot.datasets.make_star_field`
+    does; ``image`` is read-only.
+    """
+    image, truth, meta = make_star_field(FIELD_SHAPE, 12, flux_range=(2e3, 1e5), sky=200.0,
+                                         gain=FIELD_GAIN, read_noise=5.0, border=16, seed=42)
+    meta = dict(meta, noise=_readonly(meta["noise"]), background=_readonly(meta["background"]))
+    return _readonly(image), truth, meta
+
+
+@pytest.fixture(name="image", scope="session")
+def fixture_image(field):
+    """The star field image (ADU, float32, read-only)."""
+    return field[0]
+
+
+@pytest.fixture(name="error", scope="session")
+def fixture_error(field):
+    """The true per-pixel 1-sigma noise of the star field (ADU, read-only)."""
+    return field[2]["noise"]
+
+
+@pytest.fixture(name="init")
+def fixture_init(field):
+    """A fresh ``x_init, y_init`` table at the true star positions (photutils style)."""
+    truth = field[1]
+    return QTable({"x_init": np.array(truth["x"]), "y_init": np.array(truth["y"])})
+
+
+@pytest.fixture(name="wcs", scope="session")
+def fixture_wcs():
+    """A simple TAN WCS for the star field (0.5 arcsec pixels)."""
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [150.0, 2.0]
+    wcs.wcs.crpix = [48.5, 48.5]
+    wcs.wcs.cdelt = [-0.5 / 3600, 0.5 / 3600]
+    return wcs

@@ -1,0 +1,143 @@
+"""Tests of the model registry and its integrity checks."""
+
+import hashlib
+import json
+import shutil
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.table import QTable
+
+from asidfe_phot import MLPhotometry
+from asidfe_phot.exceptions import ModelError
+from asidfe_phot.models import (DEFAULT_MODEL, list_models, load_model_card, model_path,
+                                verify_model)
+
+MODEL = "asidfe_tsmve_v1"
+REPO_MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+def sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(name="model_copy")
+def fixture_model_copy(tmp_path):
+    """A private, writable copy of the default model directory."""
+    dest = tmp_path / "model"
+    shutil.copytree(model_path(MODEL), dest, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def edit_card(directory, **changes):
+    path = directory / "config.json"
+    card = json.loads(path.read_text())
+    card.update(changes)
+    path.write_text(json.dumps(card))
+    return card
+
+
+def test_list_models():
+    models = list_models()
+    assert MODEL in models
+    assert DEFAULT_MODEL in models
+    assert models == sorted(models)
+
+
+def test_verify_default_model():
+    directory, card = verify_model()
+    assert directory == model_path(MODEL)
+    assert card["sha256"] == sha256(directory / "model.onnx")
+    assert card["contract"]["stamp_size"] == 32
+    assert load_model_card(MODEL) == card
+
+
+def test_packaged_model_sha256_matches_card():
+    entry = resources.files("asidfe_phot._model_files") / MODEL
+    onnx = entry / "model.onnx"
+    assert onnx.is_file()
+    card = json.loads((entry / "config.json").read_text())
+    digest = hashlib.sha256(onnx.read_bytes()).hexdigest()
+    assert digest == card["sha256"]
+    if (REPO_MODELS / MODEL / "model.onnx").is_file():  # source checkout: same bytes
+        assert sha256(REPO_MODELS / MODEL / "model.onnx") == digest
+
+
+def test_model_directory_copy_works(model_copy):
+    directory, card = verify_model(model_copy)
+    assert directory == model_copy
+    phot = MLPhotometry(model=model_copy)
+    ref = MLPhotometry()
+    image = np.random.default_rng(0).normal(100.0, 5.0, (48, 48)).astype(np.float32)
+    image[20:23, 20:23] += 300.0
+    init = QTable({"x": [21.0], "y": [21.0]})
+    a = phot(image, gain=1.0, init_params=init)
+    b = ref(image, gain=1.0, init_params=init)
+    np.testing.assert_array_equal(a["flux_fit"], b["flux_fit"])
+
+
+def test_corrupted_model(model_copy):
+    onnx = model_copy / "model.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="sha256"):
+        verify_model(model_copy)
+    with pytest.raises(ModelError, match="corrupt or was replaced: sha256"):
+        MLPhotometry(model=model_copy)
+
+
+def test_truncated_model(model_copy):
+    onnx = model_copy / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes()[:1000])
+    with pytest.raises(ModelError, match="sha256"):
+        MLPhotometry(model=model_copy)
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "config.json"])
+def test_missing_file(model_copy, name):
+    (model_copy / name).unlink()
+    with pytest.raises(ModelError, match=f"has no {name}"):
+        verify_model(model_copy)
+
+
+def test_unknown_model():
+    with pytest.raises(ModelError, match="neither a model directory nor a shipped model"):
+        model_path("does_not_exist_v9")
+
+
+def test_wrong_contract(model_copy):
+    card = json.loads((model_copy / "config.json").read_text())
+    edit_card(model_copy, contract=dict(card["contract"], stamp_size=64))
+    with pytest.raises(ModelError, match="trained with stamp_size=64"):
+        verify_model(model_copy)
+    edit_card(model_copy, contract=dict(card["contract"], flux_softening=10.0))
+    with pytest.raises(ModelError, match="flux_softening"):
+        MLPhotometry(model=model_copy)
+
+
+@pytest.mark.parametrize("key", ["sha256", "contract", "name", "version"])
+def test_card_missing_key(model_copy, key):
+    path = model_copy / "config.json"
+    card = json.loads(path.read_text())
+    del card[key]
+    path.write_text(json.dumps(card))
+    with pytest.raises(ModelError, match=f"lacks '{key}'"):
+        verify_model(model_copy)
+
+
+def test_card_invalid_json(model_copy):
+    (model_copy / "config.json").write_text("{not json")
+    with pytest.raises(ModelError, match="not valid JSON"):
+        verify_model(model_copy)
+
+
+def test_not_an_onnx_file(model_copy):
+    # Checksum consistent with the card, but the bytes are no ONNX model.
+    onnx = model_copy / "model.onnx"
+    onnx.write_bytes(b"this is not an onnx model")
+    edit_card(model_copy, sha256=sha256(onnx))
+    with pytest.raises(ModelError, match="could not load ONNX model"):
+        MLPhotometry(model=model_copy)

@@ -1,0 +1,163 @@
+"""Tests of the preprocessing contract `asidfe_phot._stamps`."""
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+from asidfe_phot import _stamps
+
+
+def naive_cutout(image, x, y, size, fill):
+    """One stamp at a time, with explicit loops and rounding (the reference)."""
+    ny, nx = image.shape
+    stamps = np.full((len(x), size, size), fill, dtype=image.dtype)
+    inside = np.zeros((len(x), size, size), dtype=bool)
+    for k, (xi, yi) in enumerate(zip(x, y)):
+        # Nearest pixel centre, halves rounded up (photutils' convention).
+        cx = int(np.floor(xi + 0.5))
+        cy = int(np.floor(yi + 0.5))
+        for j in range(size):
+            for i in range(size):
+                r, c = cy - size // 2 + j, cx - size // 2 + i
+                if 0 <= r < ny and 0 <= c < nx:
+                    stamps[k, j, i] = image[r, c]
+                    inside[k, j, i] = True
+    return stamps, inside
+
+
+@pytest.mark.parametrize("size", [32, 7, 8])
+def test_cutout_matches_naive_loop(size):
+    rng = np.random.default_rng(1)
+    image = rng.normal(size=(40, 50)).astype(np.float32)
+    # Interior, all four edges and corners, half-pixel ties, and fully outside.
+    x = np.concatenate([rng.uniform(-3, 52, 30), [0.0, 49.0, -0.5, 49.5, 10.5, -40.0, 200.0]])
+    y = np.concatenate([rng.uniform(-3, 42, 30), [0.0, 39.0, -0.5, 39.49, 20.5, 10.0, 20.0]])
+    stamps, inside = _stamps.cutout_stamps(image, x, y, size, fill=-7.0)
+    ref, ref_inside = naive_cutout(image, x, y, size, fill=-7.0)
+    assert stamps.shape == (len(x), size, size)
+    assert stamps.dtype == image.dtype
+    assert_array_equal(inside, ref_inside)
+    assert_array_equal(stamps, ref)
+    assert not inside[-1].any()
+    assert not inside[-2].any()
+
+
+def test_cutout_bool_image_fill():
+    mask = np.zeros((20, 20), bool)
+    mask[5, 5] = True
+    stamps, inside = _stamps.cutout_stamps(mask, np.array([5.0, 0.0]), np.array([5.0, 0.0]),
+                                           8, fill=True)
+    assert stamps.dtype == bool
+    assert stamps[0, 4, 4]  # the reference pixel holds the position
+    assert stamps[0].sum() == 1
+    assert_array_equal(stamps[1], ~inside[1])  # outside the image: the fill value
+
+
+def test_reference_pixel_convention():
+    pos = np.array([10.49, 10.5, 10.51, 9.5, -0.5, -0.51, 0.0, -1.2])
+    assert_array_equal(_stamps.reference_pixel(pos), [10, 11, 11, 10, 0, -1, 0, -1])
+    assert _stamps.reference_pixel(10.49) == 10
+    assert _stamps.reference_pixel(10.5) == 11
+    assert_array_equal(_stamps.stamp_origin(np.array([10.49, 10.5]), 32), [-6, -5])
+
+
+def test_reference_pixel_is_stamp_center():
+    # A single bright pixel at (row 17, col 23) lands on stamp pixel (S//2, S//2).
+    image = np.zeros((40, 40), np.float32)
+    image[17, 23] = 1.0
+    for dx, dy in [(-0.5, -0.5), (0.0, 0.0), (0.49, 0.49), (0.3, -0.2)]:
+        stamps, _ = _stamps.cutout_stamps(image, np.array([23 + dx]), np.array([17 + dy]))
+        j, i = np.unravel_index(np.argmax(stamps[0]), stamps[0].shape)
+        assert (j, i) == (_stamps.STAMP_SIZE // 2, _stamps.STAMP_SIZE // 2)
+
+
+def test_total_error():
+    data = np.array([[-5.0, 0.0, 8.0]], np.float32)
+    rms = np.full_like(data, 2.0)
+    assert_allclose(_stamps.total_error(data, rms), [[2.0, 2.0, 2.0]])
+    assert_allclose(_stamps.total_error(data, rms, gain=2.0), [[2.0, 2.0, np.sqrt(8.0)]])
+    assert _stamps.total_error(data, rms, 2.0).dtype == np.float32
+
+
+def test_noise_scale_uses_valid_pixels_only():
+    err = np.ones((3, 4, 4))
+    err[0, :2] = 100.0  # half the stamp, masked below
+    valid = np.ones((3, 4, 4), bool)
+    valid[0, :2] = False
+    valid[2] = False  # no valid pixel: NaN, without a warning
+    err[1] = np.arange(16).reshape(4, 4)
+    scale = _stamps.noise_scale(err, valid)
+    assert_allclose(scale[:2], [1.0, 7.5])
+    assert np.isnan(scale[2])
+    assert _stamps.noise_scale(np.zeros((0, 4, 4)), np.zeros((0, 4, 4), bool)).shape == (0,)
+
+
+def test_encode_inputs():
+    rng = np.random.default_rng(2)
+    data = rng.normal(0, 3, (5, 32, 32))
+    error = rng.uniform(2, 4, (5, 32, 32))
+    valid = rng.uniform(size=(5, 32, 32)) > 0.1
+    inputs, scale = _stamps.encode_inputs(data, error, valid)
+    assert inputs.shape == (5, 2, 32, 32)
+    assert inputs.dtype == np.float32
+    assert_allclose(scale, [np.median(e[v]) for e, v in zip(error, valid)])
+    s = scale[:, None, None]
+    assert_allclose(inputs[:, 0], np.where(valid, np.arcsinh(data / s), 0.0), rtol=1e-6,
+                    atol=1e-7)
+    assert_allclose(inputs[:, 1], np.where(valid, np.log(error / s), 0.0), rtol=1e-6, atol=1e-6)
+    assert np.all(np.isfinite(inputs))
+
+
+@pytest.mark.parametrize("k", [1e-4, 0.37, 1.0, 3e4])
+def test_encode_inputs_scale_invariant(k):
+    rng = np.random.default_rng(3)
+    data = rng.normal(0, 5, (4, 32, 32))
+    data[:, 14:18, 14:18] += 500.0
+    error = np.sqrt(25.0 + np.clip(data, 0, None) / 2.0)
+    valid = np.ones(data.shape, bool)
+    valid[1, :3] = False
+    ref, ref_scale = _stamps.encode_inputs(data, error, valid)
+    inputs, scale = _stamps.encode_inputs(data * k, error * k, valid)
+    assert_allclose(scale, ref_scale * k, rtol=1e-12)
+    assert_allclose(inputs, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_targets_roundtrip():
+    rng = np.random.default_rng(4)
+    n = 50
+    dx, dy = rng.uniform(-0.5, 0.5, (2, n))
+    scale = rng.uniform(0.1, 100.0, n)
+    flux = np.concatenate([rng.uniform(-50, 50, 10), 10 ** rng.uniform(0, 7, n - 10)])
+    targets = _stamps.encode_targets(dx, dy, flux, scale)
+    assert targets.shape == (n, 3)
+    assert targets.dtype == np.float32
+    logvar = np.log(np.square(np.array([0.05, 0.07, 0.01])))
+    outputs = np.concatenate([targets, np.broadcast_to(logvar, (n, 3))], axis=1)
+    res = _stamps.decode_outputs(outputs, scale)
+    assert_allclose(res["dx"], dx, atol=1e-7)
+    assert_allclose(res["dy"], dy, atol=1e-7)
+    assert_allclose(res["flux"], flux, rtol=1e-6, atol=1e-5 * scale.max())
+    assert_allclose(res["dx_err"], 0.05, rtol=1e-6)
+    assert_allclose(res["dy_err"], 0.07, rtol=1e-6)
+    # Delta method: d flux / d t = scale * softening * cosh(t).
+    unit = scale * _stamps.FLUX_SOFTENING
+    expected = 0.01 * np.sqrt(unit**2 + np.asarray(res["flux"]) ** 2)
+    assert_allclose(res["flux_err"], expected, rtol=1e-6)
+
+
+def test_decode_scales_with_noise_scale():
+    outputs = np.array([[0.1, -0.2, 2.0, -3.0, -4.0, -5.0]])
+    a = _stamps.decode_outputs(outputs, np.array([1.0]))
+    b = _stamps.decode_outputs(outputs, np.array([7.5]))
+    for key in ("dx", "dy", "dx_err", "dy_err"):
+        assert b[key] == pytest.approx(a[key])
+    for key in ("flux", "flux_err"):
+        assert b[key] == pytest.approx(7.5 * a[key])
+
+
+def test_contract():
+    c = _stamps.contract()
+    assert c["stamp_size"] == _stamps.STAMP_SIZE == 32
+    assert c["flux_softening"] == _stamps.FLUX_SOFTENING
+    assert len(c["outputs"]) == 2 * len(_stamps.TARGET_NAMES)
+    assert len(c["input_channels"]) == _stamps.N_INPUT_CHANNELS

@@ -1,0 +1,120 @@
+"""Training-side tests: the network, the data batches, export parity and the quick pipeline."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from asidfe_phot import _stamps
+from training import simulate
+from training.data import StampSet
+from training.export import export_onnx, parity
+from training.model import TSMVE, gaussian_nll
+from training.train import freeze
+
+
+@pytest.fixture(scope="module", name="dataset")
+def fixture_dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data")
+    simulate.write_dataset(out, 10, seed=3, processes=1, log=lambda *a: None)
+    return out
+
+
+def test_output_shape_and_bounded_logvar():
+    model = TSMVE()
+    x = torch.randn(5, _stamps.N_INPUT_CHANNELS, _stamps.STAMP_SIZE, _stamps.STAMP_SIZE) * 100
+    out = model(x)
+    assert out.shape == (5, 6)
+    assert torch.all(out[:, 3:] >= -16) and torch.all(out[:, 3:] <= 6)
+
+
+def test_gaussian_nll_minimised_at_true_variance():
+    rng = np.random.default_rng(0)
+    targets = torch.from_numpy(rng.normal(0, 0.5, (20000, 3)).astype(np.float32))
+    def nll(logvar):
+        outputs = torch.cat([torch.zeros(20000, 3), torch.full((20000, 3), logvar)], dim=1)
+        return float(gaussian_nll(outputs, targets))
+    best = min(np.linspace(-4, 2, 61), key=nll)
+    assert abs(best - np.log(0.25)) < 0.15
+
+
+def test_split_by_frame_and_reproducible(dataset, tmp_path):
+    index = json.loads((dataset / "index.json").read_text())
+    frames = {s: set(StampSet(dataset, s).meta["frame"]) for s in simulate.SPLITS}
+    assert not frames["train"] & frames["val"]
+    assert not frames["train"] & frames["test"]
+    assert not frames["val"] & frames["test"]
+    assert index["splits"]["train"]["count"] > 0
+    again = tmp_path / "again"
+    simulate.write_dataset(again, 10, seed=3, processes=1, log=lambda *a: None)
+    a = np.load(dataset / "train_0000.stamps.npy")
+    b = np.load(again / "train_0000.stamps.npy")
+    np.testing.assert_array_equal(a, b)
+
+
+def test_detector_positions_close_to_truth(dataset):
+    meta = StampSet(dataset, "train").meta
+    offset = np.hypot(meta["det_dx"] - meta["true_dx"], meta["det_dy"] - meta["true_dy"])
+    # Matched detections of S/N > 20 stars lie within a fraction of the FWHM of the truth.
+    bright = meta["snr"] > 20
+    assert np.median(offset[bright] / meta["fwhm"][bright]) < 0.15
+
+
+def test_augmented_targets_follow_the_star(dataset):
+    """A flipped/transposed/cropped stamp's target still points at the star's light."""
+    data = StampSet(dataset, "train")
+    meta = data.meta
+    idx = np.flatnonzero((meta["snr"] > 200) & (meta["contamination"] < 0.05))[:50]
+    assert idx.size > 5
+    x, t, _ = data.batch(idx, np.random.default_rng(1))
+    light = np.clip(np.sinh(x[:, 0]), 0, None)
+    grid = np.arange(_stamps.STAMP_SIZE) - _stamps.STAMP_SIZE // 2
+    core = light * (np.hypot(grid[None, :, None] - t[:, 1, None, None],
+                             grid[None, None, :] - t[:, 0, None, None]) < 4)
+    cx = (core.sum(axis=1) * grid).sum(axis=1) / core.sum(axis=(1, 2))
+    cy = (core.sum(axis=2) * grid).sum(axis=1) / core.sum(axis=(1, 2))
+    assert np.median(np.abs(cx - t[:, 0])) < 0.1
+    assert np.median(np.abs(cy - t[:, 1])) < 0.1
+
+
+def test_freeze_conv():
+    model = TSMVE()
+    freeze(model, ["conv"])
+    assert not any(p.requires_grad for p in model.mean.convs.parameters())
+    assert all(p.requires_grad for p in model.mean.heads.parameters())
+    with pytest.raises(ValueError, match="unknown part"):
+        freeze(model, ["heads"])
+
+
+def test_onnx_parity(tmp_path):
+    torch.manual_seed(0)
+    model = TSMVE()
+    path = tmp_path / "m.onnx"
+    export_onnx(model, path)
+    check = parity(model, path)
+    assert check["max_abs_diff"] < 1e-4
+
+
+def test_quick_pipeline_end_to_end(tmp_path):
+    """simulate -> step 1 -> step 2 -> ensemble -> export -> evaluate, then MLPhotometry loads it."""
+    import warnings
+
+    from asidfe_phot import MLPhotometry
+    from asidfe_phot.datasets import make_test_image
+    from asidfe_phot.models import verify_model
+    from training import pipeline
+
+    config = dict(pipeline.QUICK)
+    card = pipeline.run(tmp_path / "run", config, log=lambda *a: None)
+    model_dir = tmp_path / "run" / "model" / "asidfe_tsmve_v1"
+    _, card2 = verify_model(model_dir)
+    assert card2["sha256"] == card["sha256"]
+    assert card["parity"]["max_abs_diff"] < 1e-4
+    assert "test_metrics" in card and "ensemble_comparison" in card
+    assert card["training_data"]["counts"]["train"] > 0
+    image, truth = make_test_image(shape=(64, 64), n_sources=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tbl = MLPhotometry(model_dir)(image, init_params=truth, gain=2.0)
+    assert len(tbl) == 4 and np.all(np.isfinite(tbl["flux_fit"]))
