@@ -94,13 +94,17 @@ def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batc
     train_set = StampSet(data, "train", limit=train_limit)
     val_set = StampSet(data, "val", limit=val_limit)
     model = TSMVE().to(memory_format=torch.channels_last)
+    init_stage = None
     if init is not None:
         state = torch.load(init, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"] if "model" in state else state)
+        init_stage = state.get("stage")
     freeze(model, freeze_parts)
     with_variance = stage != "step1"
     last = out / "last.pt"
-    if stage == "step2" and not last.exists():
+    # Only a fresh step 2 on step-1 weights resets the variance heads; fine-tuning a
+    # finished model (transfer learning) keeps its variances.
+    if stage == "step2" and init_stage == "step1" and not last.exists():
         _start_variances_at_residuals(model, val_set)
     if stage == "step1":
         params = [p for p in model.mean.parameters() if p.requires_grad]
@@ -166,7 +170,7 @@ def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batc
             state["history"].append(entry)
             if key < state["best"]:
                 state["best"], state["bad_evals"] = key, 0
-                torch.save({"model": model.state_dict()}, out / "best.pt")
+                torch.save({"model": model.state_dict(), "stage": stage}, out / "best.pt")
             else:
                 state["bad_evals"] += 1
             (out / "history.json").write_text(json.dumps(state["history"], indent=1))
@@ -178,7 +182,7 @@ def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batc
             t_last_ckpt = time.time()
     save(last)
     if not (out / "best.pt").exists():
-        torch.save({"model": model.state_dict()}, out / "best.pt")
+        torch.save({"model": model.state_dict(), "stage": stage}, out / "best.pt")
     (out / "DONE").write_text(json.dumps({"step": state["step"], "best": state["best"]}))
     return state["history"]
 
