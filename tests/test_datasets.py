@@ -4,8 +4,13 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-from asidfe_phot.datasets import (PSF_FAMILIES, fisher_bounds, make_star_field,
-                                  make_test_image, render_psf_stamps)
+from asidfe_phot.datasets import (
+    PSF_FAMILIES,
+    fisher_bounds,
+    make_star_field,
+    make_test_image,
+    render_psf_stamps,
+)
 
 SHAPES = [{}, {"ellipticity": 0.25, "angle": 0.7},
           {"asym_fraction": 0.2, "asym_distance": 1.0, "asym_angle": 1.1}]
@@ -171,14 +176,21 @@ def test_flux_power_law():
 
 
 def test_image_psf_model():
-    from photutils.psf import CircularGaussianPRF
+    from photutils.psf import ImagePSF
 
-    model = CircularGaussianPRF(fwhm=3.0)
-    image, truth, _ = make_star_field((48, 48), positions=([20.3], [25.6]), fluxes=[1e4],
+    # An oversampled (x4), normalised Gaussian ePSF-like model.
+    stamps, _, _ = render_psf_stamps({"family": "gaussian", "fwhm": 3.0 * 4}, [0.0], [0.0],
+                                     half_size=40)
+    model = ImagePSF(stamps[0] * 16, oversampling=4)
+    image, truth, _ = make_star_field((60, 60), positions=([28.3], [29.6]), fluxes=[1e4],
                                       psf=model, sky=0.0, noise=False)
-    assert_allclose(image.sum(dtype=np.float64), 1e4, rtol=1e-3)
-    yy, xx = np.mgrid[0:48, 0:48]
-    assert_allclose((image * xx).sum() / image.sum(), 20.3, atol=2e-3)
+    assert_allclose(truth["flux"], 1e4)
+    assert_allclose(image.sum(dtype=np.float64), 1e4, rtol=2e-3)
+    yy, xx = np.mgrid[0:60, 0:60]
+    assert_allclose((image * xx).sum(dtype=np.float64) / image.sum(dtype=np.float64), 28.3,
+                    atol=0.01)
+    assert_allclose((image * yy).sum(dtype=np.float64) / image.sum(dtype=np.float64), 29.6,
+                    atol=0.01)
 
 
 def test_fisher_bounds_sky_free():
@@ -210,9 +222,12 @@ def test_fisher_bounds_with_sky():
     # Faint stars are sky limited, bright ones photon limited.
     assert b["crlb_flux"][0] / np.sqrt(flux[0]) > 3
     assert b["crlb_flux"][-1] / np.sqrt(flux[-1]) < 1.05
-    # Gaussian sky-limited S/N: flux / sqrt(4 pi sigma^2 (sky + rn^2)).
-    sigma = 2.5 / (2 * np.sqrt(2 * np.log(2)))
-    assert_allclose(b["snr"][0], 100 / np.sqrt(4 * np.pi * sigma**2 * 125.0), rtol=0.02)
+    # Sky-limited S/N of a pixel-integrated Gaussian: flux / sqrt(4 pi s^2 (sky + rn^2)),
+    # with s^2 = sigma^2 + 1/12 (the pixel's own variance).
+    faint = fisher_bounds({"family": "gaussian", "fwhm": 2.5}, [10.0], [10.0], [1.0], [100.0],
+                          [5.0])
+    s2 = (2.5 / (2 * np.sqrt(2 * np.log(2)))) ** 2 + 1 / 12
+    assert_allclose(faint["snr"], 1.0 / np.sqrt(4 * np.pi * s2 * 125.0), rtol=0.02)
     assert_allclose(b["crlb_x"], b["crlb_y"], rtol=1e-3)
 
 

@@ -12,8 +12,7 @@ from astropy.table import QTable
 
 from asidfe_phot import MLPhotometry
 from asidfe_phot.exceptions import ModelError
-from asidfe_phot.models import (DEFAULT_MODEL, list_models, load_model_card, model_path,
-                                verify_model)
+from asidfe_phot.models import DEFAULT_MODEL, list_models, load_model_card, model_path, verify_model
 
 MODEL = "asidfe_tsmve_v1"
 REPO_MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -141,3 +140,27 @@ def test_not_an_onnx_file(model_copy):
     edit_card(model_copy, sha256=sha256(onnx))
     with pytest.raises(ModelError, match="could not load ONNX model"):
         MLPhotometry(model=model_copy)
+
+
+@pytest.mark.parametrize(("in_shape", "out_shape"), [(["batch", 1, 32, 32], ["batch", 6]),
+                                                     (["batch", 2, 16, 16], ["batch", 6]),
+                                                     (["batch", 2, 32, 32], ["batch", 4])])
+def test_onnx_shape_not_following_contract(model_copy, in_shape, out_shape):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    # A valid ONNX graph (global average pool + reshape) with the wrong input/output shapes.
+    inp = helper.make_tensor_value_info("stamps", TensorProto.FLOAT, in_shape)
+    out = helper.make_tensor_value_info("outputs", TensorProto.FLOAT, out_shape)
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, out_shape[1]])
+    graph = helper.make_graph([helper.make_node("GlobalAveragePool", ["stamps"], ["pooled"]),
+                               helper.make_node("Reshape", ["pooled", "shape"], ["outputs"])],
+                              "wrong", [inp], [out], initializer=[shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = model_copy / "model.onnx"
+    onnx.save(model, str(path))
+    edit_card(model_copy, sha256=sha256(path))
+    verify_model(model_copy)  # checksum and card are fine ...
+    with pytest.raises(ModelError, match="does not follow the contract"):
+        MLPhotometry(model=model_copy)  # ... but the graph is not

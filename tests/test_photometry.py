@@ -12,8 +12,12 @@ from numpy.testing import assert_allclose, assert_array_equal
 from asidfe_phot import MLPhotometry
 from asidfe_phot import flags as F
 from asidfe_phot.datasets import make_star_field, make_test_image
-from asidfe_phot.exceptions import (AsidfePhotWarning, FlaggedSourcesWarning, ModelError,
-                                    NoSourceNoiseWarning)
+from asidfe_phot.exceptions import (
+    AsidfePhotWarning,
+    FlaggedSourcesWarning,
+    ModelError,
+    NoSourceNoiseWarning,
+)
 
 EXPECTED_COLUMNS = ["id", "x_init", "y_init", "x_fit", "y_fit", "flux_fit", "x_err", "y_err",
                     "flux_err", "flags"]

@@ -97,7 +97,7 @@ def test_onnx_parity(tmp_path):
 
 
 def test_quick_pipeline_end_to_end(tmp_path):
-    """simulate -> step 1 -> step 2 -> ensemble -> export -> evaluate, then MLPhotometry loads it."""
+    """simulate -> step 1 -> step 2 -> export -> evaluate -> ensemble; MLPhotometry loads it."""
     import warnings
 
     from asidfe_phot import MLPhotometry
