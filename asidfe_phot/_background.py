@@ -12,19 +12,46 @@ from scipy.ndimage import median_filter
 __all__ = []  # private module
 
 
+def _sorted_median(s, lo, count):
+    """Median of the sorted rows' slices [lo, lo + count)."""
+    rows = np.arange(s.shape[0])
+    a = s[rows, np.clip(lo + (count - 1) // 2, 0, s.shape[1] - 1)]
+    b = s[rows, np.clip(lo + count // 2, 0, s.shape[1] - 1)]
+    return 0.5 * (a + b)
+
+
 def _clipped_stats(samples, nsigma=3.0, maxiters=4):
-    """Sigma-clipped mode estimate and std along axis 1; NaN entries are ignored."""
-    values = samples
+    """
+    Sigma-clipped mode estimate and std along axis 1; NaN entries are ignored.
+
+    Iterative clipping at ``nsigma`` around the median (std with ddof=0). Each
+    row is sorted once; a clipped set is then a contiguous slice, so the
+    statistics of every iteration come from cumulative sums, not new medians.
+    """
+    s = np.sort(samples.astype(np.float64), axis=1)  # NaNs sort last
+    zero = np.nan_to_num(s)
+    pad = np.zeros((s.shape[0], 1))
+    cs = np.concatenate([pad, np.cumsum(zero, axis=1)], axis=1)
+    cs2 = np.concatenate([pad, np.cumsum(zero**2, axis=1)], axis=1)
+    rows = np.arange(s.shape[0])
+    lo = np.zeros(s.shape[0], dtype=np.int64)
+    hi = np.isfinite(s).sum(axis=1)
+
+    def stats(lo, hi):
+        count = np.maximum(hi - lo, 1)
+        mean = (cs[rows, hi] - cs[rows, lo]) / count
+        var = np.maximum((cs2[rows, hi] - cs2[rows, lo]) / count - mean**2, 0.0)
+        return _sorted_median(s, lo, count), mean, np.sqrt(var)
+
     for _ in range(maxiters):
-        med = np.nanmedian(values, axis=1, keepdims=True)
-        std = np.nanstd(values, axis=1, keepdims=True)
-        clipped = np.where(np.abs(values - med) > nsigma * std, np.nan, values)
-        if np.array_equal(np.isnan(clipped), np.isnan(values)):
+        med, _, std = stats(lo, hi)
+        with np.errstate(invalid="ignore"):
+            new_lo = (s < (med - nsigma * std)[:, None]).sum(axis=1)
+            new_hi = (s <= (med + nsigma * std)[:, None]).sum(axis=1)
+        if np.array_equal(new_lo, lo) and np.array_equal(new_hi, hi):
             break
-        values = clipped
-    med = np.nanmedian(values, axis=1)
-    mean = np.nanmean(values, axis=1)
-    std = np.nanstd(values, axis=1)
+        lo, hi = new_lo, new_hi
+    med, mean, std = stats(lo, hi)
     # SourceExtractor's mode estimate, falling back to the median in skewed meshes.
     mode = 2.5 * med - 1.5 * mean
     skewed = np.abs(mean - med) > 0.3 * std

@@ -94,6 +94,9 @@ def total_error(data, background_rms, gain=None):
 
 def noise_scale(error_stamps, valid):
     """Median per-pixel error of each stamp over its valid pixels, shape (n,)."""
+    n = error_stamps.shape[0]
+    if n and valid.all():  # the common case: no masked pixel, a plain (much faster) median
+        return np.median(error_stamps.reshape(n, -1), axis=1).astype(np.float64)
     err = np.where(valid, error_stamps, np.nan)
     flat = err.reshape(err.shape[0], int(np.prod(err.shape[1:])))
     # Stamps without a valid pixel get NaN (np.nanmedian would warn on all-NaN rows).
