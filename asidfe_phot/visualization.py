@@ -14,7 +14,7 @@ import numpy as np
 from asidfe_phot import flags as _flags
 from asidfe_phot.exceptions import AsidfePhotWarning
 
-__all__ = ["plot_stamps", "plot_residuals"]
+__all__ = ["plot_stamps", "plot_residuals", "plot_calibration"]
 
 #: Flags that mark a row as unreliable in the plots: all but NO_SOURCE_NOISE.
 DEFAULT_BAD_FLAGS = sum(bit for bit, _, _ in _flags.FLAG_DEFINITIONS) & ~_flags.NO_SOURCE_NOISE
@@ -399,5 +399,159 @@ def plot_residuals(table, reference, *, match="id", flux="flux_fit", flux_err="f
     _hist(ax_zh, z[good], gaussian=True)
     ref_name = f"{reference_flux}" + (f" +- {reference_flux_err}" if reference_flux_err else "")
     fig.suptitle(f"{flux} vs reference {ref_name} ({ti.size} matched rows)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _as_names(value, what):
+    if isinstance(value, str):
+        return [value]
+    if value is None:
+        return None
+    names = list(value)
+    if not names or not all(isinstance(v, str) for v in names):
+        msg = f"{what} must be a column name or a sequence of column names, got {value!r}"
+        raise ValueError(msg)
+    return names
+
+
+def plot_calibration(table, value_col, truth_col, error_col, *, truth_error_col=None,
+                     labels=None, bad_flags=DEFAULT_BAD_FLAGS, zmax=5.0, fig=None):
+    """
+    Calibration of predicted uncertainties against a truth or reference column.
+
+    For each quantity, the z-score ``z = (value - truth) / sqrt(error**2 +
+    truth_error**2)``. Left: the histograms of ``z`` with the N(0, 1)
+    density (well-calibrated errors follow it; wider means underestimated
+    errors, narrower overestimated). Right: coverage against nominal
+    confidence: the fraction of rows whose central interval of nominal
+    probability ``p`` (``|z| < Phi^-1((1 + p) / 2)``) contains the truth,
+    against ``p``; calibrated errors lie on the diagonal, overconfident
+    ones below it.
+
+    Parameters
+    ----------
+    table : `~astropy.table.Table`
+        Any result table with a truth or reference column, e.g. a
+        `~asidfe_phot.MLPhotometry` result with the simulator's truths
+        joined, or ``training/evaluate.py``'s ``results.ecsv``.
+    value_col, truth_col, error_col : str or sequence of str
+        The predicted value, the truth (or reference) and the predicted
+        1-sigma error columns; sequences of equal length overlay several
+        quantities (e.g. ``["x_fit", "y_fit", "flux_fit"]``).
+    truth_error_col : str or sequence of str, optional
+        1-sigma errors of a reference that is not exact, added in
+        quadrature (same length as ``value_col``; `None` for exact truths).
+    labels : sequence of str, optional
+        Legend labels; default the value column names.
+    bad_flags : int, optional
+        Rows with any of these ``flags`` bits set are left out (when the
+        table has a ``flags`` column). 0 keeps all rows.
+    zmax : float, optional
+        Histogram range ``[-zmax, zmax]`` (rows outside are counted in
+        the statistics, not drawn).
+    fig : `~matplotlib.figure.Figure`, optional
+        The figure to draw into (cleared). Default: a new pyplot figure.
+
+    Returns
+    -------
+    `~matplotlib.figure.Figure`
+        ``fig.axes`` are the z histogram and the coverage plot. The legend
+        gives, per quantity, the number of rows, the median and standard
+        deviation of ``z`` and the 68.3% coverage.
+
+    Raises
+    ------
+    ValueError
+        Missing columns, column lists of different lengths, or a quantity
+        without a single usable (finite) row.
+
+    Warns
+    -----
+    AsidfePhotWarning
+        If only one of a value and its truth column has a unit.
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("agg")
+    >>> import numpy as np
+    >>> from astropy.table import Table
+    >>> from asidfe_phot.visualization import plot_calibration
+    >>> rng = np.random.default_rng(0)
+    >>> tbl = Table({"flux_true": rng.uniform(100, 1000, 500)})
+    >>> tbl["flux_err"] = 0.05 * tbl["flux_true"]
+    >>> tbl["flux_fit"] = tbl["flux_true"] + rng.normal(0, tbl["flux_err"])
+    >>> fig = plot_calibration(tbl, "flux_fit", "flux_true", "flux_err")
+    >>> len(fig.axes)
+    2
+    """
+    from scipy import stats
+
+    values = _as_names(value_col, "value_col")
+    truths = _as_names(truth_col, "truth_col")
+    errors = _as_names(error_col, "error_col")
+    terrs = _as_names(truth_error_col, "truth_error_col")
+    lists = {"truth_col": truths, "error_col": errors}
+    if terrs is not None:
+        lists["truth_error_col"] = terrs
+    if labels is not None:
+        labels = [str(v) for v in labels]
+        lists["labels"] = labels
+    for name, items in lists.items():
+        if len(items) != len(values):
+            msg = (f"{name} has {len(items)} entries but value_col has {len(values)}; "
+                   "give one per quantity")
+            raise ValueError(msg)
+    if not zmax > 0:
+        msg = f"zmax must be positive, got {zmax!r}"
+        raise ValueError(msg)
+    labels = labels or values
+    flags = np.asarray(table["flags"]) if "flags" in table.colnames else None
+    keep = np.ones(len(table), dtype=bool)
+    if flags is not None:
+        keep = (flags & int(bad_flags)) == 0
+    zs = []
+    for k, (vcol, tcol, ecol) in enumerate(zip(values, truths, errors)):
+        for col in (vcol, tcol, ecol) + ((terrs[k],) if terrs else ()):
+            _column(table, col)  # raises a clear error for a missing column
+        unit = _flux_unit(table, vcol, table, tcol)
+        v = _column(table, vcol, unit)
+        t = _column(table, tcol, unit)
+        e = _column(table, ecol, unit)
+        te = _column(table, terrs[k], unit) if terrs else np.zeros_like(e)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = (v - t) / np.hypot(e, te)
+        z = z[keep & np.isfinite(z)]
+        if not z.size:
+            msg = f"no usable row for {vcol!r} (all non-finite, zero error or flagged)"
+            raise ValueError(msg)
+        zs.append(z)
+
+    fig = _new_figure(fig, (10.0, 4.2))
+    fig.clear()
+    ax_h, ax_c = fig.subplots(1, 2)
+    grid = np.linspace(-zmax, zmax, 400)
+    edges = np.linspace(-zmax, zmax, 41)
+    nominal = np.linspace(0.0, 1.0, 101)
+    limits = stats.norm.ppf(0.5 + nominal / 2)
+    for k, (z, label) in enumerate(zip(zs, labels)):
+        cov68 = float(np.mean(np.abs(z) < 1.0))
+        text = (f"{label}: n={z.size}, median {np.median(z):.2f}, std {np.std(z):.2f}, "
+                f"68% cov. {cov68:.2f}")
+        ax_h.hist(np.clip(z, -zmax, zmax), bins=edges, density=True, histtype="step", lw=1.5,
+                  color=f"C{k}", label=text)
+        empirical = np.mean(np.abs(z)[:, None] < limits[None, :], axis=0)
+        ax_c.plot(nominal, empirical, color=f"C{k}", lw=1.5, label=label)
+    ax_h.plot(grid, stats.norm.pdf(grid), color="k", lw=1.0, ls="--", label="N(0, 1)")
+    ax_h.set(xlabel="z = (value - truth) / sigma", ylabel="density", xlim=(-zmax, zmax))
+    ax_h.legend(fontsize=7, loc="upper left")
+    ax_c.plot([0, 1], [0, 1], color="k", lw=1.0, ls="--", label="calibrated")
+    ax_c.axvline(0.683, color="0.7", lw=0.8)
+    ax_c.set(xlabel="nominal coverage", ylabel="empirical coverage", xlim=(0, 1), ylim=(0, 1),
+             aspect="equal")
+    ax_c.legend(fontsize=7, loc="lower right")
+    ax_c.text(0.03, 0.97, "below the diagonal: errors too small\nabove: errors too large",
+              transform=ax_c.transAxes, va="top", fontsize=7)
     fig.tight_layout()
     return fig

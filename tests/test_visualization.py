@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from asidfe_phot import flags
 from asidfe_phot.exceptions import AsidfePhotWarning
-from asidfe_phot.visualization import plot_residuals, plot_stamps
+from asidfe_phot.visualization import plot_calibration, plot_residuals, plot_stamps
 
 matplotlib.use("agg")
 
@@ -189,3 +189,71 @@ def test_plot_residuals_nothing_finite(result, truth):
     tbl["flux_fit"] = np.nan
     fig = plot_residuals(tbl, truth)
     assert "no data" in fig.axes[3].texts[0].get_text()
+
+
+# --- plot_calibration ----------------------------------------------------------------------
+
+@pytest.fixture(name="calib")
+def fixture_calib():
+    rng = np.random.default_rng(3)
+    n = 2000
+    tbl = QTable()
+    tbl["flux_true"] = rng.uniform(100.0, 1000.0, n)
+    tbl["flux_err"] = 0.05 * tbl["flux_true"]
+    tbl["flux_fit"] = tbl["flux_true"] + rng.normal(0.0, tbl["flux_err"])
+    tbl["x_true"] = rng.uniform(0, 100, n)
+    tbl["x_err"] = np.full(n, 0.1)
+    tbl["x_fit"] = tbl["x_true"] + rng.normal(0.0, 0.2, n)  # errors underestimated 2x
+    tbl["flags"] = np.zeros(n, dtype=np.int32)
+    tbl["flags"][:10] = flags.EDGE
+    tbl["flux_fit"][:10] = 1e9  # flagged outliers, left out
+    return tbl
+
+
+def test_plot_calibration_single_and_multiple(calib):
+    fig = plot_calibration(calib, "flux_fit", "flux_true", "flux_err")
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    hist, cov = fig.axes
+    text = hist.get_legend().get_texts()[0].get_text()
+    assert "n=1990" in text
+    std = float(text.split("std ")[1].split(",")[0])
+    assert 0.9 < std < 1.1
+    # Coverage curve of calibrated errors follows the diagonal.
+    xdata, ydata = cov.lines[0].get_data()
+    np.testing.assert_allclose(ydata, xdata, atol=0.05)
+    fig = plot_calibration(calib, ["flux_fit", "x_fit"], ["flux_true", "x_true"],
+                           ["flux_err", "x_err"], labels=["flux", "x"], fig=Figure())
+    hist, cov = fig.axes
+    assert len(hist.get_legend().get_texts()) == 3  # two quantities + N(0,1)
+    xdata, ydata = cov.lines[1].get_data()
+    at68 = np.argmin(np.abs(xdata - 0.68))
+    assert ydata[at68] < 0.45  # overconfident: below the diagonal
+
+
+def test_plot_calibration_reference_errors_and_all_rows(calib):
+    calib["ref_err"] = np.full(len(calib), 0.0)
+    fig = plot_calibration(calib, "x_fit", "x_true", "x_err", truth_error_col="ref_err",
+                           bad_flags=0)
+    assert "n=2000" in fig.axes[0].get_legend().get_texts()[0].get_text()
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"value_col": "nope"}, "no column 'nope'"),
+    ({"truth_col": ["flux_true", "x_true"]}, "truth_col has 2 entries"),
+    ({"labels": ["a", "b"]}, "labels has 2 entries"),
+    ({"value_col": [1, 2]}, "value_col must be a column name"),
+    ({"zmax": 0}, "zmax must be positive"),
+])
+def test_plot_calibration_bad_input(calib, kwargs, match):
+    args = {"value_col": "flux_fit", "truth_col": "flux_true", "error_col": "flux_err"} | kwargs
+    with pytest.raises(ValueError, match=match):
+        plot_calibration(calib, **args)
+
+
+def test_plot_calibration_no_usable_row_and_units(calib):
+    calib["flux_err"] = np.full(len(calib), np.nan)
+    with pytest.raises(ValueError, match="no usable row"):
+        plot_calibration(calib, "flux_fit", "flux_true", "flux_err")
+    calib["flux_q"] = calib["x_fit"] * u.adu
+    with pytest.warns(AsidfePhotWarning, match="same unit"):
+        plot_calibration(calib, "flux_q", "x_true", "x_err")

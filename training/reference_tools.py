@@ -183,7 +183,7 @@ def run_source_extractor(data, *, config=None, params=DEFAULT_PARAMS, header=Non
     exe = find_source_extractor()
     own = workdir is None
     tmp = tempfile.mkdtemp(prefix="asidfe_sex_") if own else None
-    wd = Path(tmp if own else workdir)
+    wd = Path(tmp if own else workdir).resolve()
     wd.mkdir(parents=True, exist_ok=True)
     try:
         image = wd / "image.fits"
@@ -240,8 +240,8 @@ def run_psfex(ldac_catalogue, *, config=None, workdir=None):
         The ``.psf`` model.
     """
     exe = find_psfex()
-    ldac = Path(ldac_catalogue)
-    wd = Path(workdir) if workdir is not None else ldac.parent
+    ldac = Path(ldac_catalogue).resolve()
+    wd = Path(workdir).resolve() if workdir is not None else ldac.parent
     cfg = {"PSFVAR_DEGREES": "1", "SAMPLE_FWHMRANGE": "1.0,20.0", "SAMPLE_MINSN": "20",
            "CHECKPLOT_TYPE": "NONE", "CHECKIMAGE_TYPE": "NONE", "WRITE_XML": "N",
            "VERBOSE_TYPE": "QUIET", "PSF_DIR": str(wd), "NTHREADS": "1"}
@@ -292,7 +292,7 @@ def source_extractor_psf_fit(data, *, config=None, psfex_config=None, params=PSF
     find_psfex()
     own = workdir is None
     tmp = tempfile.mkdtemp(prefix="asidfe_psfex_") if own else None
-    wd = Path(tmp if own else workdir)
+    wd = Path(tmp if own else workdir).resolve()
     wd.mkdir(parents=True, exist_ok=True)
     try:
         ldac = run_source_extractor(data, config=config, params=_PREPSFEX_PARAMS, header=header,
