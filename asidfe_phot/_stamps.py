@@ -129,14 +129,19 @@ def encode_inputs(data_stamps, error_stamps, valid, scale=None):
     """
     if scale is None:
         scale = noise_scale(error_stamps, valid)
-    s = scale[:, None, None]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        signal = np.where(valid, data_stamps / s, 0.0)
-        rel_err = np.where(valid, error_stamps / s, 1.0)
+    # float32 throughout: the network's precision, and 2x faster than float64 here.
+    s = np.asarray(scale, dtype=np.float32)[:, None, None]
     inputs = np.empty((data_stamps.shape[0], N_INPUT_CHANNELS) + data_stamps.shape[1:],
                       dtype=np.float32)
-    inputs[:, 0] = np.arcsinh(signal)
-    inputs[:, 1] = np.log(np.clip(rel_err, _MIN_RELATIVE_ERROR, None))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        np.divide(data_stamps, s, out=inputs[:, 0], casting="unsafe")
+        np.divide(error_stamps, s, out=inputs[:, 1], casting="unsafe")
+    if not valid.all():
+        inputs[:, 0][~valid] = 0.0
+        inputs[:, 1][~valid] = 1.0
+    np.arcsinh(inputs[:, 0], out=inputs[:, 0])
+    np.clip(inputs[:, 1], _MIN_RELATIVE_ERROR, None, out=inputs[:, 1])
+    np.log(inputs[:, 1], out=inputs[:, 1])
     return inputs, scale
 
 
