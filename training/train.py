@@ -40,11 +40,13 @@ def evaluate(model, dataset, batch_size=1024, with_variance=True, limit=None):
     model.eval()
     n = len(dataset) if limit is None else min(limit, len(dataset))
     outs, tgts = [], []
+    # Without variances (step 1) only the mean branch runs: half the cost.
+    forward = model if with_variance else model.mean
     with torch.no_grad():
         for start in range(0, n, batch_size):
             idx = np.arange(start, min(start + batch_size, n))
             x, t, _ = dataset.batch(idx)
-            outs.append(model(torch.from_numpy(x).contiguous(memory_format=torch.channels_last)))
+            outs.append(forward(torch.from_numpy(x).contiguous(memory_format=torch.channels_last)))
             tgts.append(torch.from_numpy(t))
     model.train()
     return _metrics(torch.cat(outs), torch.cat(tgts), with_variance)
@@ -138,6 +140,8 @@ def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batc
         log(f"resumed at step {state['step']}")
     rng = np.random.default_rng([seed, state["step"]])
     loss_fn = gaussian_nll if with_variance else huber
+    # Step 1 trains the mean branch alone: running the variance branch would double the cost.
+    forward = model if with_variance else model.mean
     steps_per_eval = max(1, eval_every // batch_size)
     model.train()
     t_last_ckpt = t0 = time.time()
@@ -151,7 +155,7 @@ def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batc
         idx = rng.integers(0, len(train_set), batch_size)
         x, t, _ = train_set.batch(idx, rng)
         x = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
-        outputs = model(x)
+        outputs = forward(x)
         loss = loss_fn(outputs, torch.from_numpy(t))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
