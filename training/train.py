@@ -83,7 +83,7 @@ def freeze(model, what):
 
 def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batch_size=256,
           lr=1e-3, eval_every=250_000, val_limit=50_000, patience=8, train_limit=None,
-          threads=None, device="cpu", checkpoint_seconds=300, log=print):
+          threads=None, device="cpu", checkpoint_seconds=300, max_steps=None, log=print):
     """Train one network; returns its history. See the module docstring."""
     if stage not in STAGES:
         msg = f"stage must be one of {STAGES}, got {stage!r}"
@@ -138,7 +138,10 @@ def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batc
         scheduler.load_state_dict(ckpt["scheduler"])
         state = ckpt["state"]
         log(f"resumed at step {state['step']}")
-    rng = np.random.default_rng([seed, state["step"]])
+    rng = np.random.default_rng(seed)
+    if last.exists() and "rng" in ckpt:
+        # Resuming continues the same batch sequence: an interrupted run equals an uninterrupted one.
+        rng.bit_generator.state = ckpt["rng"]
     loss_fn = gaussian_nll if with_variance else huber
     # Step 1 trains the mean branch alone: running the variance branch would double the cost.
     forward = model if with_variance else model.mean
@@ -149,9 +152,12 @@ def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batc
 
     def save(path):
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "state": state, "stage": stage}, path)
+                    "scheduler": scheduler.state_dict(), "state": state, "stage": stage,
+                    "rng": rng.bit_generator.state}, path)
 
-    while state["step"] < total_steps and state["bad_evals"] < patience:
+    # max_steps splits a long training into several runs (each resumes from last.pt).
+    stop_at = total_steps if max_steps is None else min(total_steps, state["step"] + max_steps)
+    while state["step"] < stop_at and state["bad_evals"] < patience:
         idx = rng.integers(0, len(train_set), batch_size)
         x, t, _ = train_set.batch(idx, rng)
         x = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
@@ -185,6 +191,8 @@ def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batc
             save(last)
             t_last_ckpt = time.time()
     save(last)
+    if state["step"] < total_steps and state["bad_evals"] < patience:
+        return state["history"]  # paused by max_steps: not done
     if not (out / "best.pt").exists():
         torch.save({"model": model.state_dict(), "stage": stage}, out / "best.pt")
     (out / "DONE").write_text(json.dumps({"step": state["step"], "best": state["best"]}))
@@ -205,11 +213,13 @@ def main(argv=None):
     parser.add_argument("--eval-every", type=int, default=250_000)
     parser.add_argument("--train-limit", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="stop after this many steps (resume later with the same command)")
     args = parser.parse_args(argv)
     train(args.data, args.stage, args.out, args.samples, init=args.init,
           freeze_parts=[p for p in args.freeze.split(",") if p], seed=args.seed,
           batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
-          train_limit=args.train_limit, threads=args.threads)
+          train_limit=args.train_limit, threads=args.threads, max_steps=args.max_steps)
 
 
 if __name__ == "__main__":

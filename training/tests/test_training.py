@@ -118,3 +118,17 @@ def test_quick_pipeline_end_to_end(tmp_path):
         warnings.simplefilter("ignore")
         tbl = MLPhotometry(model_dir)(image, init_params=truth, gain=2.0)
     assert len(tbl) == 4 and np.all(np.isfinite(tbl["flux_fit"]))
+
+
+def test_interrupted_training_equals_uninterrupted(dataset, tmp_path):
+    from training.train import train
+
+    kwargs = {"eval_every": 10_000, "log": lambda *a: None, "batch_size": 32}
+    train(dataset, "step1", tmp_path / "a", 8 * 32, **kwargs)
+    train(dataset, "step1", tmp_path / "b", 8 * 32, max_steps=3, **kwargs)
+    assert not (tmp_path / "b" / "DONE").exists()
+    train(dataset, "step1", tmp_path / "b", 8 * 32, **kwargs)
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
