@@ -15,7 +15,8 @@ from pathlib import Path
 from asidfe_phot import _stamps
 from asidfe_phot.exceptions import ModelError
 
-__all__ = ["DEFAULT_MODEL", "list_models", "model_path", "load_model_card", "verify_model"]
+__all__ = ["DEFAULT_MODEL", "list_models", "model_path", "load_model_card", "verify_model",
+           "file_sha256"]
 
 #: The model used when none is named.
 DEFAULT_MODEL = "asidfe_tsmve_v1"
@@ -71,7 +72,8 @@ def load_model_card(model=None):
         raise ModelError(msg) from exc
 
 
-def _sha256(path):
+def file_sha256(path):
+    """Hex sha256 digest of a file (what model cards record)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -100,7 +102,7 @@ def verify_model(model=None):
         if key not in card:
             msg = f"model card {directory / 'config.json'} lacks {key!r}"
             raise ModelError(msg)
-    digest = _sha256(directory / "model.onnx")
+    digest = file_sha256(directory / "model.onnx")
     if digest != card["sha256"]:
         msg = (f"{directory / 'model.onnx'} is corrupt or was replaced: sha256 {digest} "
                f"differs from the model card's {card['sha256']}")

@@ -114,6 +114,23 @@ def run_mlphotometry(model, data, header, x, y):
     return tbl, notes
 
 
+def _asidfe_and_sextractor_psf(model, data, header, stars, log):
+    """MLPhotometry at the catalogue positions, and the SourceExtractor PSF-fit values."""
+    x_init = np.asarray(stars["X_IMAGE"], dtype=np.float64)
+    y_init = np.asarray(stars["Y_IMAGE"], dtype=np.float64)
+    ml, notes = run_mlphotometry(model, data, header, x_init, y_init)
+    for note in notes:
+        log(f"  MLPhotometry warning: {note}")
+    methods = {
+        "ASID-FE": _method(ml["x_fit"], ml["x_err"], ml["y_fit"], ml["y_err"],
+                           np.asarray(ml["flux_fit"]), np.asarray(ml["flux_err"])),
+        "SExtractor PSF": _method(stars["XPSF_IMAGE"], np.sqrt(stars["ERRX2PSF_IMAGE"]),
+                                  stars["YPSF_IMAGE"], np.sqrt(stars["ERRY2PSF_IMAGE"]),
+                                  stars["FLUX_PSF"], stars["FLUXERR_PSF"]),
+    }
+    return ml, methods
+
+
 def _method(x, xe, y, ye, f, fe):
     as_arr = lambda v: None if v is None else np.asarray(v, dtype=np.float64)  # noqa: E731
     return {"x": as_arr(x), "x_err": as_arr(xe), "y": as_arr(y), "y_err": as_arr(ye),
@@ -206,24 +223,15 @@ def ntt_frame(model, log=print, selection="spread_model", max_peak=5.0e4):
         f"peak < {max_peak:g}, PSF fit ok), {int(matched.sum())} matched to DAOPHOT within "
         f"{MATCH_RADIUS} px")
     stars, dao = stars[matched], dao[j[matched]]
-    x_init = np.asarray(stars["X_IMAGE"], dtype=np.float64)
-    y_init = np.asarray(stars["Y_IMAGE"], dtype=np.float64)
-    ml, notes = run_mlphotometry(model, data, header, x_init, y_init)
-    for note in notes:
-        log(f"  MLPhotometry warning: {note}")
-    methods = {
-        "ASID-FE": _method(ml["x_fit"], ml["x_err"], ml["y_fit"], ml["y_err"],
-                           np.asarray(ml["flux_fit"]), np.asarray(ml["flux_err"])),
-        "SExtractor PSF": _method(stars["XPSF_IMAGE"], np.sqrt(stars["ERRX2PSF_IMAGE"]),
-                                  stars["YPSF_IMAGE"], np.sqrt(stars["ERRY2PSF_IMAGE"]),
-                                  stars["FLUX_PSF"], stars["FLUXERR_PSF"]),
+    ml, methods = _asidfe_and_sextractor_psf(model, data, header, stars, log)
+    methods.update({
         "DAOPHOT": _method(dao["x"], None, dao["y"], None, dao["flux"], dao["flux_err"]),
-    }
+    })
     pairs = [("ASID-FE", "SExtractor PSF"), ("ASID-FE", "DAOPHOT"), ("SExtractor PSF", "DAOPHOT")]
     info = {"frame": "eso_ntt_emmi/galaxies.fits", "band": "R", "telescope": "ESO NTT + EMMI",
             "gain_used": str(ml.meta.get("gain")), "star_selection": selection,
             "n_stars": len(stars), "ml_flagged": int(np.count_nonzero(ml["flags"]))}
-    return methods, pairs, x_init, y_init, ml, info
+    return methods, pairs, np.asarray(ml["x_init"]), np.asarray(ml["y_init"]), ml, info
 
 
 #: Second real frames (misc/): file, SourceExtractor seeing guess (px), saturation (ADU).
@@ -279,21 +287,12 @@ def misc_frame(model, name="eyuma", log=print, workdir=None, selection="class_st
                   & (stars["FLUXERR_AUTO"] > 0)]
     log(f"{name}: {len(sex)} SExtractor objects (PSFEx {sex.meta['psf_model']}), {len(stars)} "
         f"stars ({selection}, FLAGS == 0, PSF fit ok)")
-    x_init = np.asarray(stars["X_IMAGE"], dtype=np.float64)
-    y_init = np.asarray(stars["Y_IMAGE"], dtype=np.float64)
-    ml, notes = run_mlphotometry(model, data, header, x_init, y_init)
-    for note in notes:
-        log(f"  MLPhotometry warning: {note}")
-    methods = {
-        "ASID-FE": _method(ml["x_fit"], ml["x_err"], ml["y_fit"], ml["y_err"],
-                           np.asarray(ml["flux_fit"]), np.asarray(ml["flux_err"])),
-        "SExtractor PSF": _method(stars["XPSF_IMAGE"], np.sqrt(stars["ERRX2PSF_IMAGE"]),
-                                  stars["YPSF_IMAGE"], np.sqrt(stars["ERRY2PSF_IMAGE"]),
-                                  stars["FLUX_PSF"], stars["FLUXERR_PSF"]),
+    ml, methods = _asidfe_and_sextractor_psf(model, data, header, stars, log)
+    methods.update({
         "SExtractor AUTO/WIN": _method(stars["XWIN_IMAGE"], np.sqrt(stars["ERRX2WIN_IMAGE"]),
                                        stars["YWIN_IMAGE"], np.sqrt(stars["ERRY2WIN_IMAGE"]),
                                        stars["FLUX_AUTO"], stars["FLUXERR_AUTO"]),
-    }
+    })
     pairs = [("ASID-FE", "SExtractor PSF"), ("ASID-FE", "SExtractor AUTO/WIN"),
              ("SExtractor PSF", "SExtractor AUTO/WIN")]
     info = {"frame": f"misc/{spec['file']}", "band": spec["band"],
@@ -302,7 +301,7 @@ def misc_frame(model, name="eyuma", log=print, workdir=None, selection="class_st
             "ml_flagged": int(np.count_nonzero(ml["flags"])),
             "psfex": {k: (v.item() if hasattr(v, "item") else v)
                       for k, v in sex.meta["psf_model"].items()}}
-    return methods, pairs, x_init, y_init, ml, info
+    return methods, pairs, np.asarray(ml["x_init"]), np.asarray(ml["y_init"]), ml, info
 
 
 # --- outputs --------------------------------------------------------------------------------

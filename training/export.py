@@ -6,7 +6,6 @@ Export trained weights to ONNX with a model card (``config.json``) and check par
 """
 
 import argparse
-import hashlib
 import json
 import subprocess
 import warnings
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from asidfe_phot import _stamps
+from asidfe_phot.models import file_sha256
 from training.model import LOGVAR_MAX, LOGVAR_MIN, TSMVE
 
 OPSET = 17
@@ -28,14 +28,6 @@ def _git_commit():
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def export_onnx(model, path):
@@ -85,7 +77,7 @@ def export(weights, out, name, version, card_extra=None):
         raise RuntimeError(msg)
     card = {
         "name": name, "version": int(version), "file": "model.onnx",
-        "sha256": sha256(onnx_path), "opset": OPSET,
+        "sha256": file_sha256(onnx_path), "opset": OPSET,
         "input": {"name": INPUT_NAME, "shape": ["batch", _stamps.N_INPUT_CHANNELS,
                                                 _stamps.STAMP_SIZE, _stamps.STAMP_SIZE]},
         "output": {"name": OUTPUT_NAME, "shape": ["batch", 6]},

@@ -140,7 +140,7 @@ def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batc
         log(f"resumed at step {state['step']}")
     rng = np.random.default_rng(seed)
     if last.exists() and "rng" in ckpt:
-        # Resuming continues the same batch sequence: an interrupted run equals an uninterrupted one.
+        # Resuming continues the same batch sequence: interrupted = uninterrupted run.
         rng.bit_generator.state = ckpt["rng"]
     loss_fn = gaussian_nll if with_variance else huber
     # Step 1 trains the mean branch alone: running the variance branch would double the cost.

@@ -21,7 +21,8 @@ def fixture_field():
 
 
 def _nearest(x, y, truth):
-    d = np.hypot(np.asarray(x)[:, None] - truth["x"][None], np.asarray(y)[:, None] - truth["y"][None])
+    d = np.hypot(np.asarray(x)[:, None] - truth["x"][None],
+                 np.asarray(y)[:, None] - truth["y"][None])
     return d.argmin(axis=1), d.min(axis=1)
 
 
