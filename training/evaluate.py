@@ -151,7 +151,30 @@ def bin_metrics(results, bins=SNR_BINS):
                                              / np.sqrt(np.nanmean(r["crlb_flux"] ** 2)))
         row["flagged_fraction_ml"] = float(np.mean(r["flags_ml"] != 0))
         out.append(row)
-    return QTable(rows=out)
+    # Empty bins get NaN in every metric column.
+    keys = max(out, key=len).keys()
+    return QTable(rows=[{k: row.get(k, np.nan) for k in keys} for row in out])
+
+
+#: Columns of the docs table: (column, heading, decimals).
+RST_COLUMNS = (
+    ("n", "N", 0), ("flux_mare_ml", "MARE ML", 4), ("flux_mare_sep", "MARE sep", 4),
+    ("flux_mare_aper", "MARE aper", 4), ("flux_zstd_ml", "flux z-std", 2),
+    ("flux_cov68_ml", "flux cov68", 2), ("x_zstd_ml", "x z-std", 2), ("y_zstd_ml", "y z-std", 2),
+    ("x_cov68_ml", "x cov68", 2), ("x_mae_ml", "x MAE", 4), ("x_mae_init", "x MAE input", 4),
+    ("flux_rms_over_crlb_ml", "flux/CRLB", 2), ("x_rms_over_crlb_ml", "x/CRLB", 2),
+)
+
+
+def write_metrics_rst(metrics, path):
+    """The per-bin metrics as an RST table for the docs."""
+    tbl = Table()
+    tbl["S/N"] = [f"{lo:g}-{hi:g}" if np.isfinite(hi) else f">{lo:g}"
+                  for lo, hi in zip(metrics["snr_lo"], metrics["snr_hi"])]
+    for col, head, dec in RST_COLUMNS:
+        if col in metrics.colnames:
+            tbl[head] = [f"{v:.{dec}f}" if np.isfinite(v) else "-" for v in metrics[col]]
+    tbl.write(path, format="ascii.rst", overwrite=True)
 
 
 def plot_metrics(metrics, path):
@@ -194,6 +217,7 @@ def evaluate_model(model, data, n_frames=60, out=None, log=print):
         out.mkdir(parents=True, exist_ok=True)
         results.write(out / "results.ecsv", overwrite=True)
         metrics.write(out / "metrics.ecsv", overwrite=True)
+        write_metrics_rst(metrics, out / "metrics.rst")
         plot_metrics(metrics, out / "metrics.png")
     return [{k: (None if isinstance(v, float) and not np.isfinite(v) else v)
              for k, v in dict(zip(metrics.colnames, row)).items()}
