@@ -40,7 +40,15 @@ def create_session(path, providers=None):
     return session
 
 
+#: Stamps per onnxruntime call: measured fastest on CPU (larger batches fall out of cache).
+RUN_CHUNK = 256
+
+
 def run(session, inputs):
     """Network outputs (n, 6) for inputs (n, 2, 32, 32)."""
     name = session.get_inputs()[0].name
-    return session.run(None, {name: np.ascontiguousarray(inputs, dtype=np.float32)})[0]
+    inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+    if len(inputs) <= RUN_CHUNK:
+        return session.run(None, {name: inputs})[0]
+    return np.concatenate([session.run(None, {name: inputs[i:i + RUN_CHUNK]})[0]
+                           for i in range(0, len(inputs), RUN_CHUNK)])

@@ -45,6 +45,79 @@ def export_onnx(model, path):
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
 
 
+def _constant_pads(graph, name):
+    """The pads of a Pad node whose pads input is a Constant (None if computed)."""
+    import onnx
+
+    for node in graph.node:
+        if node.output[0] == name and node.op_type == "Constant":
+            return onnx.numpy_helper.to_array(node.attribute[0].t).tolist()
+    return None
+
+
+def fuse_pad_into_conv(path):
+    """
+    Fold the explicit zero ``Pad`` before each ``Conv`` into the Conv's own ``pads``.
+
+    ``F.pad`` (used because it trains faster on CPU than ``padding='same'``) exports
+    as a Pad fed by a computed subgraph that onnxruntime cannot fuse, which costs
+    several times the Conv itself. The Conv's asymmetric ``pads`` attribute does the
+    same zero padding. Nodes left without consumers are removed.
+    """
+    import numpy as np
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    consumers = {}
+    for node in graph.node:
+        for inp in node.input:
+            consumers.setdefault(inp, []).append(node)
+    # The trace computes the pads; evaluate them once with onnxruntime's reference.
+    import onnxruntime as ort
+
+    pad_nodes = [n for n in graph.node if n.op_type == "Pad"]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    for n in pad_nodes:
+        probe.graph.output.append(onnx.helper.make_tensor_value_info(n.input[1],
+                                                                     onnx.TensorProto.INT64,
+                                                                     None))
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    dummy = np.zeros((1, _stamps.N_INPUT_CHANNELS, _stamps.STAMP_SIZE, _stamps.STAMP_SIZE),
+                     np.float32)
+    values = sess.run(None, {graph.input[0].name: dummy})
+    for pad, pads in zip(pad_nodes, values):
+        mode = next((onnx.helper.get_attribute_value(a) for a in pad.attribute
+                     if a.name == "mode"), b"constant")
+        users = consumers.get(pad.output[0], [])
+        if mode != b"constant" or not users or any(u.op_type != "Conv" for u in users):
+            continue
+        pads = [int(v) for v in pads]
+        rank = len(pads) // 2
+        if any(pads[:2]) or any(pads[rank:rank + 2]):  # padding of batch/channel axes
+            continue
+        spatial = pads[2:rank] + pads[rank + 2:]
+        for conv in users:
+            for attr in list(conv.attribute):
+                if attr.name in ("pads", "auto_pad"):
+                    conv.attribute.remove(attr)
+            conv.attribute.append(onnx.helper.make_attribute("pads", spatial))
+            conv.input[0] = pad.input[0]
+    # Drop nodes that no longer feed an output.
+    needed = {o.name for o in graph.output}
+    keep = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+    del graph.node[:]
+    graph.node.extend(reversed(keep))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
 def parity(model, path, n=64, seed=0):
     """Max absolute and relative difference between torch and onnxruntime outputs."""
     import onnxruntime as ort
@@ -71,6 +144,7 @@ def export(weights, out, name, version, card_extra=None):
     model.load_state_dict(state["model"] if "model" in state else state)
     onnx_path = out / "model.onnx"
     export_onnx(model, onnx_path)
+    fuse_pad_into_conv(onnx_path)
     check = parity(model, onnx_path)
     if check["max_rel_diff"] > 1e-4 and check["max_abs_diff"] > 1e-4:
         msg = f"ONNX parity check failed: {check}"
@@ -87,7 +161,8 @@ def export(weights, out, name, version, card_extra=None):
         "training_commit": _git_commit(),
     }
     if card_extra:
-        card.update(card_extra)
+        # Entries computed here (checksum, parity, contract) always win over stale ones.
+        card.update({k: v for k, v in card_extra.items() if k not in card})
     (out / "config.json").write_text(json.dumps(card, indent=2, default=float) + "\n")
     return card
 
@@ -108,8 +183,12 @@ def main(argv=None):
     parser.add_argument("--name", default="asidfe_tsmve")
     parser.add_argument("--version", type=int, default=1)
     parser.add_argument("--card-extra", default=None, help="JSON file merged into the card")
+    parser.add_argument("--keep-card", action="store_true",
+                        help="re-export: keep the recipe, history and metrics of OUT's card")
     args = parser.parse_args(argv)
-    extra = json.loads(Path(args.card_extra).read_text()) if args.card_extra else None
+    extra = json.loads(Path(args.card_extra).read_text()) if args.card_extra else {}
+    if args.keep_card:
+        extra = json.loads((Path(args.out) / "config.json").read_text()) | extra
     card = export(args.weights, args.out, args.name, args.version, extra)
     print(json.dumps({k: card[k] for k in ("name", "version", "sha256", "parity")}))
 

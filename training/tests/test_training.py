@@ -9,7 +9,7 @@ import torch
 from asidfe_phot import _stamps
 from training import simulate
 from training.data import StampSet
-from training.export import export_onnx, parity
+from training.export import export_onnx, fuse_pad_into_conv, parity
 from training.model import TSMVE, gaussian_nll
 from training.train import freeze
 
@@ -87,11 +87,17 @@ def test_freeze_conv():
         freeze(model, ["heads"])
 
 
-def test_onnx_parity(tmp_path):
+def test_onnx_parity_with_pads_folded_into_convs(tmp_path):
+    import onnx
+
     torch.manual_seed(0)
     model = TSMVE()
     path = tmp_path / "m.onnx"
     export_onnx(model, path)
+    assert any(n.op_type == "Pad" for n in onnx.load(str(path)).graph.node)
+    fuse_pad_into_conv(path)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "Pad" not in ops and ops.count("Conv") == 6
     check = parity(model, path)
     assert check["max_abs_diff"] < 1e-4
 
