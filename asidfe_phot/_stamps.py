@@ -93,17 +93,22 @@ def total_error(data, background_rms, gain=None):
 
 
 def noise_scale(error_stamps, valid):
-    """Median per-pixel error of each stamp over its valid pixels, shape (n,)."""
+    """Median per-pixel error of each stamp over its valid pixels, shape (n,); NaN if none."""
     n = error_stamps.shape[0]
-    if n and valid.all():  # the common case: no masked pixel, a plain (much faster) median
-        return np.median(error_stamps.reshape(n, -1), axis=1).astype(np.float64)
-    err = np.where(valid, error_stamps, np.nan)
-    flat = err.reshape(err.shape[0], int(np.prod(err.shape[1:])))
-    # Stamps without a valid pixel get NaN (np.nanmedian would warn on all-NaN rows).
-    scale = np.full(flat.shape[0], np.nan)
-    some = np.isfinite(flat).any(axis=1)
-    if some.any():
-        scale[some] = np.nanmedian(flat[some], axis=1)
+    npix = int(np.prod(error_stamps.shape[1:]))
+    flat = error_stamps.reshape(n, npix)
+    ok = valid.reshape(n, npix)
+    scale = np.full(n, np.nan)
+    full = ok.all(axis=1)
+    if full.any():  # the common case: a plain (fast) median
+        scale[full] = np.median(flat[full], axis=1)
+    part = np.flatnonzero(~full & ok.any(axis=1))
+    if part.size:
+        # Sort with invalid pixels last, then take the middle of the valid ones.
+        s = np.sort(np.where(ok[part], flat[part], np.inf), axis=1)
+        k = ok[part].sum(axis=1)
+        rows = np.arange(part.size)
+        scale[part] = 0.5 * (s[rows, (k - 1) // 2] + s[rows, k // 2])
     return scale
 
 
