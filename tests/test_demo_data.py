@@ -34,3 +34,32 @@ def test_demo_files_provenance():
     image = (root / "sep_image.fits").read_bytes()
     _, _, cat = load_demo_image()
     assert hashlib.sha256(image).hexdigest() == cat.meta["image_sha256"]
+
+
+def test_bundled_model_agrees_with_sourceextractor_on_real_frame():
+    """End to end on a real ESO NTT frame: compact, clean sources agree with SourceExtractor."""
+    import warnings
+
+    from scipy.stats import spearmanr
+
+    from asidfe_phot import MLPhotometry
+    from asidfe_phot.exceptions import AsidfePhotWarning
+
+    data, _, cat = load_demo_image()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AsidfePhotWarning)
+        tbl = MLPhotometry()(data, init_params=cat)
+    np.testing.assert_array_equal(tbl["id"], cat["id"])
+    # Clean, compact (point-like) and unflagged sources with a good AUTO flux.
+    compact = np.asarray(cat["FLUX_RADIUS"]) < 3.0
+    clean = (np.asarray(cat["FLAGS"]) == 0) & compact & (np.asarray(tbl["flags"]) == 0)
+    clean &= np.asarray(cat["FLUX_AUTO"]) > 10 * np.asarray(cat["FLUXERR_AUTO"])
+    assert clean.sum() >= 8
+    flux = np.asarray(tbl["flux_fit"])[clean]
+    auto = np.asarray(cat["FLUX_AUTO"])[clean]
+    assert spearmanr(flux, auto).statistic > 0.9
+    # The total flux of a point source: within 30 % of FLUX_AUTO (which misses its wings).
+    assert 0.8 < np.median(flux / auto) < 1.3
+    shift = np.hypot(np.asarray(tbl["x_fit"] - cat["XWIN_IMAGE"].value)[clean],
+                     np.asarray(tbl["y_fit"] - cat["YWIN_IMAGE"].value)[clean])
+    assert np.median(shift) < 0.3

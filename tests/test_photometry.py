@@ -621,7 +621,6 @@ def test_deterministic(phot, image, error, init, ref):
 # --------------------------------------------------------------------------- accuracy
 
 
-@pytest.mark.xfail(reason="placeholder model", strict=False)
 def test_accuracy_on_simulated_field(phot):
     # Moffat FWHM 3 px stars away from the edges, sky 200 e-, gain 2 e-/ADU, read noise 5 e-.
     image, truth, _ = make_star_field((128, 128), 30, flux_range=(3e3, 3e5), sky=200.0,

@@ -28,17 +28,24 @@ SNR_BINS = (3, 5, 10, 20, 50, 100, 300, 1000, np.inf)
 def _sep_flux_auto(sub, objects, rms, gain):
     import sep
 
-    kron, kflag = sep.kron_radius(sub, objects["x"], objects["y"], objects["a"], objects["b"],
-                                  objects["theta"], 6.0)
-    flux, err, flag = sep.sum_ellipse(sub, objects["x"], objects["y"], objects["a"],
-                                      objects["b"], objects["theta"], 2.5 * kron, err=rms,
-                                      gain=gain, subpix=1)
-    # SourceExtractor's minimum circle (r = 3.5 px) where the Kron ellipse is smaller.
+    kron, _ = sep.kron_radius(sub, objects["x"], objects["y"], objects["a"], objects["b"],
+                              objects["theta"], 6.0)
+    kron = np.nan_to_num(kron, nan=0.0)
+    # SourceExtractor's minimum circle (r = 3.5 px) where the Kron ellipse is smaller
+    # (or undefined).
     small = kron * np.sqrt(objects["a"] * objects["b"]) < 1.75
+    flux = np.full(len(objects), np.nan)
+    err = np.full(len(objects), np.nan)
+    big = ~small
+    if big.any():
+        o = objects[big]
+        flux[big], err[big], _ = sep.sum_ellipse(sub, o["x"], o["y"], o["a"], o["b"],
+                                                 o["theta"], 2.5 * kron[big], err=rms,
+                                                 gain=gain, subpix=1)
     if small.any():
-        cf, ce, _ = sep.sum_circle(sub, objects["x"][small], objects["y"][small], 3.5, err=rms,
-                                   gain=gain, subpix=1)
-        flux[small], err[small] = cf, ce
+        flux[small], err[small], _ = sep.sum_circle(sub, objects["x"][small],
+                                                    objects["y"][small], 3.5, err=rms,
+                                                    gain=gain, subpix=1)
     return flux, err
 
 
