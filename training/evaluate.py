@@ -36,6 +36,12 @@ def _sep_flux_auto(sub, objects, rms, gain):
     small = kron * np.sqrt(objects["a"] * objects["b"]) < 1.75
     flux = np.full(len(objects), np.nan)
     err = np.full(len(objects), np.nan)
+    a, b, theta = objects["a"], objects["b"], objects["theta"]
+    # sep rejects degenerate ellipses (it checks a >= b > 0 and |theta| <= pi/2):
+    # those get the circle too.
+    shape_ok = (np.isfinite(a) & np.isfinite(b) & np.isfinite(theta) & (b > 0) & (a >= b)
+                & (np.abs(theta) <= np.pi / 2) & np.isfinite(kron) & (kron > 0))
+    small |= ~shape_ok
     big = ~small
     if big.any():
         o = objects[big]
