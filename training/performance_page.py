@@ -22,7 +22,9 @@ def comparison_rst(card):
     """The TS-MVE vs deep-ensemble validation scores as an RST table."""
     c = card.get("ensemble_comparison")
     if not c:
-        return "No ensemble comparison in the model card.\n"
+        return ("The equal-budget comparison with a deep ensemble of MVE networks is not in "
+                "this model's card yet: ``training/pipeline.py`` runs it last, and rerunning "
+                "the pipeline command resumes it.\n")
     lines = ["=================  ========  ========  ========",
              "model              MSE       MAE       NLL",
              "=================  ========  ========  ========"]
