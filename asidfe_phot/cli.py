@@ -194,11 +194,18 @@ def _check_writable(path, overwrite, option):
 def _write_table(tbl, path, fmt):
     if fmt == "fits":
         tbl = tbl.copy(copy_data=False)
+        comments = list(tbl.meta.pop("comments", []))
         for key, value in list(tbl.meta.items()):
             if isinstance(value, (list, tuple)):
-                tbl.meta[key] = ", ".join(str(v) for v in value)
+                value = tbl.meta[key] = ", ".join(str(v) for v in value)
             elif value is None:
-                tbl.meta[key] = "none"
+                value = tbl.meta[key] = "none"
+            # A long key with a long value overflows a HIERARCH card (astropy < 7 refuses
+            # it): keep it whole as a COMMENT card instead.
+            if len(key) > 8 and len(key) + len(str(value)) > 60:
+                comments.append(f"{key} = {tbl.meta.pop(key)}")
+        if comments:
+            tbl.meta["comments"] = comments
         from astropy.io.fits.verify import VerifyWarning
 
         with warnings.catch_warnings():
