@@ -11,25 +11,40 @@ centres. A stamp of ``size`` pixels around position ``x`` starts at
 stamp's pixel ``size // 2`` (the *reference pixel*) and the network
 predicts offsets from that pixel's centre.
 
-Scale: each stamp is divided by its noise scale, the median of its
-per-pixel error. The image in units of its own noise reads directly as
-signal-to-noise, so the network is independent of the camera's units, and
-multiplying ``data`` and ``error`` by ``k`` multiplies ``flux`` and
-``flux_err`` by ``k`` and leaves positions unchanged (exactly, up to float
-rounding). The second input channel, the error map in the same units, tells
-the network how much of the noise comes from the source itself (the
-gain / sky-level information one stamp cannot reveal).
+Scale: two per-stamp constants make the network independent of the camera's
+units. The *noise scale* ``s`` is the median per-pixel error. The *flux
+unit* ``u = hypot(core sum, CORE_FLOOR * s)`` is, for a bright source, a
+fixed fraction of its flux (the sum of the central 5x5 pixels) and, for a
+faint one, a multiple of the noise. The data enter as ``asinh(INPUT_GAIN *
+data / u)`` (the normalised profile, linear over the source, compressed only
+for much brighter neighbours), the error map as ``log(error / u)`` (the
+noise relative to the source: its S/N, and how much of the noise comes from
+the source itself), and the network predicts ``flux / u``, an aperture
+correction near 1-3 for bright sources, so its relative precision does not
+depend on the S/N. Multiplying ``data`` and ``error`` by ``k`` multiplies
+``u``, ``flux`` and ``flux_err`` by ``k`` and leaves positions unchanged
+(exactly, up to float rounding).
+
+Contract version 1 (asidfe_tsmve_v1) used ``asinh(data / s)``,
+``log(error / s)`` and an ``asinh(flux / 20 s)`` target; its compressed
+bright profiles limited the flux precision to ~5 % at any S/N.
 """
 
 import numpy as np
 
 __all__ = []  # private module
 
+#: Version of this contract; a model card must carry the same.
+CONTRACT_VERSION = 2
 STAMP_SIZE = 32
 STORED_STAMP_SIZE = 34
 N_INPUT_CHANNELS = 2
-#: asinh softening of the flux target, in units of the stamp's noise scale.
-FLUX_SOFTENING = 20.0
+#: Side of the central box whose sum sets the flux unit (px, odd).
+CORE_SIZE = 5
+#: Floor of the flux unit, in units of the noise scale (the core S/N where it takes over).
+CORE_FLOOR = 30.0
+#: Gain of the data channel before the asinh: linear up to ~1/INPUT_GAIN of the unit.
+INPUT_GAIN = 10.0
 #: The targets, in the order of the network's outputs (means, then log-variances).
 TARGET_NAMES = ("x", "y", "flux")
 #: Smallest error (in units of the noise scale) given to the network; guards log(0).
@@ -112,6 +127,24 @@ def noise_scale(error_stamps, valid):
     return scale
 
 
+def flux_unit(data_stamps, valid, scale):
+    """
+    Per-stamp flux unit: the core sum softened by the noise, shape (n,).
+
+    ``hypot(core_sum, CORE_FLOOR * scale)`` with ``core_sum`` the sum of the
+    valid pixels in the central ``CORE_SIZE`` box: for a bright source it is
+    (a fixed fraction of) its flux, so the network sees the normalised
+    profile and predicts an aperture correction, precise at any S/N; for a
+    faint one it is a multiple of the noise, as before.
+    """
+    c = data_stamps.shape[-1] // 2
+    h = CORE_SIZE // 2
+    core = np.where(valid[:, c - h:c + h + 1, c - h:c + h + 1],
+                    data_stamps[:, c - h:c + h + 1, c - h:c + h + 1], 0)
+    core_sum = core.sum(axis=(1, 2), dtype=np.float64)
+    return np.hypot(core_sum, CORE_FLOOR * np.asarray(scale, dtype=np.float64))
+
+
 def encode_inputs(data_stamps, error_stamps, valid, scale=None):
     """
     Network inputs from background-subtracted data and error stamps.
@@ -121,84 +154,124 @@ def encode_inputs(data_stamps, error_stamps, valid, scale=None):
     data_stamps, error_stamps : (n, S, S) arrays
         Background-subtracted data and its 1-sigma error, same units.
     valid : (n, S, S) bool array
-        Usable pixels; the rest are set to the background (0) with unit
-        relative error, so they carry no signal.
+        Usable pixels; the rest are set to the background (0) with the
+        noise scale as error, so they carry no signal.
     scale : (n,) array, optional
         Noise scale; by default `noise_scale` of the error stamps.
 
     Returns
     -------
     inputs : (n, 2, S, S) float32
-        Channel 0: ``asinh(data / scale)``; channel 1: ``log(error / scale)``.
-    scale : (n,) float64
+        Channel 0: ``asinh(INPUT_GAIN * data / unit)``; channel 1:
+        ``log(error / unit)``, with ``unit`` from `flux_unit`.
+    unit : (n,) float64
+        The flux unit (NaN where the stamp has no valid pixel).
     """
     if scale is None:
         scale = noise_scale(error_stamps, valid)
+    unit = flux_unit(data_stamps, valid, scale)
     # float32 throughout: the network's precision, and 2x faster than float64 here.
+    u = np.asarray(unit, dtype=np.float32)[:, None, None]
     s = np.asarray(scale, dtype=np.float32)[:, None, None]
     inputs = np.empty((data_stamps.shape[0], N_INPUT_CHANNELS) + data_stamps.shape[1:],
                       dtype=np.float32)
     with np.errstate(invalid="ignore", divide="ignore"):
-        np.divide(data_stamps, s, out=inputs[:, 0], casting="unsafe")
-        np.divide(error_stamps, s, out=inputs[:, 1], casting="unsafe")
-    if not valid.all():
-        inputs[:, 0][~valid] = 0.0
-        inputs[:, 1][~valid] = 1.0
+        np.divide(data_stamps, u / INPUT_GAIN, out=inputs[:, 0], casting="unsafe")
+        np.maximum(error_stamps, s * _MIN_RELATIVE_ERROR, out=inputs[:, 1], casting="unsafe")
+        if not valid.all():
+            inputs[:, 0][~valid] = 0.0
+            inputs[:, 1] = np.where(valid, inputs[:, 1], s)
+        np.divide(inputs[:, 1], u, out=inputs[:, 1])
     np.arcsinh(inputs[:, 0], out=inputs[:, 0])
-    np.clip(inputs[:, 1], _MIN_RELATIVE_ERROR, None, out=inputs[:, 1])
     np.log(inputs[:, 1], out=inputs[:, 1])
-    return inputs, scale
+    return inputs, unit
 
 
-def encode_targets(dx, dy, flux, scale):
-    """Training targets: offsets from the reference pixel (px) and asinh-scaled flux."""
-    t_flux = np.arcsinh(np.asarray(flux) / (np.asarray(scale) * FLUX_SOFTENING))
-    return np.stack([dx, dy, t_flux], axis=-1).astype(np.float32)
+def encode_targets(dx, dy, flux, unit):
+    """Training targets: offsets from the reference pixel (px) and flux / unit."""
+    return np.stack([dx, dy, np.asarray(flux) / np.asarray(unit)], axis=-1).astype(np.float32)
 
 
-def decode_outputs(outputs, scale):
+def decode_outputs(outputs, unit, sigma_calibration=None):
     """
     Physical quantities from the network's outputs.
 
     Parameters
     ----------
     outputs : (n, 6) array
-        Means of (dx, dy, asinh flux) then their log-variances.
-    scale : (n,) array
-        The noise scale used by `encode_inputs`.
+        Means of (dx, dy, flux / unit) then their log-variances.
+    unit : (n,) array
+        The flux unit returned by `encode_inputs`.
+    sigma_calibration : dict, optional
+        The model card's ``sigma_calibration`` (see `calibrate_sigmas`).
 
     Returns
     -------
     dict of (n,) float64 arrays
         ``dx, dy, flux, dx_err, dy_err, flux_err``. Offsets are relative to
-        the reference pixel. The flux error propagates the asinh-space sigma
-        through the derivative (delta method).
+        the reference pixel.
     """
     outputs = np.asarray(outputs, dtype=np.float64)
-    scale = np.asarray(scale, dtype=np.float64)
+    unit = np.asarray(unit, dtype=np.float64)
     sigma = np.sqrt(np.exp(outputs[:, 3:6]))
-    t_flux = outputs[:, 2]
-    unit = scale * FLUX_SOFTENING
-    return {
+    res = {
         "dx": outputs[:, 0],
         "dy": outputs[:, 1],
-        "flux": unit * np.sinh(t_flux),
+        "flux": unit * outputs[:, 2],
         "dx_err": sigma[:, 0],
         "dy_err": sigma[:, 1],
-        "flux_err": unit * np.cosh(t_flux) * sigma[:, 2],
+        "flux_err": unit * sigma[:, 2],
     }
+    if sigma_calibration is not None:
+        calibrate_sigmas(res, sigma_calibration)
+    return res
+
+
+def calibrate_sigmas(res, calibration):
+    """
+    Rescale predicted sigmas in place by factors fitted on validation frames.
+
+    The network's variance branch is trained to be calibrated on average;
+    what remains (sigmas a few tens of per cent too wide or narrow in some
+    S/N ranges) is removed by one factor per target, interpolated linearly
+    in ``log10`` of the *predicted* flux S/N (``flux / flux_err`` before
+    calibration, clamped to the knots' range), so it needs no truth at
+    inference.
+
+    Parameters
+    ----------
+    res : dict
+        As returned by `decode_outputs`; ``dx_err, dy_err, flux_err`` are
+        multiplied.
+    calibration : dict
+        ``{"log10_snr": knots, "dx": factors, "dy": factors, "flux": factors}``.
+    """
+    knots = np.asarray(calibration["log10_snr"], dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_snr = np.log10(np.abs(res["flux"]) / res["flux_err"])
+    log_snr = np.nan_to_num(log_snr, nan=knots[0], neginf=knots[0], posinf=knots[-1])
+    for target in ("dx", "dy", "flux"):
+        res[f"{target}_err"] = res[f"{target}_err"] * np.interp(
+            log_snr, knots, np.asarray(calibration[target], dtype=np.float64))
+    return res
 
 
 def contract():
     """The constants a model file must have been trained with (stored in its card)."""
     return {
+        "version": CONTRACT_VERSION,
         "stamp_size": STAMP_SIZE,
         "stored_stamp_size": STORED_STAMP_SIZE,
-        "input_channels": ["asinh(data/scale)", "log(error/scale)"],
+        "input_channels": [f"asinh({INPUT_GAIN} * data / flux_unit)", "log(error / flux_unit)"],
         "scale": "median per-pixel error of the stamp",
-        "flux_target": f"asinh(flux / (scale * {FLUX_SOFTENING}))",
-        "flux_softening": FLUX_SOFTENING,
+        "flux_unit": f"hypot(sum of the central {CORE_SIZE}x{CORE_SIZE} pixels, "
+                     f"{CORE_FLOOR} * scale)",
+        "core_size": CORE_SIZE,
+        "core_floor": CORE_FLOOR,
+        "input_gain": INPUT_GAIN,
+        "flux_target": "flux / flux_unit",
         "position_target": "offset (px) from the centre of stamp pixel size//2",
-        "outputs": ["dx", "dy", "asinh_flux", "logvar_dx", "logvar_dy", "logvar_asinh_flux"],
+        "outputs": ["dx", "dy", "flux_over_unit", "logvar_dx", "logvar_dy",
+                    "logvar_flux_over_unit"],
         "pixel_convention": "0-based, integer = pixel centre (photutils)",
     }

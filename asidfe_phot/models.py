@@ -21,7 +21,7 @@ __all__ = ["DEFAULT_MODEL", "list_models", "model_path", "load_model_card", "ver
 #: The model used when none is named.
 DEFAULT_MODEL = "asidfe_tsmve_v1"
 
-_CONTRACT_KEYS = ("stamp_size", "flux_softening")
+_CONTRACT_KEYS = ("version", "stamp_size", "core_size", "core_floor", "input_gain")
 
 
 def _registry_root():

@@ -276,8 +276,10 @@ class MLPhotometry:
             else:
                 rms, _ = _stamps.cutout_stamps(prepared.rms, bx, by, size, fill=1.0)
                 error = _stamps.total_error(data, rms, prepared.gain)
-            inputs, scale = _stamps.encode_inputs(data, error, valid)
-            usable = valid.any(axis=(1, 2)) & np.isfinite(scale) & (scale > 0)
+            scale = _stamps.noise_scale(error, valid)
+            inputs, unit = _stamps.encode_inputs(data, error, valid, scale)
+            usable = (valid.any(axis=(1, 2)) & np.isfinite(scale) & (scale > 0)
+                      & np.isfinite(unit))
             f = np.zeros(len(scale), dtype=np.int32)
             f[~inside.all(axis=(1, 2))] |= _flags.EDGE
             f[~valid.all(axis=(1, 2)) & inside.all(axis=(1, 2))] |= _flags.MASKED
@@ -292,7 +294,8 @@ class MLPhotometry:
                 f |= _flags.NO_SOURCE_NOISE
             idx = np.flatnonzero(usable)
             if idx.size:
-                res = _stamps.decode_outputs(_onnx.run(self._session, inputs[idx]), scale[idx])
+                res = _stamps.decode_outputs(_onnx.run(self._session, inputs[idx]), unit[idx],
+                                             self._card.get("sigma_calibration"))
                 rx = _stamps.reference_pixel(bx[idx])
                 ry = _stamps.reference_pixel(by[idx])
                 xf, yf = rx + res["dx"], ry + res["dy"]

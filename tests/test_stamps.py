@@ -95,17 +95,31 @@ def test_noise_scale_uses_valid_pixels_only():
 def test_encode_inputs():
     rng = np.random.default_rng(2)
     data = rng.normal(0, 3, (5, 32, 32))
+    data[:3, 14:19, 14:19] += np.array([1e2, 1e4, -1e3])[:, None, None]
     error = rng.uniform(2, 4, (5, 32, 32))
     valid = rng.uniform(size=(5, 32, 32)) > 0.1
-    inputs, scale = _stamps.encode_inputs(data, error, valid)
+    inputs, unit = _stamps.encode_inputs(data, error, valid)
     assert inputs.shape == (5, 2, 32, 32)
     assert inputs.dtype == np.float32
-    assert_allclose(scale, [np.median(e[v]) for e, v in zip(error, valid)])
-    s = scale[:, None, None]
-    assert_allclose(inputs[:, 0], np.where(valid, np.arcsinh(data / s), 0.0), rtol=1e-6,
-                    atol=1e-7)
-    assert_allclose(inputs[:, 1], np.where(valid, np.log(error / s), 0.0), rtol=1e-6, atol=1e-6)
+    scale = np.array([np.median(e[v]) for e, v in zip(error, valid)])
+    core = np.where(valid, data, 0)[:, 14:19, 14:19].sum(axis=(1, 2))
+    assert_allclose(unit, np.hypot(core, _stamps.CORE_FLOOR * scale))
+    u = unit[:, None, None]
+    g = _stamps.INPUT_GAIN
+    assert_allclose(inputs[:, 0], np.where(valid, np.arcsinh(g * data / u), 0.0), rtol=1e-5,
+                    atol=1e-6)
+    # Masked pixels: the noise scale as their error.
+    expected = np.log(np.where(valid, error, scale[:, None, None]) / u)
+    assert_allclose(inputs[:, 1], expected, rtol=1e-5, atol=1e-5)
     assert np.all(np.isfinite(inputs))
+
+
+def test_flux_unit_follows_bright_source_and_floors_at_noise():
+    data = np.zeros((2, 32, 32))
+    data[0, 16, 16] = 1e6  # a bright point source: unit = its core sum
+    valid = np.ones(data.shape, bool)
+    unit = _stamps.flux_unit(data, valid, np.array([2.0, 2.0]))
+    assert_allclose(unit, [np.hypot(1e6, 60.0), 60.0])
 
 
 @pytest.mark.parametrize("k", [1e-4, 0.37, 1.0, 3e4])
@@ -126,26 +140,23 @@ def test_targets_roundtrip():
     rng = np.random.default_rng(4)
     n = 50
     dx, dy = rng.uniform(-0.5, 0.5, (2, n))
-    scale = rng.uniform(0.1, 100.0, n)
+    unit = rng.uniform(0.1, 100.0, n)
     flux = np.concatenate([rng.uniform(-50, 50, 10), 10 ** rng.uniform(0, 7, n - 10)])
-    targets = _stamps.encode_targets(dx, dy, flux, scale)
+    targets = _stamps.encode_targets(dx, dy, flux, unit)
     assert targets.shape == (n, 3)
     assert targets.dtype == np.float32
     logvar = np.log(np.square(np.array([0.05, 0.07, 0.01])))
     outputs = np.concatenate([targets, np.broadcast_to(logvar, (n, 3))], axis=1)
-    res = _stamps.decode_outputs(outputs, scale)
+    res = _stamps.decode_outputs(outputs, unit)
     assert_allclose(res["dx"], dx, atol=1e-7)
     assert_allclose(res["dy"], dy, atol=1e-7)
-    assert_allclose(res["flux"], flux, rtol=1e-6, atol=1e-5 * scale.max())
+    assert_allclose(res["flux"], flux, rtol=1e-6)
     assert_allclose(res["dx_err"], 0.05, rtol=1e-6)
     assert_allclose(res["dy_err"], 0.07, rtol=1e-6)
-    # Delta method: d flux / d t = scale * softening * cosh(t).
-    unit = scale * _stamps.FLUX_SOFTENING
-    expected = 0.01 * np.sqrt(unit**2 + np.asarray(res["flux"]) ** 2)
-    assert_allclose(res["flux_err"], expected, rtol=1e-6)
+    assert_allclose(res["flux_err"], 0.01 * unit, rtol=1e-6)
 
 
-def test_decode_scales_with_noise_scale():
+def test_decode_scales_with_flux_unit():
     outputs = np.array([[0.1, -0.2, 2.0, -3.0, -4.0, -5.0]])
     a = _stamps.decode_outputs(outputs, np.array([1.0]))
     b = _stamps.decode_outputs(outputs, np.array([7.5]))
@@ -155,9 +166,27 @@ def test_decode_scales_with_noise_scale():
         assert b[key] == pytest.approx(7.5 * a[key])
 
 
+def test_sigma_calibration_interpolates_in_predicted_snr():
+    # Predicted S/N 10, 100, 1000 (flux / flux_err before calibration); one unknown.
+    outputs = np.array([[0.0, 0.0, 1.0, 0.0, 0.0, np.log(0.1**2)],
+                        [0.0, 0.0, 1.0, 0.0, 0.0, np.log(0.01**2)],
+                        [0.0, 0.0, 1.0, 0.0, 0.0, np.log(0.001**2)],
+                        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    calibration = {"log10_snr": [1.0, 3.0], "dx": [2.0, 4.0], "dy": [1.0, 1.0],
+                   "flux": [0.5, 1.5]}
+    raw = _stamps.decode_outputs(outputs, np.ones(4))
+    cal = _stamps.decode_outputs(outputs, np.ones(4), calibration)
+    assert_allclose(cal["dx_err"] / raw["dx_err"], [2.0, 3.0, 4.0, 2.0])
+    assert_allclose(cal["dy_err"], raw["dy_err"])
+    assert_allclose(cal["flux_err"] / raw["flux_err"], [0.5, 1.0, 1.5, 0.5])
+    for key in ("dx", "dy", "flux"):
+        assert_allclose(cal[key], raw[key])
+
+
 def test_contract():
     c = _stamps.contract()
     assert c["stamp_size"] == _stamps.STAMP_SIZE == 32
-    assert c["flux_softening"] == _stamps.FLUX_SOFTENING
+    assert c["version"] == _stamps.CONTRACT_VERSION
+    assert c["core_floor"] == _stamps.CORE_FLOOR
     assert len(c["outputs"]) == 2 * len(_stamps.TARGET_NAMES)
     assert len(c["input_channels"]) == _stamps.N_INPUT_CHANNELS

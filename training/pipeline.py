@@ -1,13 +1,14 @@
 """
 Regenerate a shipped model from nothing, in one command:
-simulate -> step 1 -> step 2 -> ensemble baseline -> export -> evaluate -> model card.
+simulate -> step 1 -> step 2 -> export -> sigma calibration -> evaluate -> ensemble baseline,
+all recorded in the model card.
 
-    python -m training.pipeline --preset generic --out runs/v1 --model-dir models/asidfe_tsmve_v1
+    python -m training.pipeline --preset generic --out runs/v2 --model-dir models/asidfe_tsmve_v2
     python -m training.pipeline --quick --out /tmp/quick        # minutes, tiny data (CI)
 
 Every stage is resumable: rerunning the command skips finished stages
 (their ``DONE`` markers) and continues an interrupted training from its
-last checkpoint. The shipped v1 recipe is the default configuration below.
+last checkpoint. The shipped recipe is the default configuration below.
 """
 
 import argparse
@@ -23,17 +24,17 @@ from training import train as train_mod
 FULL = {
     "preset": "generic", "n_frames": 3800, "seed": 1,
     "families": list(simulate_mod.PSF_FAMILIES),
-    "step1_samples": 2_000_000, "step2_samples": 1_000_000,
+    "step1_samples": 1_400_000, "step2_samples": 1_200_000,
     # Equal-budget TS-MVE vs deep-ensemble comparison (smaller than the shipped run).
     "compare_samples": 100_000, "ensemble_members": 3,
-    "eval_every": 250_000, "eval_frames": 60,
+    "eval_every": 250_000, "eval_frames": 60, "calibration_stamps": 200_000,
 }
 QUICK = {
     "preset": "generic", "n_frames": 10, "seed": 1,
     "families": list(simulate_mod.PSF_FAMILIES),
     "step1_samples": 2048, "step2_samples": 2048,
     "compare_samples": 1024, "ensemble_members": 2,
-    "eval_every": 1024, "eval_frames": 2,
+    "eval_every": 1024, "eval_frames": 2, "calibration_stamps": 4096,
 }
 
 
@@ -41,7 +42,7 @@ def _stage_done(path):
     return (Path(path) / "DONE").exists()
 
 
-def run(out, config, model_dir=None, name="asidfe_tsmve", version=1, log=print,
+def run(out, config, model_dir=None, name="asidfe_tsmve", version=2, log=print,
         evaluate=True):
     """Run the whole pipeline into ``out``; returns the model card."""
     out = Path(out)
@@ -77,6 +78,10 @@ def run(out, config, model_dir=None, name="asidfe_tsmve", version=1, log=print,
     model_dir = Path(model_dir) if model_dir else out / "model" / f"{name}_v{version}"
     log("== export")
     card = export_mod.export(out / "step2" / "best.pt", model_dir, name, version, card_extra)
+    log("== calibrate sigmas (validation split)")
+    from training import calibrate as calibrate_mod
+
+    calibrate_mod.calibrate(model_dir, data, limit=config["calibration_stamps"], log=log)
     if evaluate:
         from training import evaluate as evaluate_mod
 
@@ -167,7 +172,7 @@ def main(argv=None):
     parser.add_argument("--families", default=None,
                         help="comma-separated PSF families (hold one out for generalisation)")
     parser.add_argument("--model-dir", default=None, help="where to write the exported model")
-    parser.add_argument("--version", type=int, default=1)
+    parser.add_argument("--version", type=int, default=2)
     parser.add_argument("--no-evaluate", action="store_true")
     args = parser.parse_args(argv)
     config = dict(QUICK if args.quick else FULL)
