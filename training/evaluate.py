@@ -2,19 +2,84 @@
 Accuracy of a model on held-out simulated frames, side by side with classical photometry.
 
     python -m training.evaluate --model models/asidfe_tsmve_v1 --data runs/data_v1 \
-        --n-frames 60 --out runs/v1/evaluation
+        --n-frames 60 --out runs/v1/evaluation [--methods ml,sep,aper,sex,psfex,psf]
 
 Test frames are re-simulated in full from the data set's seeds (the test split
 is by frame), so every method sees the same image and the same detector
-positions. Methods: asidfe_phot `MLPhotometry` (the exported ONNX model, the
-user's code path), SourceExtractor's FLUX_AUTO through ``sep`` (Kron radius,
-2.5 Kron radii, minimum circle 3.5 px), and photutils circular apertures
-(radius 1.5 FWHM, corrected with the true PSF's enclosed fraction).
-The yardstick is the Cramér–Rao bound of a fit with the true PSF.
+positions (the simulator's sep detections matched to a star). Methods
+(``--methods``, default all; SourceExtractor ones are skipped with a message
+when the binaries are not installed):
+
+- ``ml``: asidfe_phot `MLPhotometry` (the exported ONNX model, the user's code
+  path: raw frame, gain given, background estimated by the package).
+- ``sep``: SourceExtractor's FLUX_AUTO through ``sep`` on the detections
+  (Kron radius, 2.5 Kron radii, minimum circle 3.5 px; the simulator's
+  background). No positions of its own (they are the input positions).
+- ``aper``: photutils circular apertures (radius 1.5 FWHM) at the input
+  positions, corrected with the true PSF's enclosed fraction.
+- ``sex``: the SourceExtractor binary on the raw frame (its own background,
+  ``GAIN`` = the frame's gain so FLUXERR_AUTO holds the Poisson noise,
+  detection set like the simulator's sep call: the same absolute threshold
+  (`detection_threshold`), 4 px, DEBLEND_MINCONT 0.005): FLUX_AUTO and
+  FLUXERR_AUTO, XWIN/YWIN with errors sqrt(ERRX2WIN/ERRY2WIN). Its
+  detections are tied to the input positions with SourceExtractor's ASSOC
+  (nearest input within ``ASSOC_RADIUS`` px of its X_IMAGE/Y_IMAGE; an input
+  claimed by two detections keeps the closer one). Inputs without a
+  detection get NaN and count as failures.
+- ``psfex``: SourceExtractor PSF fitting with a PSFEx model built from the
+  same frame (XPSF/YPSF with sqrt(ERRX2PSF/ERRY2PSF), FLUX_PSF/FLUXERR_PSF),
+  tied to the inputs the same way; FLUX_PSF = 0 (failed fit) counts as a
+  failure. PSFEx normalises its model to a 10 px aperture, so the fluxes
+  are aperture-corrected to FLUX_AUTO with the frame's median ratio over
+  unflagged bright stars (`psfex_aperture_correction`, kept in the results).
+- ``psf``: photutils `~photutils.psf.PSFPhotometry` with the TRUE PSF,
+  started at the input positions: the simulator's spatially varying PSF on
+  a 9x9 grid of true ePSFs (`reference_tools.true_gridded_psf`, within
+  ~1e-4 of the peak of the simulator's PSF), fit box 2 ceil(1.5 FWHM) + 1
+  px (at least 7), weights from the total error map (background rms and
+  the sources' Poisson noise). Each source is fitted alone (neighbours are
+  not subtracted). With PSFEx the slowest method (~60-130 sources/s); leave
+  it out with ``--methods``.
+
+The yardstick is the Cramér–Rao bound (CRLB) of a fit with the true PSF.
+
+Metrics per S/N bin (`bin_metrics`; columns ``<metric>_<method>``): flux
+MARE, flux rms/CRLB, std of the flux z-score ``(estimate - truth) / sigma``
+(``zstd``, 1 for calibrated errors), the fractions within 1 and 2 sigma
+(``cov68``, ``cov95``), and for methods with positions (``ml``, ``sex``,
+``psfex``, ``psf``) the same per axis (``x_mae``, ``x_rms_over_crlb``,
+``x_zstd``, ``x_cov68``, ``x_cov95``, y alike) and pooled over both axes
+(``pos_*``); ``x_mae_init``/``pos_mae_init`` are the input positions'
+errors. ``failure_rate_<method>``: fraction of the bin's sources for which
+the method gave no usable result (a non-finite value, or an error <= 0, or
+no matched detection); the other metrics of a method are over its usable
+results. ``flagged_fraction_ml``: MLPhotometry rows with flags != 0 (kept
+in all metrics).
+
+Frames are split by crowding: the simulator's stars per FWHM^2 (``stars_per
+_beam`` in the frame's conditions, log-uniform in 0.05-0.8) at or above
+``--crowding-threshold`` (default 0.2, the median of that distribution) are
+"crowded", the others "sparse". Written into ``--out``:
+
+- ``results.ecsv``: one row per source, all methods (meta: timings).
+- ``metrics.ecsv``, ``metrics.rst`` (the docs' ML table), ``metrics.png``
+  (MARE, z-std and rms/CRLB of flux and position vs S/N, one line per
+  method), and the docs tables ``metrics_flux.rst`` (flux MARE per method),
+  ``metrics_position.rst`` (position MAE per method), ``metrics_calibration.rst``
+  (z-std / cov68 / cov95 per method), ``metrics_crlb.rst`` (rms/CRLB per
+  method), ``metrics_failures.rst`` (failure rates, ML flagged fraction):
+  all frames.
+- The same with ``metrics_sparse`` and ``metrics_crowded`` in place of
+  ``metrics``: the two halves.
+- ``wins.json``: per subset, S/N bin and classical method, whether ML's flux
+  MARE and position MAE are lower, with the ratio ML / method.
+- ``timings.json``: seconds per frame and sources per second of each method.
 """
 
 import argparse
 import json
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +88,25 @@ from astropy.table import QTable, Table
 from training import simulate as simulate_mod
 
 SNR_BINS = (3, 5, 10, 20, 50, 100, 300, 1000, np.inf)
+
+#: All methods, in table and plot order.
+METHODS = ("ml", "sep", "aper", "sex", "psfex", "psf")
+#: Methods that measure positions.
+POSITION_METHODS = ("ml", "sex", "psfex", "psf")
+#: Methods that need the SourceExtractor (and PSFEx) binaries.
+SOURCE_EXTRACTOR_METHODS = ("sex", "psfex")
+LABELS = {"ml": "asidfe_phot TS-MVE", "sep": "sep FLUX_AUTO", "aper": "photutils aperture",
+          "sex": "SourceExtractor AUTO / WIN", "psfex": "SourceExtractor + PSFEx",
+          "psf": "photutils PSF fit, true PSF", "init": "input positions"}
+#: Short names for table headings.
+SHORT = {"ml": "ML", "sep": "sep AUTO", "aper": "aperture", "sex": "SE AUTO/WIN",
+         "psfex": "SE PSFEx", "psf": "true-PSF fit", "init": "input"}
+#: Frames with at least this many stars (S/N > 1) per FWHM^2 are "crowded".
+CROWDING_THRESHOLD = 0.2
+#: SourceExtractor ASSOC radius (px) between a detection's X_IMAGE/Y_IMAGE and an input.
+ASSOC_RADIUS = 2.0
+#: The simulator's sep detection threshold (S/N of the matched-filtered image).
+SEP_THRESH = 1.2
 
 
 def _sep_flux_auto(sub, objects, rms, gain):
@@ -71,25 +155,209 @@ def _aperture_flux(sub, x, y, radius, error, psf, tx, ty):
     return np.asarray(tbl["aperture_sum"]) / frac, np.asarray(tbl["aperture_sum_err"]) / frac
 
 
-def measure_frames(model, data, n_frames=60, log=print):
-    """Per-source results of every method on the first ``n_frames`` test frames."""
+def detection_threshold(rms):
+    """
+    SourceExtractor's absolute detection threshold (ADU) equivalent to the simulator's sep call.
+
+    ``sep.extract(sub, 1.2, err=rms)`` applies a matched filter (the 3x3
+    default.conv kernel k) and thresholds its S/N at 1.2, i.e. the filtered
+    image at ``1.2 * rms * sqrt(sum k^2) / sum k = 0.45 rms``; SourceExtractor
+    filters with the same normalised kernel, so this threshold (frame median
+    of the rms map) gives it the same detections and deblending. (A
+    threshold of 1.2 of SourceExtractor's own, much smaller, background rms
+    merges a quarter of the stars of crowded frames into blends.)
+    """
+    k = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=float)
+    return float(SEP_THRESH * np.median(rms) * np.sqrt((k**2).sum()) / k.sum())
+
+
+def _source_extractor_config(cond, assoc_path, threshold):
+    """SourceExtractor keywords: the frame's gain, sep-like detection, ASSOC to the inputs."""
+    return {
+        "GAIN": float(cond["gain"]), "SATUR_LEVEL": 1e20,     # simulated frames do not saturate
+        "THRESH_TYPE": "ABSOLUTE", "DETECT_THRESH": threshold, "ANALYSIS_THRESH": threshold,
+        "DETECT_MINAREA": 4,
+        "DEBLEND_NTHRESH": 32, "DEBLEND_MINCONT": 0.005,
+        # Crowded frames hold up to 8000 stars.
+        "MEMORY_OBJSTACK": 30000, "MEMORY_PIXSTACK": 3000000,
+        "ASSOC_NAME": str(assoc_path), "ASSOC_PARAMS": "1,2", "ASSOC_DATA": "3",
+        "ASSOC_RADIUS": ASSOC_RADIUS, "ASSOC_TYPE": "NEAREST", "ASSOCSELEC_TYPE": "MATCHED",
+    }
+
+
+def _write_assoc(path, x, y):
+    """ASSOC list: 1-based SourceExtractor pixel positions and a 1-based id."""
+    ids = np.arange(1, len(x) + 1)
+    np.savetxt(path, np.column_stack([np.asarray(x) + 1.0, np.asarray(y) + 1.0, ids]),
+               fmt=("%.4f", "%.4f", "%d"))
+
+
+def _assoc_columns(tbl, x, y, columns):
+    """
+    SourceExtractor rows matched to the n inputs (via VECTOR_ASSOC), one per input.
+
+    ``columns`` maps output names to catalogue columns. An input claimed by
+    several detections keeps the one whose X_IMAGE/Y_IMAGE is closest; inputs
+    without a detection get NaN.
+    """
+    n = len(x)
+    out = {name: np.full(n, np.nan) for name in columns}
+    if tbl is None or len(tbl) == 0:
+        return out
+    ids = np.asarray(tbl["VECTOR_ASSOC"], dtype=float).round().astype(int) - 1
+    good = (ids >= 0) & (ids < n)
+    rows = np.flatnonzero(good)
+    ids = ids[good]
+    d2 = ((np.asarray(tbl["X_IMAGE"], float)[rows] - x[ids]) ** 2
+          + (np.asarray(tbl["Y_IMAGE"], float)[rows] - y[ids]) ** 2)
+    order = np.argsort(d2, kind="stable")
+    first_ids, first = np.unique(ids[order], return_index=True)
+    chosen = rows[order[first]]
+    for name, col in columns.items():
+        if col in tbl.colnames:
+            out[name][first_ids] = np.asarray(tbl[col], dtype=float)[chosen]
+    return out
+
+
+def _run_source_extractor(image, x, y, cond, threshold, psf_fit=False):
+    """The ``sex`` (FLUX_AUTO, XWIN) or ``psfex`` (PSF fit) results at the input positions."""
+    from training import reference_tools as rt
+
+    with tempfile.TemporaryDirectory(prefix="asidfe_eval_") as tmp:
+        assoc = Path(tmp) / "assoc.txt"
+        _write_assoc(assoc, x, y)
+        config = _source_extractor_config(cond, assoc, threshold)
+        assoc_params = ("VECTOR_ASSOC(1)", "NUMBER_ASSOC")
+        if psf_fit:
+            tbl = rt.source_extractor_psf_fit(image, config=config,
+                                              params=rt.PSF_FIT_PARAMS + assoc_params,
+                                              seeing_fwhm=float(cond["fwhm0"]))
+            cols = {"x": "XPSF_IMAGE", "y": "YPSF_IMAGE", "x_var": "ERRX2PSF_IMAGE",
+                    "y_var": "ERRY2PSF_IMAGE", "flux": "FLUX_PSF", "flux_err": "FLUXERR_PSF",
+                    "flags": "FLAGS"}
+        else:
+            tbl = rt.run_source_extractor(image, config=config,
+                                          params=rt.DEFAULT_PARAMS + assoc_params,
+                                          seeing_fwhm=float(cond["fwhm0"]))
+            cols = {"x": "XWIN_IMAGE", "y": "YWIN_IMAGE", "x_var": "ERRX2WIN_IMAGE",
+                    "y_var": "ERRY2WIN_IMAGE", "flux": "FLUX_AUTO", "flux_err": "FLUXERR_AUTO",
+                    "flags": "FLAGS"}
+    out = _assoc_columns(tbl, np.asarray(x, float), np.asarray(y, float), cols)
+    if psf_fit:
+        # FLUX_PSF is exactly 0 where the PSF fit failed.
+        failed = out["flux"] == 0
+        for key in ("x", "y", "x_var", "y_var", "flux", "flux_err"):
+            out[key][failed] = np.nan
+        corr = psfex_aperture_correction(tbl)
+        out["flux"] *= corr
+        out["flux_err"] *= corr
+        out["aperture_correction"] = np.full(len(x), corr)
+    with np.errstate(invalid="ignore"):
+        out["x_err"] = np.sqrt(out.pop("x_var"))
+        out["y_err"] = np.sqrt(out.pop("y_var"))
+    out["flags"] = np.nan_to_num(out["flags"], nan=-1).astype(int)
+    return out
+
+
+def psfex_aperture_correction(tbl, min_snr=(50, 20), min_stars=5):
+    """
+    FLUX_AUTO / FLUX_PSF: the median over unflagged bright stars of the frame.
+
+    PSFEx normalises its model to the flux in the catalogue's first
+    aperture (PHOTFLUX_KEY = FLUX_APER(1), here 10 px in diameter), so
+    FLUX_PSF is an aperture flux (70 % of the total for a Gaussian of FWHM
+    7.5 px); the usual correction to a total flux uses bright stars. 1.0
+    when too few stars qualify.
+    """
+    fp = np.asarray(tbl["FLUX_PSF"], dtype=float)
+    ep = np.asarray(tbl["FLUXERR_PSF"], dtype=float)
+    fa = np.asarray(tbl["FLUX_AUTO"], dtype=float)
+    base = (np.asarray(tbl["FLAGS"]) == 0) & (fp > 0) & (ep > 0) & (fa > 0)
+    for snr in min_snr:
+        sel = base & (fp > snr * ep)
+        if sel.sum() >= min_stars:
+            return float(np.median(fa[sel] / fp[sel]))
+    return 1.0
+
+
+def _fit_shape(fwhm):
+    """Fit box of the true-PSF fit: about 3 FWHM wide, odd, at least 7 px."""
+    return max(7, 2 * int(np.ceil(1.5 * fwhm)) + 1)
+
+
+def resolve_methods(methods=None, log=print):
+    """
+    The methods to run, in `METHODS` order.
+
+    ``None`` (or ``"all"``) means all of them, leaving out the SourceExtractor
+    ones (with a message) when the binaries are not installed; methods named
+    explicitly must be runnable.
+    """
+    from training import reference_tools as rt
+
+    explicit = methods is not None and methods != "all"
+    if not explicit:
+        methods = METHODS
+    elif isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        msg = f"unknown methods {unknown}; choose from {', '.join(METHODS)}"
+        raise ValueError(msg)
+    chosen = [m for m in METHODS if m in methods]
+    if not chosen:
+        msg = "no methods to run"
+        raise ValueError(msg)
+    missing = []
+    for m in SOURCE_EXTRACTOR_METHODS:
+        if m in chosen:
+            try:
+                rt.find_source_extractor()
+                if m == "psfex":
+                    rt.find_psfex()
+            except rt.ToolNotFoundError:
+                if explicit:
+                    raise
+                missing.append(m)
+    if missing:
+        log(f"skipping {', '.join(missing)}: SourceExtractor/PSFEx not installed "
+            "(apt-get install -y source-extractor psfex)")
+    return [m for m in chosen if m not in missing]
+
+
+def measure_frames(model, data, n_frames=60, log=print, methods=None):
+    """
+    Per-source results of every method on the first ``n_frames`` test frames.
+
+    ``methods``: see `resolve_methods`. The returned table's
+    ``meta['timings']`` holds each method's total seconds (the ``sep`` time
+    excludes the detection, which the simulator did; ``sex`` and ``psfex``
+    include their own detection and, for ``psfex``, building the PSF model).
+    """
     import warnings
 
     from photutils.utils import calc_total_error
 
-    from asidfe_phot import MLPhotometry
     from asidfe_phot.exceptions import AsidfePhotWarning
 
+    methods = resolve_methods(methods, log)
     data = Path(data)
     index = json.loads((data / "index.json").read_text())
     seeds = simulate_mod.frame_seeds(index["seed"], index["n_frames"])
     test_frames = [f for f in range(index["n_frames"]) if simulate_mod.split_of(f) == "test"]
-    phot = MLPhotometry(model)
+    phot = None
+    if "ml" in methods:
+        from asidfe_phot import MLPhotometry
+
+        phot = MLPhotometry(model)      # None: the packaged default model
+    shape = tuple(index["frame_shape"])
+    timings = dict.fromkeys(methods, 0.0)
     rows = []
+    n_done = 0
     for k, frame_id in enumerate(test_frames[:n_frames]):
         _, meta, frame = simulate_mod.simulate_frame(
             frame_id, int(seeds[frame_id]), index["preset"], tuple(index["families"]),
-            tuple(index["frame_shape"]), return_frame=True)
+            shape, return_frame=True)
         if len(meta) == 0:
             continue
         cond = frame["cond"]
@@ -101,41 +369,138 @@ def measure_frames(model, data, n_frames=60, log=print):
         d2 = (det["x"][None, :] - det_x[:, None]) ** 2 + (det["y"][None, :] - det_y[:, None]) ** 2
         obj = np.argmin(d2, axis=1)
         star = match[obj]
+        x_in, y_in = np.asarray(det["x"][obj], float), np.asarray(det["y"][obj], float)
         image, bkg, rms = frame["image"], frame["background"], frame["rms"]
         sub = image - bkg
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", AsidfePhotWarning)
-            ml = phot(image, init_params=Table({"x": det["x"][obj], "y": det["y"][obj]}),
-                      gain=cond["gain"])
-        sep_flux, sep_err = _sep_flux_auto(sub.astype(np.float64), det[obj], rms, cond["gain"])
         psf = {key: (v[star] if np.ndim(v) else v) for key, v in frame["truth"]["psf"].items()}
         psf.pop("truncation", None)
         tx, ty = frame["truth"]["x"][star], frame["truth"]["y"][star]
-        error = calc_total_error(sub, rms, cond["gain"])
-        ap_flux, ap_err = _aperture_flux(sub, det["x"][obj], det["y"][obj],
-                                         1.5 * cond["fwhm0"], error, psf, tx, ty)
-        rows.append(Table({
+        n = len(meta)
+        cols = {
             "frame": meta["frame"], "snr": meta["snr"], "contamination": meta["contamination"],
+            "stars_per_beam": np.full(n, float(cond["stars_per_beam"])),
             "fwhm": meta["fwhm"], "family": meta["family"],
             "x_true": tx, "y_true": ty, "flux_true": frame["truth"]["flux"][star],
-            "x_init": det["x"][obj], "y_init": det["y"][obj],
+            "x_init": x_in, "y_init": y_in,
             "crlb_flux": meta["crlb_flux"], "crlb_x": meta["crlb_x"], "crlb_y": meta["crlb_y"],
-            "x_ml": np.asarray(ml["x_fit"]), "y_ml": np.asarray(ml["y_fit"]),
-            "flux_ml": np.asarray(ml["flux_fit"]), "x_err_ml": np.asarray(ml["x_err"]),
-            "y_err_ml": np.asarray(ml["y_err"]), "flux_err_ml": np.asarray(ml["flux_err"]),
-            "flags_ml": np.asarray(ml["flags"]),
-            "flux_sep": sep_flux, "flux_err_sep": sep_err,
-            "flux_aper": ap_flux, "flux_err_aper": ap_err,
-        }))
+        }
+        error = None
+        if "aper" in methods or "psf" in methods:
+            error = calc_total_error(sub, rms, cond["gain"])
+        for m in methods:
+            t0 = time.perf_counter()
+            if m == "ml":
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", AsidfePhotWarning)
+                    ml = phot(image, init_params=Table({"x": x_in, "y": y_in}),
+                              gain=cond["gain"])
+                cols.update({
+                    "x_ml": np.asarray(ml["x_fit"]), "y_ml": np.asarray(ml["y_fit"]),
+                    "flux_ml": np.asarray(ml["flux_fit"]), "x_err_ml": np.asarray(ml["x_err"]),
+                    "y_err_ml": np.asarray(ml["y_err"]), "flux_err_ml": np.asarray(ml["flux_err"]),
+                    "flags_ml": np.asarray(ml["flags"])})
+            elif m == "sep":
+                flux, err = _sep_flux_auto(sub.astype(np.float64), det[obj], rms, cond["gain"])
+                cols.update({"flux_sep": flux, "flux_err_sep": err})
+            elif m == "aper":
+                flux, err = _aperture_flux(sub, x_in, y_in, 1.5 * cond["fwhm0"], error, psf,
+                                           tx, ty)
+                cols.update({"flux_aper": flux, "flux_err_aper": err})
+            elif m in ("sex", "psfex"):
+                try:
+                    res = _run_source_extractor(image, x_in, y_in, cond,
+                                                detection_threshold(rms), psf_fit=m == "psfex")
+                except RuntimeError as exc:
+                    # E.g. PSFEx finds too few stars: every source of the frame fails.
+                    log(f"frame {frame_id}: {m} failed: {str(exc).splitlines()[0]}")
+                    res = {key: np.full(n, np.nan) for key in
+                           ("x", "y", "x_err", "y_err", "flux", "flux_err")}
+                    res["flags"] = np.full(n, -1)
+                cols.update({f"{key}_{m}": res[key] for key in
+                             ("x", "y", "x_err", "y_err", "flux", "flux_err", "flags")})
+                if m == "psfex":
+                    cols["aperture_correction_psfex"] = res.get("aperture_correction",
+                                                                np.full(n, np.nan))
+            elif m == "psf":
+                cols.update(_true_psf_fit(sub, x_in, y_in, cond, shape, error))
+            timings[m] += time.perf_counter() - t0
+        rows.append(Table(cols))
+        n_done += 1
         if (k + 1) % 10 == 0:
             log(f"evaluated {k + 1} frames")
     from astropy.table import vstack
 
-    return vstack(rows)
+    results = vstack(rows)
+    results.meta["methods"] = list(methods)
+    results.meta["n_frames"] = n_done
+    results.meta["timings"] = {m: float(t) for m, t in timings.items()}
+    return results
+
+
+def _true_psf_fit(sub, x, y, cond, shape, error):
+    """photutils PSFPhotometry with the true, spatially varying PSF of the frame."""
+    from training import reference_tools as rt
+
+    fit_shape = _fit_shape(float(cond["fwhm0"]))
+    model = rt.true_gridded_psf(lambda gx, gy: simulate_mod._psf_at(cond, gx, gy, shape), shape,
+                                half_size=fit_shape // 2 + 3)
+    res = rt.psf_photometry_true_psf(np.asarray(sub, dtype=np.float64), x, y, model,
+                                     error=error, fit_shape=fit_shape)
+    return {"x_psf": np.asarray(res["x_fit"]), "y_psf": np.asarray(res["y_fit"]),
+            "flux_psf": np.asarray(res["flux_fit"]), "x_err_psf": np.asarray(res["x_err"]),
+            "y_err_psf": np.asarray(res["y_err"]), "flux_err_psf": np.asarray(res["flux_err"]),
+            "flags_psf": np.asarray(res["flags"])}
+
+
+def methods_in(results):
+    """The methods with results in a table (`METHODS` order)."""
+    return [m for m in METHODS if f"flux_{m}" in results.colnames]
+
+
+def _has_positions(results, m):
+    return m in POSITION_METHODS and f"x_{m}" in results.colnames
+
+
+def usable(results, m):
+    """Rows where method ``m`` gave finite values and positive errors."""
+    ok = np.ones(len(results), dtype=bool)
+    keys = [("flux", "flux_err")]
+    if _has_positions(results, m):
+        keys += [("x", "x_err"), ("y", "y_err")]
+    with np.errstate(invalid="ignore"):
+        for val, err in keys:
+            v = np.asarray(results[f"{val}_{m}"], dtype=float)
+            e = np.asarray(results[f"{err}_{m}"], dtype=float)
+            ok &= np.isfinite(v) & np.isfinite(e) & (e > 0)
+    return ok
+
+
+def metric_names(methods):
+    """The per-bin metric columns for ``methods``, in `bin_metrics` order."""
+    names = ["x_mae_init", "y_mae_init", "pos_mae_init"]
+    for m in methods:
+        names += [f"flux_mare_{m}", f"flux_rms_over_crlb_{m}", f"flux_zstd_{m}",
+                  f"flux_cov68_{m}", f"flux_cov95_{m}"]
+        if m in POSITION_METHODS:
+            for c in ("x", "y", "pos"):
+                names += [f"{c}_mae_{m}", f"{c}_rms_over_crlb_{m}", f"{c}_zstd_{m}",
+                          f"{c}_cov68_{m}", f"{c}_cov95_{m}"]
+        names.append(f"failure_rate_{m}")
+    if "ml" in methods:
+        names.append("flagged_fraction_ml")
+    return names
+
+
+def _calibration(res, err):
+    z = res / err
+    return {"zstd": float(np.std(z)), "cov68": float(np.mean(np.abs(z) < 1)),
+            "cov95": float(np.mean(np.abs(z) < 2))}
 
 
 def bin_metrics(results, bins=SNR_BINS):
-    """Per S/N bin: MARE of each method, position errors, z-score std and coverage, error/CRLB."""
+    """Per S/N bin: accuracy, error calibration and failures of every method (module doc)."""
+    methods = methods_in(results)
+    names = metric_names(methods)
     out = []
     for lo, hi in zip(bins[:-1], bins[1:]):
         r = results[(results["snr"] >= lo) & (results["snr"] < hi)]
@@ -143,30 +508,60 @@ def bin_metrics(results, bins=SNR_BINS):
         if len(r) == 0:
             out.append(row)
             continue
-        ft = r["flux_true"]
-        for m in ("ml", "sep", "aper"):
-            row[f"flux_mare_{m}"] = float(np.nanmean(np.abs(r[f"flux_{m}"] - ft) / ft))
-        for c in ("x", "y"):
-            res = r[f"{c}_ml"] - r[f"{c}_true"]
-            row[f"{c}_mae_ml"] = float(np.nanmean(np.abs(res)))
-            row[f"{c}_mae_init"] = float(np.nanmean(np.abs(r[f"{c}_init"] - r[f"{c}_true"])))
-            z = res / r[f"{c}_err_ml"]
-            row[f"{c}_zstd_ml"] = float(np.nanstd(z))
-            row[f"{c}_cov68_ml"] = float(np.nanmean(np.abs(z) < 1))
-            row[f"{c}_rms_over_crlb_ml"] = float(np.sqrt(np.nanmean(res**2))
-                                                 / np.sqrt(np.nanmean(r[f"crlb_{c}"] ** 2)))
-        for m in ("ml", "sep", "aper"):
-            z = (r[f"flux_{m}"] - ft) / r[f"flux_err_{m}"]
-            row[f"flux_zstd_{m}"] = float(np.nanstd(z))
-            row[f"flux_cov68_{m}"] = float(np.nanmean(np.abs(z) < 1))
-        res = r["flux_ml"] - ft
-        row["flux_rms_over_crlb_ml"] = float(np.sqrt(np.nanmean(res**2))
-                                             / np.sqrt(np.nanmean(r["crlb_flux"] ** 2)))
-        row["flagged_fraction_ml"] = float(np.mean(r["flags_ml"] != 0))
+        dx0 = np.asarray(r["x_init"] - r["x_true"], float)
+        dy0 = np.asarray(r["y_init"] - r["y_true"], float)
+        row["x_mae_init"] = float(np.mean(np.abs(dx0)))
+        row["y_mae_init"] = float(np.mean(np.abs(dy0)))
+        row["pos_mae_init"] = float(np.mean(np.abs(np.concatenate([dx0, dy0]))))
+        for m in methods:
+            ok = usable(r, m)
+            row[f"failure_rate_{m}"] = float(1.0 - np.mean(ok))
+            g = r[ok]
+            if len(g) == 0:
+                continue
+            ft = np.asarray(g["flux_true"], float)
+            res = np.asarray(g[f"flux_{m}"], float) - ft
+            row[f"flux_mare_{m}"] = float(np.mean(np.abs(res) / ft))
+            row[f"flux_rms_over_crlb_{m}"] = float(np.sqrt(np.mean(res**2))
+                                                   / np.sqrt(np.mean(g["crlb_flux"] ** 2)))
+            for key, v in _calibration(res, np.asarray(g[f"flux_err_{m}"], float)).items():
+                row[f"flux_{key}_{m}"] = v
+            if not _has_positions(r, m):
+                continue
+            pooled = {"res": [], "err": [], "crlb": []}
+            for c in ("x", "y"):
+                res = np.asarray(g[f"{c}_{m}"] - g[f"{c}_true"], float)
+                err = np.asarray(g[f"{c}_err_{m}"], float)
+                crlb = np.asarray(g[f"crlb_{c}"], float)
+                row[f"{c}_mae_{m}"] = float(np.mean(np.abs(res)))
+                row[f"{c}_rms_over_crlb_{m}"] = float(np.sqrt(np.mean(res**2))
+                                                      / np.sqrt(np.mean(crlb**2)))
+                for key, v in _calibration(res, err).items():
+                    row[f"{c}_{key}_{m}"] = v
+                pooled["res"].append(res)
+                pooled["err"].append(err)
+                pooled["crlb"].append(crlb)
+            res, err, crlb = (np.concatenate(pooled[k]) for k in ("res", "err", "crlb"))
+            row[f"pos_mae_{m}"] = float(np.mean(np.abs(res)))
+            row[f"pos_rms_over_crlb_{m}"] = float(np.sqrt(np.mean(res**2))
+                                                  / np.sqrt(np.mean(crlb**2)))
+            for key, v in _calibration(res, err).items():
+                row[f"pos_{key}_{m}"] = v
+        if "ml" in methods:
+            row["flagged_fraction_ml"] = float(np.mean(r["flags_ml"] != 0))
         out.append(row)
-    # Empty bins get NaN in every metric column.
-    keys = max(out, key=len).keys()
-    return QTable(rows=[{k: row.get(k, np.nan) for k in keys} for row in out])
+    # Empty bins, and methods without usable results in a bin, get NaN.
+    keys = ["snr_lo", "snr_hi", "n", *names]
+    metrics = QTable(rows=[{k: row.get(k, np.nan) for k in keys} for row in out], names=keys)
+    metrics["n"] = metrics["n"].astype(int)
+    metrics.meta["methods"] = methods
+    return metrics
+
+
+def split_by_crowding(results, threshold=CROWDING_THRESHOLD):
+    """``{'all', 'sparse', 'crowded'}`` subsets of the per-source results (by frame crowding)."""
+    crowded = np.asarray(results["stars_per_beam"]) >= threshold
+    return {"all": results, "sparse": results[~crowded], "crowded": results[crowded]}
 
 
 #: Columns of the docs table: (column, heading, decimals).
@@ -179,73 +574,268 @@ RST_COLUMNS = (
 )
 
 
+def _snr_labels(metrics):
+    return [f"{lo:g}-{hi:g}" if np.isfinite(hi) else f">{lo:g}"
+            for lo, hi in zip(metrics["snr_lo"], metrics["snr_hi"])]
+
+
 def write_metrics_rst(metrics, path):
     """The per-bin metrics as an RST table for the docs."""
     tbl = Table()
-    tbl["S/N"] = [f"{lo:g}-{hi:g}" if np.isfinite(hi) else f">{lo:g}"
-                  for lo, hi in zip(metrics["snr_lo"], metrics["snr_hi"])]
+    tbl["S/N"] = _snr_labels(metrics)
     for col, head, dec in RST_COLUMNS:
         if col in metrics.colnames:
             tbl[head] = [f"{v:.{dec}f}" if np.isfinite(v) else "-" for v in metrics[col]]
     tbl.write(path, format="ascii.rst", overwrite=True)
 
 
-def plot_metrics(metrics, path):
+def _fmt(v, digits=3):
+    """Compact number for the tables: 3 significant digits, no exponent below 1e5."""
+    if v is None or not np.isfinite(v):
+        return "-"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    return f"{v:#.{digits}g}".rstrip(".")
+
+
+def _methods_of(metrics):
+    return list(metrics.meta.get("methods") or
+                [m for m in METHODS if f"flux_mare_{m}" in metrics.colnames])
+
+
+def method_tables(metrics):
+    """
+    The readable docs tables: ``{'flux', 'position', 'calibration', 'crlb', 'failures'}``.
+
+    flux: flux MARE per method; position: position MAE (px, both axes
+    pooled) of the inputs and each method; calibration: ``z-std / cov68 /
+    cov95`` of flux and position per method; crlb: rms error / CRLB of flux
+    and position per method; failures: per cent of sources without a usable
+    result per method, and of MLPhotometry rows with flags.
+    """
+    methods = _methods_of(metrics)
+    pos_methods = [m for m in methods if m in POSITION_METHODS]
+    snr = _snr_labels(metrics)
+    count = [str(int(v)) for v in metrics["n"]]
+
+    def col(name):
+        return metrics[name] if name in metrics.colnames else np.full(len(metrics), np.nan)
+
+    flux = Table({"S/N": snr, "N": count})
+    for m in methods:
+        flux[SHORT[m]] = [_fmt(v) for v in col(f"flux_mare_{m}")]
+    position = Table({"S/N": snr, "N": count,
+                      SHORT["init"]: [_fmt(v) for v in col("pos_mae_init")]})
+    for m in pos_methods:
+        position[SHORT[m]] = [_fmt(v) for v in col(f"pos_mae_{m}")]
+    cal_rows, crlb_rows = [], []
+    for i, label in enumerate(snr):
+        for qty in ("flux", "pos"):
+            name = "flux" if qty == "flux" else "position"
+            cal = {"S/N": label, "quantity": name}
+            crlb = {"S/N": label, "quantity": name}
+            for m in methods:
+                if qty == "pos" and m not in pos_methods:
+                    cal[SHORT[m]] = crlb[SHORT[m]] = "-"
+                    continue
+                z, c68, c95 = (col(f"{qty}_{k}_{m}")[i] for k in ("zstd", "cov68", "cov95"))
+                cal[SHORT[m]] = ("-" if not np.isfinite(z) else
+                                 f"{_fmt(z)} / {c68:.2f} / {c95:.2f}")
+                crlb[SHORT[m]] = _fmt(col(f"{qty}_rms_over_crlb_{m}")[i])
+            cal_rows.append(cal)
+            crlb_rows.append(crlb)
+    names = ["S/N", "quantity", *(SHORT[m] for m in methods)]
+    calibration = Table(rows=cal_rows, names=names) if cal_rows else Table(names=names)
+    crlb = Table(rows=crlb_rows, names=names) if crlb_rows else Table(names=names)
+    failures = Table({"S/N": snr, "N": count})
+    if "ml" in methods:
+        failures["ML flagged %"] = [_fmt(100 * v, 2) for v in col("flagged_fraction_ml")]
+    for m in methods:
+        failures[f"{SHORT[m]} failed %"] = [_fmt(100 * v, 2) for v in col(f"failure_rate_{m}")]
+    return {"flux": flux, "position": position, "calibration": calibration, "crlb": crlb,
+            "failures": failures}
+
+
+def write_method_tables(metrics, stem):
+    """Write `method_tables` as ``<stem>_<name>.rst``; returns the paths."""
+    stem = Path(stem)
+    paths = []
+    for name, tbl in method_tables(metrics).items():
+        path = stem.with_name(f"{stem.name}_{name}.rst")
+        tbl.write(path, format="ascii.rst", overwrite=True)
+        paths.append(path)
+    return paths
+
+
+_STYLE = {"ml": ("C0", "o"), "sep": ("C1", "s"), "aper": ("C2", "^"), "sex": ("C3", "v"),
+          "psfex": ("C4", "D"), "psf": ("C5", "P"), "init": ("0.5", "x")}
+
+
+def plot_metrics(metrics, path, title=None):
+    """MARE, z-std and rms/CRLB of flux (top) and position (bottom) vs S/N, one line per method."""
     import matplotlib
 
     matplotlib.use("agg")
     import matplotlib.pyplot as plt
 
+    methods = _methods_of(metrics)
     centre = np.sqrt(metrics["snr_lo"] * np.where(np.isfinite(metrics["snr_hi"]),
                                                   metrics["snr_hi"], 3 * metrics["snr_lo"]))
-    fig, axes = plt.subplots(2, 2, figsize=(10, 8))
-    labels = {"ml": "asidfe_phot TS-MVE", "sep": "sep FLUX_AUTO", "aper": "photutils aperture"}
-    for m, lab in labels.items():
-        axes[0, 0].loglog(centre, metrics[f"flux_mare_{m}"], "o-", label=lab)
-        axes[0, 1].semilogx(centre, metrics[f"flux_zstd_{m}"], "o-", label=lab)
-    axes[0, 0].set(xlabel="S/N", ylabel="flux MARE")
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+
+    def line(ax, m, name):
+        if name in metrics.colnames and np.any(np.isfinite(metrics[name])):
+            color, marker = _STYLE[m]
+            ax.plot(centre, metrics[name], marker=marker, color=color, label=LABELS[m],
+                    ls="--" if m == "init" else "-")
+
+    for m in methods:
+        line(axes[0, 0], m, f"flux_mare_{m}")
+        line(axes[0, 1], m, f"flux_zstd_{m}")
+        line(axes[0, 2], m, f"flux_rms_over_crlb_{m}")
+    line(axes[1, 0], "init", "pos_mae_init")
+    for m in methods:
+        if m in POSITION_METHODS:
+            line(axes[1, 0], m, f"pos_mae_{m}")
+            line(axes[1, 1], m, f"pos_zstd_{m}")
+            line(axes[1, 2], m, f"pos_rms_over_crlb_{m}")
+    axes[0, 0].set(ylabel="flux MARE", yscale="log")
     # Log scale: classical errors that ignore neighbours are off by orders of magnitude.
-    axes[0, 1].set(xlabel="S/N", ylabel="std of flux z-score", yscale="log")
-    axes[0, 1].axhline(1, color="k", lw=0.5)
-    for c in ("x", "y"):
-        axes[1, 0].semilogx(centre, metrics[f"{c}_zstd_ml"], "o-", label=f"{c} TS-MVE")
-        axes[1, 1].semilogx(centre, metrics[f"{c}_rms_over_crlb_ml"], "o-", label=f"{c}")
-    axes[1, 1].semilogx(centre, metrics["flux_rms_over_crlb_ml"], "o-", label="flux")
-    axes[1, 0].axhline(1, color="k", lw=0.5)
-    axes[1, 1].axhline(1, color="k", lw=0.5)
-    axes[1, 0].set(xlabel="S/N", ylabel="std of position z-score", ylim=(0, 3))
-    axes[1, 1].set(xlabel="S/N", ylabel="rms error / Cramér–Rao bound", yscale="log")
+    axes[0, 1].set(ylabel="std of flux z-score", yscale="log")
+    axes[0, 2].set(ylabel="flux rms error / Cramér–Rao bound", yscale="log")
+    axes[1, 0].set(ylabel="position MAE per axis (px)", yscale="log")
+    axes[1, 1].set(ylabel="std of position z-score (x and y)", yscale="log")
+    axes[1, 2].set(ylabel="position rms error / Cramér–Rao bound", yscale="log")
     for ax in axes.flat:
-        ax.legend(fontsize=8)
+        ax.set(xscale="log", xlabel="S/N (optimal, PSF-weighted)")
+        ax.grid(True, which="major", alpha=0.3)
+    for ax in (axes[0, 1], axes[0, 2], axes[1, 1], axes[1, 2]):
+        ax.axhline(1, color="k", lw=0.7)
+    for ax in axes.flat:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def evaluate_model(model, data, n_frames=60, out=None, log=print):
-    """Measure, bin, write ``results.ecsv``, ``metrics.ecsv``, ``metrics.png``; return the bins."""
-    results = measure_frames(model, data, n_frames, log)
-    metrics = bin_metrics(results)
+def _json_float(v):
+    v = float(v)
+    return round(v, 6) if np.isfinite(v) else None
+
+
+def wins(metrics):
+    """Per S/N bin and classical method: is ML's flux MARE / position MAE lower (and the ratio)?"""
+    methods = _methods_of(metrics)
+    if "ml" not in methods:
+        return []
+    others = [m for m in methods if m != "ml"]
+    pos_others = ["init"] + [m for m in others if m in POSITION_METHODS]
+    out = []
+    for i, label in enumerate(_snr_labels(metrics)):
+        entry = {"snr": label, "n": int(metrics["n"][i]),
+                 "flux_mare_lower": {}, "flux_mare_ratio": {},
+                 "pos_mae_lower": {}, "pos_mae_ratio": {}}
+        for kind, col, pool in (("flux_mare", "flux_mare_{}", others),
+                                ("pos_mae", "pos_mae_{}", pos_others)):
+            ml = metrics[col.format("ml")][i] if col.format("ml") in metrics.colnames else np.nan
+            for m in pool:
+                name = col.format(m)
+                v = metrics[name][i] if name in metrics.colnames else np.nan
+                ok = np.isfinite(ml) and np.isfinite(v) and v > 0
+                entry[f"{kind}_lower"][m] = bool(ml < v) if ok else None
+                entry[f"{kind}_ratio"][m] = _json_float(ml / v) if ok else None
+        out.append(entry)
+    return out
+
+
+def _win_counts(bins):
+    """'won/compared' per method and kind, over the bins."""
+    counts = {}
+    for kind in ("flux_mare", "pos_mae"):
+        per = {}
+        for b in bins:
+            for m, v in b[f"{kind}_lower"].items():
+                if v is not None:
+                    won, total = per.get(m, (0, 0))
+                    per[m] = (won + int(v), total + 1)
+        counts[kind] = {m: f"{w}/{t}" for m, (w, t) in per.items()}
+    return counts
+
+
+def timing_summary(results):
+    """Seconds per frame and sources per second of each method."""
+    n_frames = max(int(results.meta.get("n_frames", 0)), 1)
+    n = len(results)
+    t = results.meta.get("timings", {})
+    return {"frames": n_frames, "sources": n,
+            "seconds_per_frame": {m: round(s / n_frames, 3) for m, s in t.items()},
+            "sources_per_second": {m: (round(n / s, 1) if s > 0 else None)
+                                   for m, s in t.items()}}
+
+
+def evaluate_model(model, data, n_frames=60, out=None, log=print, methods=None,
+                   crowding_threshold=CROWDING_THRESHOLD):
+    """
+    Measure, bin and (with ``out``) write everything listed in the module doc.
+
+    Returns the per-bin metrics of all frames as a list of dicts (NaN as None).
+    """
+    results = measure_frames(model, data, n_frames, log, methods=methods)
+    subsets = split_by_crowding(results, crowding_threshold)
+    metrics = {name: bin_metrics(r) for name, r in subsets.items()}
+    timing = timing_summary(results)
+    log("seconds per frame: " + ", ".join(f"{m} {s:.2f}"
+                                          for m, s in timing["seconds_per_frame"].items()))
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         results.write(out / "results.ecsv", overwrite=True)
-        metrics.write(out / "metrics.ecsv", overwrite=True)
-        write_metrics_rst(metrics, out / "metrics.rst")
-        plot_metrics(metrics, out / "metrics.png")
+        win_json = {"crowding_threshold": crowding_threshold,
+                    "definition": "ML's flux MARE / position MAE (pooled x and y) against each "
+                                  "method's in the same S/N bin; *_lower: ML's is lower; "
+                                  "*_ratio: ML / method; 'init': the input positions",
+                    "subsets": {}}
+        for name, m in metrics.items():
+            stem = "metrics" if name == "all" else f"metrics_{name}"
+            n_frames_sub = len(np.unique(subsets[name]["frame"]))
+            m.meta["subset"] = name
+            m.meta["frames"] = n_frames_sub
+            m.write(out / f"{stem}.ecsv", overwrite=True)
+            write_metrics_rst(m, out / f"{stem}.rst")
+            write_method_tables(m, out / stem)
+            title = (f"{name} frames ({n_frames_sub} frames, {len(subsets[name])} sources; "
+                     f"crowded: >= {crowding_threshold:g} stars per FWHM$^2$)")
+            plot_metrics(m, out / f"{stem}.png", title=title)
+            bins = wins(m)
+            win_json["subsets"][name] = {"frames": n_frames_sub,
+                                         "sources": len(subsets[name]),
+                                         "bins_won": _win_counts(bins), "bins": bins}
+        (out / "wins.json").write_text(json.dumps(win_json, indent=1))
+        (out / "timings.json").write_text(json.dumps(timing, indent=1))
+    all_metrics = metrics["all"]
     return [{k: (None if isinstance(v, float) and not np.isfinite(v) else v)
-             for k, v in dict(zip(metrics.colnames, row)).items()}
-            for row in metrics.as_array().tolist()]
+             for k, v in dict(zip(all_metrics.colnames, row)).items()}
+            for row in all_metrics.as_array().tolist()]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", default=None,
+                        help="model directory for 'ml' (default: the packaged model)")
     parser.add_argument("--data", required=True)
     parser.add_argument("--n-frames", type=int, default=60)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--methods", default="all",
+                        help=f"comma-separated subset of {','.join(METHODS)} (default all; "
+                             "SourceExtractor ones are skipped when not installed)")
+    parser.add_argument("--crowding-threshold", type=float, default=CROWDING_THRESHOLD,
+                        help="stars (S/N > 1) per FWHM^2 from which a frame counts as crowded")
     args = parser.parse_args(argv)
-    metrics = evaluate_model(args.model, args.data, args.n_frames, args.out)
+    metrics = evaluate_model(args.model, args.data, args.n_frames, args.out,
+                             methods=args.methods, crowding_threshold=args.crowding_threshold)
     print(json.dumps(metrics, indent=1, default=float))
 
 

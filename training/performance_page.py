@@ -2,7 +2,7 @@
 Regenerate the tables and figures of the docs' Performance page.
 
     python -m training.performance_page --model models/asidfe_tsmve_v1 --data runs/data_v1 \
-        [--n-frames 60] [--skip-synthetic] [--skip-real]
+        [--n-frames 60] [--methods ml,sep,aper,sex,psfex,psf] [--skip-synthetic] [--skip-real]
 
 Runs the synthetic evaluation (`training.evaluate`) and the real-frame
 comparison (`training.evaluate_real`), then copies their tables and figures
@@ -49,6 +49,8 @@ def main(argv=None):
     parser.add_argument("--data", default="runs/data_v1")
     parser.add_argument("--n-frames", type=int, default=60)
     parser.add_argument("--work", default="runs/performance")
+    parser.add_argument("--methods", default="all",
+                        help="methods of the synthetic evaluation (see training.evaluate)")
     parser.add_argument("--skip-synthetic", action="store_true")
     parser.add_argument("--skip-real", action="store_true")
     args = parser.parse_args(argv)
@@ -57,9 +59,15 @@ def main(argv=None):
     if not args.skip_synthetic:
         from training import evaluate
 
-        evaluate.evaluate_model(args.model, args.data, args.n_frames, out=work / "synthetic")
-        for name in ("metrics.png", "metrics.rst", "metrics.ecsv"):
-            shutil.copy(work / "synthetic" / name, DOCS / name)
+        evaluate.evaluate_model(args.model, args.data, args.n_frames, out=work / "synthetic",
+                                methods=args.methods)
+        # metrics.{png,rst,ecsv}, the per-method tables metrics_{flux,position,calibration,
+        # crlb,failures}.rst, the same for metrics_sparse* and metrics_crowded*, wins.json
+        # and timings.json.
+        for path in sorted((work / "synthetic").iterdir()):
+            if ((path.name.startswith("metrics") and path.suffix in (".png", ".rst", ".ecsv"))
+                    or path.name in ("wins.json", "timings.json")):
+                shutil.copy(path, DOCS / path.name)
     if not args.skip_real:
         from training import evaluate_real
 

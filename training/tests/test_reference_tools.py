@@ -88,3 +88,54 @@ def test_psf_photometry_with_true_psf(field):
                                      {**PSF, "fwhm": np.array([3.0, 3.0])}, error=meta["noise"],
                                      per_source=True)
     np.testing.assert_allclose(per["flux_fit"], tbl["flux_fit"][:2], rtol=0.02)
+
+
+def _varying_psf_frame(seed=4):
+    """Observing conditions of a simulator frame (spatially varying PSF) and its psf_at."""
+    from training import simulate
+
+    cond = simulate._draw_frame(np.random.default_rng(seed), "generic",
+                                ("gaussian", "moffat", "double_gaussian"))
+    cond["fwhm0"] = 3.0
+    shape = (192, 192)
+    return cond, shape, (lambda x, y: simulate._psf_at(cond, x, y, shape))
+
+
+def test_gridded_true_psf_matches_the_simulator_between_nodes():
+    cond, shape, psf_at = _varying_psf_frame()
+    model = rt.true_gridded_psf(psf_at, shape, nodes=9, half_size=8)
+    x, y = 50.3, 127.8
+    stamps, x0, y0 = render_psf_stamps(psf_at(np.array([x]), np.array([y])), [x], [y])
+    h = stamps.shape[1] // 2
+    yy, xx = np.mgrid[y0[0] - 6:y0[0] + 7, x0[0] - 6:x0[0] + 7]
+    np.testing.assert_allclose(model.evaluate(xx.astype(float), yy.astype(float), 1.0, x, y),
+                               stamps[0][h - 6:h + 7, h - 6:h + 7],
+                               atol=1e-3 * stamps[0].max())
+
+
+def test_true_psf_fit_reaches_the_cramer_rao_bound_on_isolated_stars():
+    """The reference for 'rms / CRLB': ~1 on isolated stars with the true noise map."""
+    from asidfe_phot.datasets import fisher_bounds, render_sources
+
+    cond, shape, psf_at = _varying_psf_frame()
+    rng = np.random.default_rng(1)
+    gx, gy = np.meshgrid(np.arange(20.0, 180, 28), np.arange(20.0, 180, 28))
+    x = gx.ravel() + rng.uniform(-0.5, 0.5, gx.size)
+    y = gy.ravel() + rng.uniform(-0.5, 0.5, gx.size)
+    psf = psf_at(x, y)
+    flux_e = np.full(x.size, 1e5)
+    clean = render_sources(shape, x, y, flux_e, psf)
+    bkg_var = cond["sky"] + cond["read_noise"] ** 2
+    noisy = (rng.poisson(clean + cond["sky"]) - cond["sky"]
+             + rng.normal(0, cond["read_noise"], shape)) / cond["gain"]
+    error = np.sqrt(clean + bkg_var) / cond["gain"]
+    model = rt.true_gridded_psf(psf_at, shape, half_size=10)
+    tbl = rt.psf_photometry_true_psf(noisy, x + 0.3, y - 0.2, model, error=error, fit_shape=11)
+    bounds = fisher_bounds({**psf, "truncation": np.full(x.size, 3.0)}, x, y, flux_e,
+                           cond["sky"], cond["read_noise"])
+    res = tbl["flux_fit"] - flux_e / cond["gain"]
+    ratio = np.sqrt(np.mean(res**2)) / np.sqrt(np.mean((bounds["crlb_flux"] / cond["gain"]) ** 2))
+    assert 0.6 < ratio < 1.5
+    dx = tbl["x_fit"] - x
+    assert 0.6 < np.sqrt(np.mean(dx**2)) / np.sqrt(np.mean(bounds["crlb_x"] ** 2)) < 1.5
+    assert 0.6 < np.std(res / tbl["flux_err"]) < 1.5
