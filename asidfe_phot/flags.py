@@ -9,7 +9,7 @@ import numpy as np
 
 __all__ = ["FLAG_DEFINITIONS", "EDGE", "MASKED", "CORE_MASKED", "NO_OVERLAP", "LARGE_SHIFT",
            "OUTSIDE_TRAINING", "NONPOSITIVE_FLUX", "SATURATED", "NO_SOURCE_NOISE",
-           "decode_flags", "flag_table"]
+           "COMPACT", "decode_flags", "flag_table"]
 
 EDGE = 1
 MASKED = 2
@@ -20,6 +20,7 @@ OUTSIDE_TRAINING = 32
 NONPOSITIVE_FLUX = 64
 SATURATED = 128
 NO_SOURCE_NOISE = 256
+COMPACT = 512
 
 #: The registry: (bit, name, description); docs and decode_flags derive from it.
 FLAG_DEFINITIONS = (
@@ -37,6 +38,9 @@ FLAG_DEFINITIONS = (
     (NO_SOURCE_NOISE, "NO_SOURCE_NOISE",
      "no error map, gain or sky level told the network the sources' Poisson noise: "
      "flux_err is too small for bright sources"),
+    (COMPACT, "COMPACT",
+     "sharper than any PSF the network was trained on (the peak pixel holds over 70 % of the "
+     "central 3x3 sum at S/N > 10): a cosmic ray, hot pixel or artefact"),
 )
 
 

@@ -23,6 +23,10 @@ _WARN_FLAGS = _flags.NO_OVERLAP | _flags.CORE_MASKED | _flags.SATURATED
 _CORE_RADIUS = 3
 _SATURATION_RADIUS = 2
 _SNR_RANGE = (2.0, 3e4)
+#: Peak / central 3x3 sum above which a source is sharper than any trained PSF (the
+#: narrowest, FWHM 1.5 px, peaks at ~0.34), checked where the 3x3 sum has S/N > 10.
+_COMPACT_PEAK_FRACTION = 0.7
+_COMPACT_MIN_SNR = 10.0
 
 
 class _PreparedImage:
@@ -292,6 +296,7 @@ class MLPhotometry:
                 f[(raw[:, sat, sat] >= prepared.saturation).any(axis=(1, 2))] |= _flags.SATURATED
             if prepared.error is None and prepared.gain is None:
                 f |= _flags.NO_SOURCE_NOISE
+            f[_compact(data, error, valid, ref)] |= _flags.COMPACT
             idx = np.flatnonzero(usable)
             if idx.size:
                 res = _stamps.decode_outputs(_onnx.run(self._session, inputs[idx]), unit[idx],
@@ -361,3 +366,14 @@ class MLPhotometry:
             **info,
         }
 
+
+def _compact(data, error, valid, ref):
+    """Rows whose central 3x3 pixels are dominated by one pixel at a significant S/N."""
+    box = (slice(None), slice(ref - 1, ref + 2), slice(ref - 1, ref + 2))
+    d = np.where(valid[box], data[box], 0.0)
+    total = d.sum(axis=(1, 2))
+    noise = np.sqrt(np.where(valid[box], np.square(error[box], dtype=np.float64), 0.0).sum(
+        axis=(1, 2)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return ((total > _COMPACT_MIN_SNR * noise)
+                & (d.max(axis=(1, 2)) > _COMPACT_PEAK_FRACTION * total))

@@ -90,7 +90,7 @@ def test_model_card_is_a_copy(phot):
 def test_repr(phot):
     text = repr(phot)
     assert text.startswith("<MLPhotometry(")
-    assert "asidfe_tsmve_v1" in text
+    assert "asidfe_tsmve_v2" in text
     assert "batch_size=2048" in text
 
 
@@ -475,6 +475,17 @@ def test_saturation_flag(phot, image, error, init, field):
     assert sat.sum() < len(tbl)  # a faint star is not flagged
     tbl = phot(image, error=error, init_params=init, saturation=2 * float(image.max()))
     assert not np.any(tbl["flags"] & F.SATURATED)
+
+
+def test_compact_flag_on_a_hot_pixel(phot, image, error, init, ref):
+    # No star is that sharp; a single hot pixel (the stars keep 16 px from the edges) is.
+    data = np.array(image)
+    data[5, 48] += 1000 * float(np.median(error))
+    hot = QTable({"x": [48.0], "y": [5.0]})
+    with pytest.warns(FlaggedSourcesWarning, match="1 of 1 sources"):
+        tbl = phot(data, error=error, init_params=hot)
+    assert tbl["flags"][0] & F.COMPACT
+    assert not np.any(ref["flags"] & F.COMPACT)
 
 
 def test_no_source_noise_warning(phot, image, init, field):

@@ -21,13 +21,19 @@ class StampSet:
         Data set directory (with ``index.json``).
     split : {'train', 'val', 'test'}
     limit : int, optional
-        Use only the first ``limit`` stamps (quick runs, equal-budget comparisons).
+        Use only the first ``limit`` stamps (quick runs, equal-budget comparisons),
+        counted after the family filter.
+    exclude_families : sequence of str, optional
+        Leave out the stamps of these PSF families (generalisation checks).
     """
 
-    def __init__(self, root, split, limit=None):
+    def __init__(self, root, split, limit=None, exclude_families=()):
         root = Path(root)
         index = json.loads((root / "index.json").read_text())
         shards = index["splits"][split]["shards"]
+        from asidfe_phot.datasets import PSF_FAMILIES
+
+        excluded = [PSF_FAMILIES.index(f) for f in exclude_families]
         stamps, meta = [], []
         total = 0
         for name in shards:
@@ -35,10 +41,12 @@ class StampSet:
                 break
             m = np.load(root / f"{name}.meta.npy")
             s = np.load(root / f"{name}.stamps.npy", mmap_mode="r")
-            take = len(m) if limit is None else min(len(m), limit - total)
-            stamps.append(np.ascontiguousarray(s[:take]))
-            meta.append(m[:take])
-            total += take
+            keep = np.flatnonzero(~np.isin(m["family"], excluded))
+            if limit is not None:
+                keep = keep[:limit - total]
+            stamps.append(s[keep] if len(keep) < len(m) else np.ascontiguousarray(s))
+            meta.append(m[keep])
+            total += len(keep)
         self.stamps = np.concatenate(stamps) if stamps else np.zeros((0, _STORED, _STORED),
                                                                      np.float32)
         self.meta = np.concatenate(meta) if meta else np.zeros(0)

@@ -6,7 +6,7 @@ from torch import nn
 
 from asidfe_phot import _stamps
 
-#: Bounds of the predicted log-variances (in target units: px^2 and asinh-flux^2).
+#: Bounds of the predicted log-variances (in target units: px^2 and (flux/unit)^2).
 LOGVAR_MIN, LOGVAR_MAX = -16.0, 6.0
 
 
@@ -46,7 +46,7 @@ class TSMVE(nn.Module):
     """
     Two identical branches: means and log-variances.
 
-    ``forward`` returns (n, 6): the means of (dx, dy, asinh flux) then their
+    ``forward`` returns (n, 6): the means of (dx, dy, flux/unit) then their
     bounded log-variances. The same class serves the plain MVE baseline
     (trained with the NLL from scratch).
     """

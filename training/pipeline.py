@@ -24,7 +24,7 @@ from training import train as train_mod
 FULL = {
     "preset": "generic", "n_frames": 3800, "seed": 1,
     "families": list(simulate_mod.PSF_FAMILIES),
-    "step1_samples": 1_400_000, "step2_samples": 1_200_000,
+    "step1_samples": 900_000, "step2_samples": 1_000_000,
     # Equal-budget TS-MVE vs deep-ensemble comparison (smaller than the shipped run).
     "compare_samples": 100_000, "ensemble_members": 3,
     "eval_every": 250_000, "eval_frames": 60, "calibration_stamps": 200_000,

@@ -36,7 +36,7 @@ def smoothgrad(model, inputs, output_index, *, n_samples=50, noise_level=0.15, s
         then log-variances); put in eval mode here.
     inputs : array or tensor, shape (n, C, H, W)
     output_index : int
-        Which output column (0-2 means of dx, dy, asinh flux; 3-5 their
+        Which output column (0-2 means of dx, dy, flux/unit; 3-5 their
         log-variances).
     n_samples : int, optional
         Noisy copies per input.
@@ -122,7 +122,7 @@ def plot_saliency(model, inputs, path=None, *, n_samples=50, noise_level=0.15, s
     axes = np.atleast_2d(fig.subplots(n, 1 + len(OUTPUT_NAMES)))
     for i in range(n):
         axes[i, 0].imshow(inputs[i, 0], origin="lower", cmap="gray")
-        axes[i, 0].set_title("stamp (asinh S/N)" if i == 0 else "", fontsize=8)
+        axes[i, 0].set_title("stamp (network input)" if i == 0 else "", fontsize=8)
         for k, name in enumerate(OUTPUT_NAMES):
             ax = axes[i, k + 1]
             ax.imshow(maps[k][i], origin="lower", cmap="inferno")

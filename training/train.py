@@ -83,7 +83,8 @@ def freeze(model, what):
 
 def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batch_size=256,
           lr=1e-3, eval_every=250_000, val_limit=50_000, patience=8, train_limit=None,
-          threads=None, device="cpu", checkpoint_seconds=300, max_steps=None, log=print):
+          threads=None, device="cpu", checkpoint_seconds=300, max_steps=None,
+          exclude_families=(), log=print):
     """Train one network; returns its history. See the module docstring."""
     if stage not in STAGES:
         msg = f"stage must be one of {STAGES}, got {stage!r}"
@@ -93,8 +94,8 @@ def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batc
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    train_set = StampSet(data, "train", limit=train_limit)
-    val_set = StampSet(data, "val", limit=val_limit)
+    train_set = StampSet(data, "train", limit=train_limit, exclude_families=exclude_families)
+    val_set = StampSet(data, "val", limit=val_limit, exclude_families=exclude_families)
     model = TSMVE().to(memory_format=torch.channels_last)
     init_stage = None
     if init is not None:
@@ -213,13 +214,16 @@ def main(argv=None):
     parser.add_argument("--eval-every", type=int, default=250_000)
     parser.add_argument("--train-limit", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--exclude-families", default="",
+                        help="comma-separated PSF families to leave out (generalisation)")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="stop after this many steps (resume later with the same command)")
     args = parser.parse_args(argv)
     train(args.data, args.stage, args.out, args.samples, init=args.init,
           freeze_parts=[p for p in args.freeze.split(",") if p], seed=args.seed,
           batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
-          train_limit=args.train_limit, threads=args.threads, max_steps=args.max_steps)
+          train_limit=args.train_limit, threads=args.threads, max_steps=args.max_steps,
+          exclude_families=[f for f in args.exclude_families.split(",") if f])
 
 
 if __name__ == "__main__":

@@ -113,7 +113,7 @@ def test_quick_pipeline_end_to_end(tmp_path):
 
     config = dict(pipeline.QUICK)
     card = pipeline.run(tmp_path / "run", config, log=lambda *a: None)
-    model_dir = tmp_path / "run" / "model" / "asidfe_tsmve_v1"
+    model_dir = tmp_path / "run" / "model" / "asidfe_tsmve_v2"
     _, card2 = verify_model(model_dir)
     assert card2["sha256"] == card["sha256"]
     assert card["parity"]["max_abs_diff"] < 1e-4
