@@ -1,7 +1,7 @@
 """
 Accuracy of a model on held-out simulated frames, side by side with classical photometry.
 
-    python -m training.evaluate --model models/asidfe_tsmve_v1 --data runs/data_v1 \
+    python -m training.evaluate --model models/asidfe_tsmve_v2 --data runs/data_v1 \
         --n-frames 60 --out runs/v1/evaluation [--methods ml,sep,aper,sex,psfex,psf]
 
 Test frames are re-simulated in full from the data set's seeds (the test split
@@ -13,8 +13,17 @@ when the binaries are not installed):
 - ``ml``: asidfe_phot `MLPhotometry` (the exported ONNX model, the user's code
   path: raw frame, gain given, background estimated by the package).
 - ``sep``: SourceExtractor's FLUX_AUTO through ``sep`` on the detections
-  (Kron radius, 2.5 Kron radii, minimum circle 3.5 px; the simulator's
-  background). No positions of its own (they are the input positions).
+  (Kron radius within 6 isophotal a, b; elliptical aperture of 2.5 Kron
+  radii, at least 3.5, in units of a and b, as SourceExtractor's default
+  PHOT_AUTOPARAMS 2.5, 3.5; the simulator's background). Neighbours are
+  masked as in SourceExtractor: sep's detection is run again with the
+  simulator's settings (`sep_segmentation`, the same catalogue) and a
+  segmentation map, each input is given the segmentation id of its nearest
+  detection, and the pixels of all other detections are left out of its
+  Kron radius and its flux (sep's ``segmap``/``seg_id``; SourceExtractor's
+  default MASK_TYPE CORRECT replaces them by their mirror pixels instead,
+  so sep loses the star's own light under a neighbour's segment). No
+  positions of its own (they are the input positions).
 - ``aper``: photutils circular apertures (radius 1.5 FWHM) at the input
   positions, corrected with the true PSF's enclosed fraction.
 - ``sex``: the SourceExtractor binary on the raw frame (its own background,
@@ -109,33 +118,76 @@ ASSOC_RADIUS = 2.0
 SEP_THRESH = 1.2
 
 
-def _sep_flux_auto(sub, objects, rms, gain):
+#: The simulator's other ``sep.extract`` settings (``training/simulate.py``, `simulate_frame`):
+#: with `SEP_THRESH` and ``err`` = its rms map, `sep_segmentation` reproduces its catalogue.
+SEP_EXTRACT = {"minarea": 4, "deblend_cont": 0.005}
+
+
+def sep_segmentation(sub, rms):
+    """
+    The simulator's sep detection, repeated with a segmentation map.
+
+    The same call as `training.simulate.simulate_frame` (the background-
+    subtracted image, `SEP_THRESH` times the rms map, `SEP_EXTRACT`), so the
+    catalogue is the simulator's; the segmentation map (``int32``, 0 for sky,
+    ``i + 1`` for the pixels of detection ``i``) lets `_sep_flux_auto` mask
+    the other objects. Returns ``(objects, segmap)``.
+    """
     import sep
 
+    return sep.extract(sub, SEP_THRESH, err=rms, segmentation_map=True, **SEP_EXTRACT)
+
+
+def segmentation_ids(objects, x, y):
+    """Segmentation id (1-based) of the detection nearest to each ``(x, y)``, and its distance."""
+    from scipy.spatial import cKDTree
+
+    dist, idx = cKDTree(np.column_stack([objects["x"], objects["y"]])).query(
+        np.column_stack([np.asarray(x, float), np.asarray(y, float)]))
+    return (np.asarray(idx) + 1).astype(np.int32), np.asarray(dist)
+
+
+def _sep_flux_auto(sub, objects, rms, gain, segmap=None, seg_id=None):
+    """
+    SourceExtractor-like FLUX_AUTO with sep for ``objects`` (sep's object array).
+
+    With ``segmap`` (`sep_segmentation`) and ``seg_id`` (one per object), the
+    pixels of other detections are left out of the Kron radius and of the
+    flux (sep's ``seg_id > 0`` masking; dropped, not replaced by their
+    mirror pixels as SourceExtractor's MASK_TYPE CORRECT does, and without
+    sep's masked-area rescaling, which applies to ``mask=`` only).
+    """
+    import sep
+
+    def masking(sel):
+        if segmap is None:
+            return {}
+        return {"segmap": segmap, "seg_id": np.asarray(seg_id, dtype=np.int32)[sel]}
+
+    every = np.ones(len(objects), dtype=bool)
     kron, _ = sep.kron_radius(sub, objects["x"], objects["y"], objects["a"], objects["b"],
-                              objects["theta"], 6.0)
-    kron = np.nan_to_num(kron, nan=0.0)
-    # SourceExtractor's minimum circle (r = 3.5 px) where the Kron ellipse is smaller
-    # (or undefined).
-    small = kron * np.sqrt(objects["a"] * objects["b"]) < 1.75
+                              objects["theta"], 6.0, **masking(every))
+    # SourceExtractor's PHOT_AUTOPARAMS 2.5, 3.5: 2.5 Kron radii, at least 3.5, both in
+    # units of the isophotal a and b (its KRON_RADIUS output is this product). Stars have
+    # Kron radii near 1: 2.5 Kron radii alone lose ~4 % of their flux.
+    scale = np.maximum(2.5 * np.nan_to_num(kron, nan=0.0), 3.5)
     flux = np.full(len(objects), np.nan)
     err = np.full(len(objects), np.nan)
     a, b, theta = objects["a"], objects["b"], objects["theta"]
     # sep rejects degenerate ellipses (it checks a >= b > 0 and |theta| <= pi/2):
-    # those get the circle too.
-    shape_ok = (np.isfinite(a) & np.isfinite(b) & np.isfinite(theta) & (b > 0) & (a >= b)
-                & (np.abs(theta) <= np.pi / 2) & np.isfinite(kron) & (kron > 0))
-    small |= ~shape_ok
-    big = ~small
-    if big.any():
-        o = objects[big]
-        flux[big], err[big], _ = sep.sum_ellipse(sub, o["x"], o["y"], o["a"], o["b"],
-                                                 o["theta"], 2.5 * kron[big], err=rms,
-                                                 gain=gain, subpix=1)
-    if small.any():
-        flux[small], err[small], _ = sep.sum_circle(sub, objects["x"][small],
-                                                    objects["y"][small], 3.5, err=rms,
-                                                    gain=gain, subpix=1)
+    # those get a circle of radius 3.5 px.
+    ellipse = (np.isfinite(a) & np.isfinite(b) & np.isfinite(theta) & (b > 0) & (a >= b)
+               & (np.abs(theta) <= np.pi / 2))
+    circle = ~ellipse
+    if ellipse.any():
+        o = objects[ellipse]
+        flux[ellipse], err[ellipse], _ = sep.sum_ellipse(
+            sub, o["x"], o["y"], o["a"], o["b"], o["theta"], scale[ellipse], err=rms,
+            gain=gain, subpix=1, **masking(ellipse))
+    if circle.any():
+        flux[circle], err[circle], _ = sep.sum_circle(sub, objects["x"][circle],
+                                                      objects["y"][circle], 3.5, err=rms,
+                                                      gain=gain, subpix=1, **masking(circle))
     return flux, err
 
 
@@ -331,8 +383,9 @@ def measure_frames(model, data, n_frames=60, log=print, methods=None):
 
     ``methods``: see `resolve_methods`. The returned table's
     ``meta['timings']`` holds each method's total seconds (the ``sep`` time
-    excludes the detection, which the simulator did; ``sex`` and ``psfex``
-    include their own detection and, for ``psfex``, building the PSF model).
+    includes its detection run for the segmentation map, not the background
+    estimate, which the simulator did; ``sex`` and ``psfex`` include their own
+    detection and, for ``psfex``, building the PSF model).
     """
     import warnings
 
@@ -400,7 +453,13 @@ def measure_frames(model, data, n_frames=60, log=print, methods=None):
                     "y_err_ml": np.asarray(ml["y_err"]), "flux_err_ml": np.asarray(ml["flux_err"]),
                     "flags_ml": np.asarray(ml["flags"])})
             elif m == "sep":
-                flux, err = _sep_flux_auto(sub.astype(np.float64), det[obj], rms, cond["gain"])
+                objects, segmap = sep_segmentation(sub, rms)
+                if len(objects) != len(det) or not np.array_equal(objects["x"], det["x"]):
+                    log(f"frame {frame_id}: sep's segmentation run found {len(objects)} "
+                        f"detections, the simulator {len(det)}; ids from the nearest one")
+                seg_id, _ = segmentation_ids(objects, x_in, y_in)
+                flux, err = _sep_flux_auto(sub.astype(np.float64), det[obj], rms, cond["gain"],
+                                           segmap=segmap, seg_id=seg_id)
                 cols.update({"flux_sep": flux, "flux_err_sep": err})
             elif m == "aper":
                 flux, err = _aperture_flux(sub, x_in, y_in, 1.5 * cond["fwhm0"], error, psf,

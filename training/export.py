@@ -1,8 +1,8 @@
 """
 Export trained weights to ONNX with a model card (``config.json``) and check parity.
 
-    python -m training.export --weights runs/v1/step2/best.pt --out models/asidfe_tsmve_v1 \
-        --name asidfe_tsmve --version 1 --card-extra runs/v1/card_extra.json
+    python -m training.export --weights runs/v2/step2/best.pt --out models/asidfe_tsmve_v2 \
+        --name asidfe_tsmve --version 2 --card-extra runs/v2/card_extra.json
 """
 
 import argparse

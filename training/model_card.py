@@ -1,7 +1,7 @@
 """
 Render a model directory's ``README.md`` (the human-readable model card) from its config.json.
 
-    python -m training.model_card models/asidfe_tsmve_v1
+    python -m training.model_card models/asidfe_tsmve_v2
 """
 
 import argparse
@@ -13,6 +13,9 @@ _BIN_COLUMNS = (
     ("flux_mare_ml", "flux MARE ML", "{:.4f}"),
     ("flux_mare_sep", "flux MARE sep AUTO", "{:.4f}"),
     ("flux_mare_aper", "flux MARE aperture", "{:.4f}"),
+    ("flux_mare_sex", "flux MARE SExtractor AUTO", "{:.4f}"),
+    ("flux_mare_psfex", "flux MARE SExtractor+PSFEx", "{:.4f}"),
+    ("flux_mare_psf", "flux MARE true-PSF fit", "{:.4f}"),
     ("flux_zstd_ml", "flux z-std", "{:.2f}"),
     ("flux_cov68_ml", "flux 68% cov.", "{:.2f}"),
     ("x_zstd_ml", "x z-std", "{:.2f}"),
@@ -35,17 +38,50 @@ def _fmt(fmt, value):
 
 
 def metrics_table(bins):
-    """Markdown table of per-S/N-bin metrics."""
-    head = "| S/N | " + " | ".join(label for _, label, _ in _BIN_COLUMNS) + " |"
-    sep = "|" + "---|" * (len(_BIN_COLUMNS) + 1)
+    """Markdown table of per-S/N-bin metrics (the columns some bin has)."""
+    columns = [c for c in _BIN_COLUMNS if any(b.get(c[0]) is not None for b in bins)]
+    head = "| S/N | " + " | ".join(label for _, label, _ in columns) + " |"
+    sep = "|" + "---|" * (len(columns) + 1)
     lines = [head, sep]
     for b in bins:
         hi = b["snr_hi"]
         rng = f"{b['snr_lo']:g}-{hi:g}" if hi is not None and hi != float("inf") else \
             f">{b['snr_lo']:g}"
         lines.append(f"| {rng} | " + " | ".join(_fmt(fmt, b.get(key))
-                                               for key, _, fmt in _BIN_COLUMNS) + " |")
+                                               for key, _, fmt in columns) + " |")
     return "\n".join(lines)
+
+
+def calibration_lines(cal):
+    """The sigma calibration factors as a markdown table."""
+    lines = ["## Sigma calibration", "",
+             f"Predicted sigmas are multiplied by these factors, interpolated in log10 of the "
+             f"predicted flux S/N ({cal.get('method', '')}); fitted on the "
+             f"{cal.get('fitted_on', 'validation split')}.", "",
+             "| log10 S/N | x | y | flux |", "|---|---|---|---|"]
+    for k, knot in enumerate(cal["log10_snr"]):
+        lines.append(f"| {knot:.2f} | {cal['dx'][k]:.3f} | {cal['dy'][k]:.3f} | "
+                     f"{cal['flux'][k]:.3f} |")
+    return lines + [""]
+
+
+def generalisation_lines(gen):
+    """Held-out PSF family scores as a markdown table."""
+    lines = ["## Generalisation to a held-out PSF family", "",
+             f"`{gen['hold_out']}` left out of training entirely; both models trained with "
+             f"{gen['samples_per_step']:,} samples per step (raw sigmas, no calibration).", "",
+             "| test stamps | model | S/N | N | flux MARE | pos MAE | flux z-std |",
+             "|---|---|---|---|---|---|---|"]
+    for test_name, by_model in gen["scores"].items():
+        for model_name, bins in by_model.items():
+            for b in bins:
+                if b["n"]:
+                    hi = b["snr_hi"]
+                    rng = f"{b['snr_lo']:g}-{hi:g}" if hi else f">{b['snr_lo']:g}"
+                    lines.append(f"| {test_name} | {model_name} | {rng} | {b['n']} | "
+                                 f"{b['flux_mare']:.4f} | {b['pos_mae']:.4f} | "
+                                 f"{b['flux_zstd']:.2f} |")
+    return lines + [""]
 
 
 def render(card):
@@ -95,6 +131,10 @@ def render(card):
                   "the total flux; z-std = std of (prediction - truth) / sigma; CRLB = "
                   "Cramér–Rao bound of a fit with the true PSF (isolated star).", "",
                   metrics_table(card["test_metrics"]), ""]
+    if "sigma_calibration" in card:
+        lines += calibration_lines(card["sigma_calibration"])
+    if "generalisation" in card:
+        lines += generalisation_lines(card["generalisation"])
     if "ensemble_comparison" in card:
         c = card["ensemble_comparison"]
         lines += ["## TS-MVE vs deep ensemble of MVE networks (validation, equal small budget)",

@@ -1,13 +1,23 @@
 """
 Regenerate the tables and figures of the docs' Performance page.
 
-    python -m training.performance_page --model models/asidfe_tsmve_v1 --data runs/data_v1 \
-        [--n-frames 60] [--methods ml,sep,aper,sex,psfex,psf] [--skip-synthetic] [--skip-real]
+    python -m training.performance_page --model models/asidfe_tsmve_v2 --data runs/data_v1 \
+        [--n-frames 60] [--methods ml,sep,aper,sex,psfex,psf] [--skip-synthetic] [--skip-real] \
+        [--generalisation runs/v2/heldout/generalisation.rst]
 
 Runs the synthetic evaluation (`training.evaluate`) and the real-frame
 comparison (`training.evaluate_real`), then copies their tables and figures
-into ``docs/_static/performance/``, and writes the model's TS-MVE vs
-ensemble comparison (from its card) as an RST table there.
+into ``docs/_static/performance/``, and writes there:
+
+- ``summary.rst``: "where the model wins and where it loses", generated from
+  the evaluation's ``wins.json`` and ``metrics.ecsv`` (`summary_rst`; with
+  ``--skip-synthetic``, from the copies of the last evaluation);
+- ``calibration.png``: `asidfe_phot.visualization.plot_calibration` of the
+  ML x, y and flux on the evaluation's ``results.ecsv`` (S/N >= 3);
+- ``generalisation.rst``: a copy of ``training.generalisation``'s table
+  (``--generalisation``), when that file exists;
+- ``ensemble_comparison.rst``: the model's TS-MVE vs ensemble comparison
+  (from its card).
 """
 
 import argparse
@@ -15,7 +25,11 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "_static" / "performance"
+#: z-std within this range counts as calibrated in the summary.
+ZSTD_OK = (0.9, 1.1)
 
 
 def comparison_rst(card):
@@ -43,9 +57,180 @@ def comparison_rst(card):
             f"{b['ensemble_member']:,} stamps of NLL training from scratch.\n")
 
 
+def _fmt(v):
+    """Two significant digits (three below 0.1 is too many for prose)."""
+    v = float(v)
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    return f"{v:#.2g}".rstrip(".")
+
+
+def _ratio(v):
+    """A ratio, with a third digit where two would round it to 1.0 (hiding which side it is)."""
+    text = _fmt(v)
+    return f"{float(v):.3f}".rstrip("0") if text == "1.0" and float(v) != 1 else text
+
+
+def _span(values):
+    """'a-b' (or 'a' when equal) of the finite values, two significant digits."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    if not v.size:
+        return "-"
+    lo, hi = _fmt(v.min()), _fmt(v.max())
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+def _bin_list(labels):
+    return ", ".join(labels)
+
+
+def _comparison_bullet(bins, kind, m, what, ratio="ML / method"):
+    """'<what> lower in k of n S/N bins (...), higher in ...' for one method, or None."""
+    won, lost = [], []
+    for b in bins:
+        lower = b[f"{kind}_lower"].get(m)
+        if lower is None:
+            continue
+        (won if lower else lost).append((b["snr"], b[f"{kind}_ratio"][m]))
+    n = len(won) + len(lost)
+    if not n:
+        return None
+    higher = "higher or equal" if any(r == 1 for _, r in lost) else "higher"
+    parts = []
+    if won:
+        count = f"all {n}" if not lost else f"{len(won)} of {n}"
+        bins_won = "" if not lost else f"{_bin_list(s for s, _ in won)}; "
+        span = _span(r for _, r in won)
+        if len(won) == 1:
+            span = _ratio(won[0][1])
+        parts.append(f"lower in {count} S/N bins ({bins_won}{ratio} {span})")
+    if lost:
+        count = f"all {n} S/N bins" if not won else f"{len(lost)}"
+        parts.append(f"{higher} in {count} ({ratio} "
+                     + ", ".join(f"{s}: {_ratio(r)}" for s, r in lost) + ")")
+    return f"{what} " + ", ".join(parts)
+
+
+def summary_rst(wins, metrics, model_name, labels=None):
+    """
+    "Where <model> wins and where it loses", in plain words, from the evaluation's numbers only.
+
+    ``wins``: the evaluation's ``wins.json`` (dict); ``metrics``: its
+    ``metrics.ecsv`` (all frames). One bullet per classical method (the S/N
+    bins where ML's flux MARE, and position MAE, are lower or not, with the
+    ratios ML / method), one for the input positions, one for the ML error
+    calibration (z-std and cov68 ranges over the bins, and the bins with
+    z-std within `ZSTD_OK`), and the bins won in sparse and crowded frames.
+    """
+    if labels is None:
+        from training.evaluate import LABELS as labels
+    sub = wins["subsets"]["all"]
+    bins = [b for b in sub["bins"] if b["n"]]
+    methods = []
+    for b in bins:
+        for m in list(b["flux_mare_lower"]) + list(b["pos_mae_lower"]):
+            if m not in methods and m != "init":
+                methods.append(m)
+    lines = [f"**Where {model_name} wins and where it loses** ({sub['frames']} test frames, "
+             f"{sub['sources']:,} sources; S/N bins as in the tables above; ML / method is the "
+             "ratio of the errors, below 1 where ML is better):", ""]
+    for m in methods:
+        parts = [p for p in (_comparison_bullet(bins, "flux_mare", m, "flux MARE"),
+                             _comparison_bullet(bins, "pos_mae", m, "position MAE"))
+                 if p]
+        if parts:
+            lines.append(f"- *Against {labels.get(m, m)}.* ML's " + ". ML's ".join(parts) + ".")
+    init = _comparison_bullet(bins, "pos_mae", "init", "position MAE", "ML / input")
+    if init:
+        lines.append("- *Against the input (detector) positions.* ML's " + init + ".")
+    lines.append(_calibration_bullet(metrics))
+    crowd = []
+    for name in ("sparse", "crowded"):
+        part = wins["subsets"].get(name)
+        if not part or not part["sources"]:
+            continue
+        won = part["bins_won"]["flux_mare"]
+        crowd.append(f"{name} frames ({part['frames']} frames, {part['sources']:,} sources): "
+                     + ", ".join(f"{labels.get(m, m)} {v}" for m, v in won.items()))
+    if crowd:
+        threshold = wins.get("crowding_threshold")
+        lines.append("- *Sparse and crowded frames* (crowded: at least "
+                     f"{threshold:g} stars per FWHM²). S/N bins where ML's flux MARE is lower, "
+                     "of those compared: " + "; ".join(crowd) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def _calibration_bullet(metrics):
+    """ML z-std and cov68 ranges of flux, x and y over the filled bins."""
+    from training.evaluate import _snr_labels
+
+    filled = np.asarray(metrics["n"]) > 0
+    snr = [s for s, f in zip(_snr_labels(metrics), filled) if f]
+    zparts, cparts = [], []
+    for q in ("flux", "x", "y"):
+        zcol, ccol = f"{q}_zstd_ml", f"{q}_cov68_ml"
+        if zcol not in metrics.colnames:
+            continue
+        z = np.asarray(metrics[zcol], dtype=float)[filled]
+        ok = [s for s, v in zip(snr, z) if ZSTD_OK[0] <= v <= ZSTD_OK[1]]
+        n = int(np.isfinite(z).sum())
+        lo, hi = ZSTD_OK
+        if not ok:
+            within = f"in none of the {n} bins within [{lo:g}, {hi:g}]"
+        elif len(ok) == n:
+            within = f"within [{lo:g}, {hi:g}] in all {n} bins"
+        else:
+            within = f"within [{lo:g}, {hi:g}] in {len(ok)} of {n} bins: {_bin_list(ok)}"
+        zparts.append(f"{q} {_span(z)}, {within}")
+        if ccol in metrics.colnames:
+            cparts.append(f"{q} {_span(np.asarray(metrics[ccol], dtype=float)[filled])}")
+    if not zparts:
+        return "- *Calibration.* No ML error calibration in these results."
+    text = ("- *Calibration.* Std of ML's z-scores over the S/N bins (1 for calibrated "
+            "errors): " + "; ".join(zparts) + ".")
+    if cparts:
+        text += (" Fraction within 1 sigma (cov68, 0.68 for calibrated errors): "
+                 + ", ".join(cparts) + ".")
+    return text
+
+
+def write_summary(wins_path, metrics_path, model_name, out):
+    """`summary_rst` from the files; returns False (writing nothing) when one is missing."""
+    from astropy.table import QTable
+
+    if not (Path(wins_path).exists() and Path(metrics_path).exists()):
+        return False
+    wins = json.loads(Path(wins_path).read_text())
+    if "ml" not in QTable.read(metrics_path).meta.get("methods", ["ml"]):
+        return False
+    Path(out).write_text(summary_rst(wins, QTable.read(metrics_path), model_name))
+    return True
+
+
+def write_calibration_figure(results_path, out, min_snr=3.0):
+    """`~asidfe_phot.visualization.plot_calibration` of ML's x, y and flux; False without ML."""
+    import matplotlib
+
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+    from astropy.table import Table
+
+    from asidfe_phot.visualization import plot_calibration
+
+    results = Table.read(results_path)
+    if "flux_ml" not in results.colnames:
+        return False
+    results = results[np.asarray(results["snr"]) >= min_snr]
+    fig = plot_calibration(results, ["x_ml", "y_ml", "flux_ml"], ["x_true", "y_true", "flux_true"],
+                           ["x_err_ml", "y_err_ml", "flux_err_ml"], labels=["x", "y", "flux"])
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="models/asidfe_tsmve_v1")
+    parser.add_argument("--model", default="models/asidfe_tsmve_v2")
     parser.add_argument("--data", default="runs/data_v1")
     parser.add_argument("--n-frames", type=int, default=60)
     parser.add_argument("--work", default="runs/performance")
@@ -53,6 +238,8 @@ def main(argv=None):
                         help="methods of the synthetic evaluation (see training.evaluate)")
     parser.add_argument("--skip-synthetic", action="store_true")
     parser.add_argument("--skip-real", action="store_true")
+    parser.add_argument("--generalisation", default="runs/v2/heldout/generalisation.rst",
+                        help="training.generalisation's table, copied when it exists")
     args = parser.parse_args(argv)
     work = Path(args.work)
     DOCS.mkdir(parents=True, exist_ok=True)
@@ -68,6 +255,21 @@ def main(argv=None):
             if ((path.name.startswith("metrics") and path.suffix in (".png", ".rst", ".ecsv"))
                     or path.name in ("wins.json", "timings.json")):
                 shutil.copy(path, DOCS / path.name)
+        results = work / "synthetic" / "results.ecsv"
+        if results.exists() and write_calibration_figure(results, DOCS / "calibration.png"):
+            print("wrote calibration.png")
+    # From the copies, so that --skip-synthetic regenerates it from the last evaluation.
+    if write_summary(DOCS / "wins.json", DOCS / "metrics.ecsv", Path(args.model).name,
+                     DOCS / "summary.rst"):
+        print("wrote summary.rst")
+    else:
+        print("summary.rst left as it is: no wins.json / metrics.ecsv with ML in "
+              f"{DOCS}")
+    generalisation = Path(args.generalisation)
+    if generalisation.exists():
+        shutil.copy(generalisation, DOCS / "generalisation.rst")
+    else:
+        print(f"{generalisation} not found: generalisation.rst left as it is")
     if not args.skip_real:
         from training import evaluate_real
 

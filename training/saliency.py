@@ -1,7 +1,8 @@
 """
 SmoothGrad saliency maps of a TS-MVE model (paper Sect. 3.2.4, Figs. 10-11).
 
-    python -m training.saliency --weights runs/v1/stage2.pt --out saliency.png [--data runs/data_v1]
+    python -m training.saliency --weights runs/v2/step2/best.pt --out saliency.png \
+        [--data runs/data_v1]
 
 SmoothGrad (Smilkov et al. 2017, arXiv:1706.03825): the gradient of one
 output with respect to the input, averaged over ``n_samples`` copies of the

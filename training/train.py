@@ -2,9 +2,9 @@
 Train the TS-MVE network (step 1: Huber on the means; step 2: Gaussian NLL on
 both branches) or a plain MVE baseline member (NLL from scratch).
 
-    python -m training.train --data runs/data_v1 --stage step1 --out runs/v1/step1 --samples 3e6
-    python -m training.train --data runs/data_v1 --stage step2 --init runs/v1/step1/best.pt \
-        --out runs/v1/step2 --samples 2e6
+    python -m training.train --data runs/data_v1 --stage step1 --out runs/v2/step1 --samples 3e6
+    python -m training.train --data runs/data_v1 --stage step2 --init runs/v2/step1/best.pt \
+        --out runs/v2/step2 --samples 2e6
 
 Resumable: rerunning the same command continues from ``OUT/last.pt``.
 ``--init`` starts from given weights and ``--freeze`` holds layers fixed (transfer learning).

@@ -9,12 +9,29 @@ from astropy.table import Table
 
 from training import evaluate as ev
 from training import reference_tools as rt
+from training import simulate as simulate_mod
 
 HAS_SEX = bool(shutil.which("source-extractor") or shutil.which("sex"))
 HAS_PSFEX = HAS_SEX and bool(shutil.which("psfex"))
 #: Seed 5 makes test frame 4 (of 5) a sparse 256x256 frame with ~90 stars, ~20 of S/N > 50.
 INDEX = {"preset": "generic", "seed": 5, "n_frames": 5, "frame_shape": [256, 256],
          "families": ["gaussian", "moffat", "double_gaussian"]}
+
+
+def _packaged_model_error():
+    """Why the packaged model does not load (e.g. an older preprocessing contract), or None."""
+    from asidfe_phot import MLPhotometry
+    from asidfe_phot.exceptions import ModelError
+
+    try:
+        MLPhotometry(None)
+    except ModelError as exc:
+        return str(exc)
+    return None
+
+
+ML_ERROR = _packaged_model_error()
+needs_ml = pytest.mark.skipif(ML_ERROR is not None, reason=f"packaged model: {ML_ERROR}")
 
 
 @pytest.fixture(scope="module", name="data")
@@ -27,8 +44,11 @@ def fixture_data(tmp_path_factory):
 
 @pytest.fixture(scope="module", name="results")
 def fixture_results(data):
-    """Every installed method on the one test frame (packaged model for 'ml')."""
-    return ev.measure_frames(None, data, n_frames=1, log=lambda *a: None)
+    """Every installed method on the one test frame (packaged model for 'ml', if it loads)."""
+    methods = None
+    if ML_ERROR is not None:
+        methods = [m for m in ev.resolve_methods(None, log=lambda *a: None) if m != "ml"]
+    return ev.measure_frames(None, data, n_frames=1, log=lambda *a: None, methods=methods)
 
 
 def test_all_methods_present(results):
@@ -37,6 +57,8 @@ def test_all_methods_present(results):
         expected.insert(3, "sex")
     if HAS_PSFEX:
         expected.insert(4, "psfex")
+    if ML_ERROR is not None:
+        expected.remove("ml")
     assert ev.methods_in(results) == expected
     assert results.meta["methods"] == expected
     assert set(results.meta["timings"]) == set(expected)
@@ -56,8 +78,11 @@ def test_methods_agree_with_truth_on_bright_stars(results):
         ok = ev.usable(r, m)
         assert ok.mean() > 0.85, m
         rel = np.abs(r[f"flux_{m}"][ok] / r["flux_true"][ok] - 1)
-        # sep's Kron apertures do not mask neighbours: loose, and on the median only.
-        assert np.median(rel) < (0.1 if m == "sep" else 0.05), m
+        assert np.median(rel) < 0.05, m
+        if m == "sep":
+            # Neighbours masked: no Kron aperture swallows one (unmasked, one of these
+            # stars came out 5.2 times too bright).
+            assert np.all(rel < 0.1)
         if m in ev.POSITION_METHODS:
             d = np.hypot(r[f"x_{m}"][ok] - r["x_true"][ok], r[f"y_{m}"][ok] - r["y_true"][ok])
             # 0-based everywhere: a 1-based catalogue would be 1.4 px off.
@@ -71,6 +96,7 @@ def test_psfex_fluxes_are_aperture_corrected(results):
     assert corr.size == 1 and 1.0 <= corr[0] < 1.5
 
 
+@needs_ml
 def test_bin_metrics_tables_and_wins(results, tmp_path):
     metrics = ev.bin_metrics(results)
     methods = ev.methods_in(results)
@@ -113,6 +139,7 @@ def test_split_by_crowding(results):
     assert len(parts["all"]) == len(fake)
 
 
+@needs_ml
 def test_methods_option_from_the_command_line(data, tmp_path, capsys):
     out = tmp_path / "eval"
     ev.main(["--data", str(data), "--n-frames", "1", "--out", str(out), "--methods", "ml,sep"])
@@ -157,5 +184,115 @@ def test_assoc_columns_keep_the_closest_detection():
     np.testing.assert_array_equal(out["flux"], [7.0, np.nan, 9.0])
 
 
+def test_sep_segmentation_repeats_the_simulators_detection(data):
+    index = json.loads((data / "index.json").read_text())
+    seeds = simulate_mod.frame_seeds(index["seed"], index["n_frames"])
+    frame_id = 4
+    assert simulate_mod.split_of(frame_id) == "test"
+    _, _, frame = simulate_mod.simulate_frame(frame_id, int(seeds[frame_id]), index["preset"],
+                                              tuple(index["families"]),
+                                              tuple(index["frame_shape"]), return_frame=True)
+    det = frame["detections"]
+    objects, segmap = ev.sep_segmentation(frame["image"] - frame["background"], frame["rms"])
+    np.testing.assert_array_equal(objects["x"], det["x"])
+    np.testing.assert_array_equal(objects["y"], det["y"])
+    assert segmap.shape == frame["image"].shape and segmap.max() == len(det)
+    ids, dist = ev.segmentation_ids(objects, det["x"][::-1], det["y"][::-1])
+    np.testing.assert_array_equal(ids, np.arange(len(det), 0, -1))
+    assert np.all(dist == 0)
+
+
+def test_sep_flux_auto_masks_a_bright_neighbour():
+    """A star 10 px (3.3 FWHM) from one 20 times brighter: the segmentation map saves it."""
+    from asidfe_phot.datasets import make_star_field
+
+    sky, read_noise = 200.0, 5.0
+    image, truth, meta = make_star_field((48, 48), positions=([19.0, 29.0], [24.0, 24.5]),
+                                         fluxes=[2e4, 4e5], sky=sky, read_noise=read_noise,
+                                         seed=1)
+    sub = (image - meta["background"]).astype(np.float32)
+    rms = np.full(image.shape, np.sqrt(sky + read_noise**2) / meta["gain"], np.float32)
+    objects, segmap = ev.sep_segmentation(sub, rms)
+    assert len(objects) == 2
+    ids, dist = ev.segmentation_ids(objects, truth["x"], truth["y"])
+    assert np.all(dist < 1)
+    o = objects[ids - 1]
+    sub = sub.astype(np.float64)
+    plain, _ = ev._sep_flux_auto(sub, o, rms, meta["gain"])
+    masked, err = ev._sep_flux_auto(sub, o, rms, meta["gain"], segmap=segmap, seg_id=ids)
+    rel_plain = np.abs(plain / truth["flux"] - 1)
+    rel_masked = np.abs(masked / truth["flux"] - 1)
+    # Unmasked, the faint star's Kron aperture swallows the neighbour (~20 times its flux).
+    assert rel_plain[0] > 5
+    assert rel_masked[0] < 0.1
+    assert rel_masked[0] < rel_plain[0]
+    # The bright star loses no more than a little of its own light under the faint one's segment.
+    assert rel_masked[1] < 0.1
+    assert np.all(err > 0)
+
+
 def test_detection_threshold_matches_seps_matched_filter():
     assert ev.detection_threshold(np.full((4, 4), 10.0)) == pytest.approx(1.2 * 10 * 0.375)
+
+
+def test_performance_page_summary_from_the_numbers():
+    from astropy.table import QTable
+
+    from training import performance_page as pp
+
+    def entry(snr, n, flux, pos):
+        return {"snr": snr, "n": n,
+                "flux_mare_lower": {m: (r < 1 if r else None) for m, r in flux.items()},
+                "flux_mare_ratio": flux,
+                "pos_mae_lower": {m: (r < 1 if r else None) for m, r in pos.items()},
+                "pos_mae_ratio": pos}
+
+    bins = [entry("3-5", 10, {"sep": 0.5, "sex": 1.2}, {"init": 0.8, "sex": 1.004}),
+            entry("5-10", 20, {"sep": 0.25, "sex": 0.9}, {"init": 0.5, "sex": 0.7}),
+            entry(">1000", 0, {"sep": None, "sex": None}, {"init": None, "sex": None})]
+    wins = {"crowding_threshold": 0.2,
+            "subsets": {"all": {"frames": 3, "sources": 1234, "bins": bins,
+                                "bins_won": {"flux_mare": {"sep": "2/2", "sex": "1/2"}}},
+                        "sparse": {"frames": 3, "sources": 1234, "bins": bins,
+                                   "bins_won": {"flux_mare": {"sep": "2/2", "sex": "1/2"}}},
+                        "crowded": {"frames": 0, "sources": 0, "bins": [],
+                                    "bins_won": {"flux_mare": {}}}}}
+    metrics = QTable({"snr_lo": [3.0, 5.0, 1000.0], "snr_hi": [5.0, 10.0, np.inf],
+                      "n": [10, 20, 0], "flux_zstd_ml": [0.95, 1.3, np.nan],
+                      "flux_cov68_ml": [0.7, 0.5, np.nan], "x_zstd_ml": [0.8, 0.85, np.nan],
+                      "x_cov68_ml": [0.8, 0.79, np.nan], "y_zstd_ml": [1.0, 1.05, np.nan],
+                      "y_cov68_ml": [0.66, 0.7, np.nan]})
+    text = pp.summary_rst(wins, metrics, "asidfe_tsmve_v9")
+    assert text.startswith("**Where asidfe_tsmve_v9 wins and where it loses** (3 test frames, "
+                           "1,234 sources;")
+    assert ("*Against sep FLUX_AUTO.* ML's flux MARE lower in all 2 S/N bins "
+            "(ML / method 0.25-0.50)." in text)
+    assert ("ML's flux MARE lower in 1 of 2 S/N bins (5-10; ML / method 0.90), higher in 1 "
+            "(ML / method 3-5: 1.2)" in text)
+    # A ratio that would round to 1.0 keeps a third digit.
+    assert "higher in 1 (ML / method 3-5: 1.004)" in text
+    assert "ML / input 0.50-0.80" in text
+    assert "flux 0.95-1.3, within [0.9, 1.1] in 1 of 2 bins: 3-5" in text
+    assert "x 0.80-0.85, in none of the 2 bins within [0.9, 1.1]" in text
+    assert "y 1.0-1.1, within [0.9, 1.1] in all 2 bins" in text
+    assert "cov68, 0.68 for calibrated errors): flux 0.50-0.70" in text
+    assert "sparse frames (3 frames, 1,234 sources)" in text and "crowded frames (" not in text
+    assert ">1000" not in text
+
+
+def test_performance_page_calibration_figure(tmp_path):
+    from training import performance_page as pp
+
+    rng = np.random.default_rng(0)
+    n = 200
+    tbl = Table({"snr": rng.uniform(1, 100, n), "x_true": rng.uniform(0, 50, n),
+                 "y_true": rng.uniform(0, 50, n), "flux_true": rng.uniform(100, 1000, n)})
+    for c, err in (("x", 0.1), ("y", 0.1), ("flux", 20.0)):
+        tbl[f"{c}_err_ml"] = np.full(n, err)
+        tbl[f"{c}_ml"] = tbl[f"{c}_true"] + rng.normal(0, err, n)
+    tbl.write(tmp_path / "results.ecsv")
+    assert pp.write_calibration_figure(tmp_path / "results.ecsv", tmp_path / "calibration.png")
+    assert (tmp_path / "calibration.png").stat().st_size > 10_000
+    tbl.remove_column("flux_ml")
+    tbl.write(tmp_path / "no_ml.ecsv")
+    assert not pp.write_calibration_figure(tmp_path / "no_ml.ecsv", tmp_path / "none.png")
