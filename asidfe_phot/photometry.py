@@ -19,7 +19,7 @@ __all__ = ["MLPhotometry"]
 OUTPUT_COLUMNS = ("id", "x_init", "y_init", "x_fit", "y_fit", "flux_fit", "x_err", "y_err",
                   "flux_err", "flags")
 #: Flags serious enough for a (single, summary) warning.
-_WARN_FLAGS = _flags.NO_OVERLAP | _flags.CORE_MASKED | _flags.SATURATED
+_WARN_FLAGS = _flags.NO_OVERLAP | _flags.CORE_MASKED | _flags.SATURATED | _flags.COMPACT
 _CORE_RADIUS = 3
 _SATURATION_RADIUS = 2
 _SNR_RANGE = (2.0, 3e4)
@@ -338,8 +338,9 @@ class MLPhotometry:
         tbl.meta.update(self._meta(info))
         nwarn = int(np.count_nonzero(tbl["flags"] & _WARN_FLAGS))
         if nwarn:
-            msg = (f"{nwarn} of {len(tbl)} sources are flagged (no usable pixels, masked core "
-                   "or saturated); see the 'flags' column and MLPhotometry.decode_flags")
+            msg = (f"{nwarn} of {len(tbl)} sources are flagged (no usable pixels, masked core, "
+                   "saturated or sharper than a PSF); see the 'flags' column and "
+                   "MLPhotometry.decode_flags")
             warnings.warn(msg, FlaggedSourcesWarning, stacklevel=3)
         if len(tbl) and np.all(tbl["flags"] & _flags.NO_SOURCE_NOISE):
             msg = ("no error map, gain or sky level tells the network the sources' Poisson "

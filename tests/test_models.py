@@ -112,8 +112,12 @@ def test_wrong_contract(model_copy):
     edit_card(model_copy, contract=dict(card["contract"], stamp_size=64))
     with pytest.raises(ModelError, match="trained with stamp_size=64"):
         verify_model(model_copy)
-    edit_card(model_copy, contract=dict(card["contract"], flux_softening=10.0))
-    with pytest.raises(ModelError, match="flux_softening"):
+    edit_card(model_copy, contract=dict(card["contract"], core_floor=10.0))
+    with pytest.raises(ModelError, match="core_floor"):
+        MLPhotometry(model=model_copy)
+    # A model of an older contract (v1: no version key) is refused with a clear message.
+    edit_card(model_copy, contract={k: v for k, v in card["contract"].items() if k != "version"})
+    with pytest.raises(ModelError, match="trained with version=None"):
         MLPhotometry(model=model_copy)
 
 
