@@ -892,9 +892,18 @@ def main(argv=None):
                              "SourceExtractor ones are skipped when not installed)")
     parser.add_argument("--crowding-threshold", type=float, default=CROWDING_THRESHOLD,
                         help="stars (S/N > 1) per FWHM^2 from which a frame counts as crowded")
+    parser.add_argument("--write-card", action="store_true",
+                        help="record the per-bin metrics in the model's card (test_metrics), "
+                             "as training.pipeline does")
     args = parser.parse_args(argv)
     metrics = evaluate_model(args.model, args.data, args.n_frames, args.out,
                              methods=args.methods, crowding_threshold=args.crowding_threshold)
+    if args.write_card:
+        if args.model is None:
+            parser.error("--write-card needs --model (a model directory)")
+        from training.export import update_card
+
+        update_card(args.model, {"test_metrics": metrics})
     print(json.dumps(metrics, indent=1, default=float))
 
 

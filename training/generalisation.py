@@ -112,8 +112,14 @@ def main(argv=None):
                         help="weights trained on all families with the same budget")
     parser.add_argument("--out", required=True)
     parser.add_argument("--samples", type=float, default=100_000)
+    parser.add_argument("--card", default=None,
+                        help="record the result in this model directory's card (generalisation)")
     args = parser.parse_args(argv)
-    run(args.data, args.hold_out, args.reference, args.out, int(args.samples))
+    result = run(args.data, args.hold_out, args.reference, args.out, int(args.samples))
+    if args.card:
+        from training.export import update_card
+
+        update_card(args.card, {"generalisation": result})
 
 
 if __name__ == "__main__":

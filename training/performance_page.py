@@ -237,6 +237,9 @@ def main(argv=None):
     parser.add_argument("--methods", default="all",
                         help="methods of the synthetic evaluation (see training.evaluate)")
     parser.add_argument("--skip-synthetic", action="store_true")
+    parser.add_argument("--evaluation", default=None,
+                        help="use this finished training.evaluate output folder instead of "
+                             "running the synthetic evaluation again")
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--generalisation", default="runs/v2/heldout/generalisation.rst",
                         help="training.generalisation's table, copied when it exists")
@@ -246,16 +249,18 @@ def main(argv=None):
     if not args.skip_synthetic:
         from training import evaluate
 
-        evaluate.evaluate_model(args.model, args.data, args.n_frames, out=work / "synthetic",
-                                methods=args.methods)
+        synthetic = Path(args.evaluation) if args.evaluation else work / "synthetic"
+        if not args.evaluation:
+            evaluate.evaluate_model(args.model, args.data, args.n_frames, out=synthetic,
+                                    methods=args.methods)
         # metrics.{png,rst,ecsv}, the per-method tables metrics_{flux,position,calibration,
         # crlb,failures}.rst, the same for metrics_sparse* and metrics_crowded*, wins.json
         # and timings.json.
-        for path in sorted((work / "synthetic").iterdir()):
+        for path in sorted(synthetic.iterdir()):
             if ((path.name.startswith("metrics") and path.suffix in (".png", ".rst", ".ecsv"))
                     or path.name in ("wins.json", "timings.json")):
                 shutil.copy(path, DOCS / path.name)
-        results = work / "synthetic" / "results.ecsv"
+        results = synthetic / "results.ecsv"
         if results.exists() and write_calibration_figure(results, DOCS / "calibration.png"):
             print("wrote calibration.png")
     # From the copies, so that --skip-synthetic regenerates it from the last evaluation.
