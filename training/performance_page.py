@@ -241,6 +241,9 @@ def main(argv=None):
                         help="use this finished training.evaluate output folder instead of "
                              "running the synthetic evaluation again")
     parser.add_argument("--skip-real", action="store_true")
+    parser.add_argument("--weights", default="runs/v2/step2/best.pt",
+                        help="the shipped model's torch weights, for the SmoothGrad figure "
+                             "(skipped when missing)")
     parser.add_argument("--generalisation", default="runs/v2/heldout/generalisation.rst",
                         help="training.generalisation's table, copied when it exists")
     args = parser.parse_args(argv)
@@ -282,6 +285,13 @@ def main(argv=None):
         for path in (work / "real").iterdir():
             if path.suffix in (".png", ".rst") and not path.name.startswith("saliency"):
                 shutil.copy(path, DOCS / path.name)
+    if Path(args.weights).exists():
+        from training import saliency
+
+        saliency.main(["--weights", args.weights, "--out", str(DOCS / "saliency.png"),
+                       "--data", args.data])
+    else:
+        print(f"{args.weights} not found: saliency.png left as it is")
     card = json.loads((Path(args.model) / "config.json").read_text())
     (DOCS / "ensemble_comparison.rst").write_text(comparison_rst(card))
     print(f"wrote {sorted(p.name for p in DOCS.iterdir())}")
