@@ -38,6 +38,7 @@ def _metrics(outputs, targets, with_variance):
 def evaluate(model, dataset, batch_size=1024, with_variance=True, limit=None):
     """Validation metrics over (up to ``limit`` of) ``dataset``, central crops, no augmentation."""
     model.eval()
+    device = next(model.parameters()).device
     n = len(dataset) if limit is None else min(limit, len(dataset))
     outs, tgts = [], []
     # Without variances (step 1) only the mean branch runs: half the cost.
@@ -46,7 +47,8 @@ def evaluate(model, dataset, batch_size=1024, with_variance=True, limit=None):
         for start in range(0, n, batch_size):
             idx = np.arange(start, min(start + batch_size, n))
             x, t, _ = dataset.batch(idx)
-            outs.append(forward(torch.from_numpy(x).contiguous(memory_format=torch.channels_last)))
+            x = torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last)
+            outs.append(forward(x).cpu())
             tgts.append(torch.from_numpy(t))
     model.train()
     return _metrics(torch.cat(outs), torch.cat(tgts), with_variance)
@@ -56,8 +58,9 @@ def _start_variances_at_residuals(model, val_set, n=8192):
     """Start step 2 with each log-variance at the step-1 residual variance of its target."""
     idx = np.arange(min(n, len(val_set)))
     x, t, _ = val_set.batch(idx)
+    device = next(model.parameters()).device
     with torch.no_grad():
-        mean = model.mean(torch.from_numpy(x))
+        mean = model.mean(torch.from_numpy(x).to(device)).cpu()
         var = ((mean - torch.from_numpy(t)) ** 2).mean(dim=0)
         for k, head in enumerate(model.logvar.heads):
             last_layer = head[-1]
@@ -96,7 +99,7 @@ def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batc
     torch.manual_seed(seed)
     train_set = StampSet(data, "train", limit=train_limit, exclude_families=exclude_families)
     val_set = StampSet(data, "val", limit=val_limit, exclude_families=exclude_families)
-    model = TSMVE().to(memory_format=torch.channels_last)
+    model = TSMVE().to(device=device, memory_format=torch.channels_last)
     init_stage = None
     if init is not None:
         state = torch.load(init, map_location="cpu", weights_only=True)
@@ -161,9 +164,9 @@ def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batc
     while state["step"] < stop_at and state["bad_evals"] < patience:
         idx = rng.integers(0, len(train_set), batch_size)
         x, t, _ = train_set.batch(idx, rng)
-        x = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+        x = torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last)
         outputs = forward(x)
-        loss = loss_fn(outputs, torch.from_numpy(t))
+        loss = loss_fn(outputs, torch.from_numpy(t).to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -214,6 +217,7 @@ def main(argv=None):
     parser.add_argument("--eval-every", type=int, default=250_000)
     parser.add_argument("--train-limit", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (never required)")
     parser.add_argument("--exclude-families", default="",
                         help="comma-separated PSF families to leave out (generalisation)")
     parser.add_argument("--max-steps", type=int, default=None,
@@ -223,6 +227,7 @@ def main(argv=None):
           freeze_parts=[p for p in args.freeze.split(",") if p], seed=args.seed,
           batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
           train_limit=args.train_limit, threads=args.threads, max_steps=args.max_steps,
+          device=args.device,
           exclude_families=[f for f in args.exclude_families.split(",") if f])
 
 
