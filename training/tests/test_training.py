@@ -118,6 +118,9 @@ def test_quick_pipeline_end_to_end(tmp_path):
     assert card2["sha256"] == card["sha256"]
     assert card["parity"]["max_abs_diff"] < 1e-4
     assert "test_metrics" in card and "ensemble_comparison" in card
+    cal = card["sigma_calibration"]
+    assert len(cal["log10_snr"]) == len(cal["dx"]) == len(cal["flux"]) == cal["n_bins"]
+    assert all(f > 0 for t in ("dx", "dy", "flux") for f in cal[t])
     assert card["training_data"]["counts"]["train"] > 0
     image, truth = make_test_image(shape=(64, 64), n_sources=4)
     with warnings.catch_warnings():
@@ -138,3 +141,55 @@ def test_interrupted_training_equals_uninterrupted(dataset, tmp_path):
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["model"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_sigma_calibration_recovers_known_miscalibration():
+    from training.calibrate import fit_sigma_calibration
+
+    rng = np.random.default_rng(0)
+    n = 60_000
+    snr = 10 ** rng.uniform(0.5, 3.5, n)
+    truth = {"dx": np.zeros(n), "dy": np.zeros(n), "flux": snr.copy()}
+    # True errors: 1 px and unit flux noise; predicted sigmas off by 2 (x), 1 (y) and a
+    # factor growing with S/N (flux): the fitted factors must undo exactly that.
+    flux_factor = np.where(snr < 100, 0.5, 2.0)
+    pred = {"dx": rng.normal(0, 1, n), "dy": rng.normal(0, 1, n),
+            "flux": snr + rng.normal(0, 1, n),
+            "dx_err": np.full(n, 0.5), "dy_err": np.ones(n), "flux_err": 1 / flux_factor}
+    cal = fit_sigma_calibration(pred, truth, n_bins=6)
+    np.testing.assert_allclose(cal["dx"], 2.0, rtol=0.05)
+    np.testing.assert_allclose(cal["dy"], 1.0, rtol=0.05)
+    knots = np.asarray(cal["log10_snr"])
+    expected = np.where(knots < 2 + np.log10(0.5), 0.5, 2.0)  # the fit sees predicted S/N
+    clear = np.abs(knots - 2) > 0.5
+    np.testing.assert_allclose(np.asarray(cal["flux"])[clear], expected[clear], rtol=0.05)
+    res = {k: v.copy() for k, v in pred.items()}
+    _stamps.calibrate_sigmas(res, cal)
+    z = (res["dx"] - truth["dx"]) / res["dx_err"]
+    assert abs(np.std(z) - 1) < 0.05
+
+
+def test_family_exclusion(dataset):
+    from asidfe_phot.datasets import PSF_FAMILIES
+
+    full = StampSet(dataset, "train")
+    held = PSF_FAMILIES.index("moffat")
+    rest = StampSet(dataset, "train", exclude_families=["moffat"])
+    assert held not in set(rest.meta["family"])
+    assert len(rest) == np.count_nonzero(full.meta["family"] != held)
+    assert len(StampSet(dataset, "train", limit=5, exclude_families=["moffat"])) == min(5, len(rest))
+
+
+def test_generalisation_run(dataset, tmp_path):
+    from training import generalisation
+    from training.train import train
+
+    train(dataset, "step1", tmp_path / "ref", 64, eval_every=10_000, batch_size=32,
+          log=lambda *a: None)
+    result = generalisation.run(dataset, "gaussian", tmp_path / "ref" / "best.pt",
+                                tmp_path / "held", samples=64, log=lambda *a: None)
+    assert (tmp_path / "held" / "step2" / "DONE").exists()
+    assert set(result["scores"]) == {"held-out (gaussian)", "seen (moffat, double_gaussian)"}
+    for by_model in result["scores"].values():
+        assert set(by_model) == {"trained without it", "trained on all families"}
+    assert (tmp_path / "held" / "generalisation.rst").exists()
