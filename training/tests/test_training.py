@@ -177,7 +177,8 @@ def test_family_exclusion(dataset):
     rest = StampSet(dataset, "train", exclude_families=["moffat"])
     assert held not in set(rest.meta["family"])
     assert len(rest) == np.count_nonzero(full.meta["family"] != held)
-    assert len(StampSet(dataset, "train", limit=5, exclude_families=["moffat"])) == min(5, len(rest))
+    limited = StampSet(dataset, "train", limit=5, exclude_families=["moffat"])
+    assert len(limited) == min(5, len(rest))
 
 
 def test_generalisation_run(dataset, tmp_path):
