@@ -25,6 +25,8 @@ FULL = {
     "preset": "generic", "n_frames": 3800, "seed": 1,
     "families": list(simulate_mod.PSF_FAMILIES),
     "step1_samples": 900_000, "step2_samples": 1_000_000,
+    # Step 2 of v2 ended at 750 k samples (on the 1 M schedule): the session's time limit.
+    "step2_stop_after": 750_000,
     # Equal-budget TS-MVE vs deep-ensemble comparison (smaller than the shipped run).
     "compare_samples": 100_000, "ensemble_members": 3,
     "eval_every": 250_000, "eval_frames": 60, "calibration_stamps": 200_000,
@@ -65,7 +67,8 @@ def run(out, config, model_dir=None, name="asidfe_tsmve", version=2, log=print,
     if not _stage_done(out / "step2"):
         log("== step 2 (Gaussian NLL, both branches)")
         train_mod.train(data, "step2", out / "step2", config["step2_samples"],
-                        init=out / "step1" / "best.pt", **common)
+                        init=out / "step1" / "best.pt",
+                        stop_after=config.get("step2_stop_after"), **common)
     stages["step1"] = json.loads((out / "step1" / "history.json").read_text())
     stages["step2"] = json.loads((out / "step2" / "history.json").read_text())
     card_extra = {

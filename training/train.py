@@ -87,7 +87,7 @@ def freeze(model, what):
 def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batch_size=256,
           lr=1e-3, eval_every=250_000, val_limit=50_000, patience=8, train_limit=None,
           threads=None, device="cpu", checkpoint_seconds=300, max_steps=None,
-          exclude_families=(), log=print):
+          exclude_families=(), stop_after=None, log=print):
     """Train one network; returns its history. See the module docstring."""
     if stage not in STAGES:
         msg = f"stage must be one of {STAGES}, got {stage!r}"
@@ -129,6 +129,9 @@ def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batc
         groups = [g for g in groups if g["params"]]
     optimizer = torch.optim.Adam(groups, lr=lr)
     total_steps = max(1, int(samples) // batch_size)
+    # stop_after ends the run early (as finished) while keeping the rate schedule of `samples`.
+    last_step = total_steps if stop_after is None else min(total_steps,
+                                                           max(1, int(stop_after) // batch_size))
     # Constant rate for 40 % of the budget, then exponential decay to a tenth.
     def rate(step):
         frac = step / total_steps
@@ -160,7 +163,7 @@ def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batc
                     "rng": rng.bit_generator.state}, path)
 
     # max_steps splits a long training into several runs (each resumes from last.pt).
-    stop_at = total_steps if max_steps is None else min(total_steps, state["step"] + max_steps)
+    stop_at = last_step if max_steps is None else min(last_step, state["step"] + max_steps)
     while state["step"] < stop_at and state["bad_evals"] < patience:
         idx = rng.integers(0, len(train_set), batch_size)
         x, t, _ = train_set.batch(idx, rng)
@@ -173,7 +176,7 @@ def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batc
         scheduler.step()
         state["step"] += 1
         running.append(loss.item())
-        if state["step"] % steps_per_eval == 0 or state["step"] == total_steps:
+        if state["step"] % steps_per_eval == 0 or state["step"] == last_step:
             metrics = evaluate(model, val_set, with_variance=with_variance)
             key = metrics["nll"] if with_variance else metrics["huber"]
             entry = {"step": state["step"], "samples": state["step"] * batch_size,
@@ -195,7 +198,7 @@ def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batc
             save(last)
             t_last_ckpt = time.time()
     save(last)
-    if state["step"] < total_steps and state["bad_evals"] < patience:
+    if state["step"] < last_step and state["bad_evals"] < patience:
         return state["history"]  # paused by max_steps: not done
     if not (out / "best.pt").exists():
         torch.save({"model": model.state_dict(), "stage": stage}, out / "best.pt")
@@ -220,6 +223,9 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (never required)")
     parser.add_argument("--exclude-families", default="",
                         help="comma-separated PSF families to leave out (generalisation)")
+    parser.add_argument("--stop-after", type=float, default=None,
+                        help="end (as finished) after this many samples, keeping the learning-"
+                             "rate schedule of --samples")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="stop after this many steps (resume later with the same command)")
     args = parser.parse_args(argv)
@@ -227,7 +233,7 @@ def main(argv=None):
           freeze_parts=[p for p in args.freeze.split(",") if p], seed=args.seed,
           batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
           train_limit=args.train_limit, threads=args.threads, max_steps=args.max_steps,
-          device=args.device,
+          device=args.device, stop_after=args.stop_after,
           exclude_families=[f for f in args.exclude_families.split(",") if f])
 
 

@@ -194,3 +194,17 @@ def test_generalisation_run(dataset, tmp_path):
     for by_model in result["scores"].values():
         assert set(by_model) == {"trained without it", "trained on all families"}
     assert (tmp_path / "held" / "generalisation.rst").exists()
+
+
+def test_stop_after_keeps_the_schedule_and_finishes(dataset, tmp_path):
+    from training.train import train
+
+    kwargs = {"eval_every": 10_000, "log": lambda *a: None, "batch_size": 32}
+    train(dataset, "step1", tmp_path / "full", 20 * 32, max_steps=12, **kwargs)
+    train(dataset, "step1", tmp_path / "stop", 20 * 32, stop_after=12 * 32, **kwargs)
+    assert (tmp_path / "stop" / "DONE").exists()
+    assert not (tmp_path / "full" / "DONE").exists()
+    full = torch.load(tmp_path / "full" / "last.pt", weights_only=False)
+    stop = torch.load(tmp_path / "stop" / "last.pt", weights_only=False)
+    assert stop["state"]["step"] == full["state"]["step"] == 12
+    assert stop["scheduler"]["_last_lr"] == full["scheduler"]["_last_lr"]
