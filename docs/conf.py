@@ -50,7 +50,8 @@ extensions = [ext for ext in extensions  # noqa: F405
               if ext not in _optional or importlib.util.find_spec(ext) is not None]
 extensions += ["asidfe_docs"]
 
-exclude_patterns += ["_templates", "_build", "**/*.inc"]  # noqa: F405
+# _static/ holds generated tables that pages include, not pages of their own.
+exclude_patterns += ["_templates", "_build", "**/*.inc", "_static"]  # noqa: F405
 
 # Optional modules get a reference page only when they import cleanly.
 for _module, _page in (("asidfe_phot.visualization", "reference/visualization.rst"),
