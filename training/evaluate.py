@@ -280,20 +280,14 @@ def _run_source_extractor(image, x, y, cond, threshold, psf_fit=False):
         _write_assoc(assoc, x, y)
         config = _source_extractor_config(cond, assoc, threshold)
         assoc_params = ("VECTOR_ASSOC(1)", "NUMBER_ASSOC")
-        if psf_fit:
-            tbl = rt.source_extractor_psf_fit(image, config=config,
-                                              params=rt.PSF_FIT_PARAMS + assoc_params,
-                                              seeing_fwhm=float(cond["fwhm0"]))
-            cols = {"x": "XPSF_IMAGE", "y": "YPSF_IMAGE", "x_var": "ERRX2PSF_IMAGE",
-                    "y_var": "ERRY2PSF_IMAGE", "flux": "FLUX_PSF", "flux_err": "FLUXERR_PSF",
-                    "flags": "FLAGS"}
-        else:
-            tbl = rt.run_source_extractor(image, config=config,
-                                          params=rt.DEFAULT_PARAMS + assoc_params,
-                                          seeing_fwhm=float(cond["fwhm0"]))
-            cols = {"x": "XWIN_IMAGE", "y": "YWIN_IMAGE", "x_var": "ERRX2WIN_IMAGE",
-                    "y_var": "ERRY2WIN_IMAGE", "flux": "FLUX_AUTO", "flux_err": "FLUXERR_AUTO",
-                    "flags": "FLAGS"}
+        run, params, pos, flux = ((rt.source_extractor_psf_fit, rt.PSF_FIT_PARAMS, "PSF", "PSF")
+                                  if psf_fit else
+                                  (rt.run_source_extractor, rt.DEFAULT_PARAMS, "WIN", "AUTO"))
+        tbl = run(image, config=config, params=params + assoc_params,
+                  seeing_fwhm=float(cond["fwhm0"]))
+        cols = {"x": f"X{pos}_IMAGE", "y": f"Y{pos}_IMAGE", "x_var": f"ERRX2{pos}_IMAGE",
+                "y_var": f"ERRY2{pos}_IMAGE", "flux": f"FLUX_{flux}",
+                "flux_err": f"FLUXERR_{flux}", "flags": "FLAGS"}
     out = _assoc_columns(tbl, np.asarray(x, float), np.asarray(y, float), cols)
     if psf_fit:
         # FLUX_PSF is exactly 0 where the PSF fit failed.
