@@ -28,6 +28,7 @@ depend on the machine.
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -250,6 +251,8 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--methods", default=",".join(_WORKERS),
                         help=f"comma-separated subset of {','.join(_WORKERS)}")
+    parser.add_argument("--rst", default=None,
+                        help="also write the table as reStructuredText (the docs' speed.rst)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--inputs", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -333,6 +336,34 @@ def main(argv=None):
         print(f"sep: {results['sep']['detections']} detections")
     print("peak RSS: the whole process (Python, libraries, frame, method); added: its rise "
           "during the measured calls")
+    if args.rst:
+        write_rst(args, results, ml_rate, notes, ort.__version__)
+
+
+def write_rst(args, results, ml_rate, notes, ort_version):
+    """The printed table as reStructuredText, with how it was made."""
+    from astropy.table import Table
+
+    rows = []
+    for m in METHODS:
+        if m in results:
+            r = results[m]
+            rate = r["n"] / r["seconds"]
+            rows.append({"method": NAMES[m].format(m=r["n"]), "sources/s": f"{rate:.0f}",
+                         "ratio to MLPhotometry": f"{rate / ml_rate:.3g}",
+                         "peak RSS (MB)": f"{r['peak_mb']:.0f}",
+                         "added (MB)": f"{r['added_mb']:.0f}"})
+    path = Path(args.rst)
+    Table(rows=rows).write(path, format="ascii.rst", overwrite=True)
+    head = (f"Measured with ``python benchmarks/speed.py --size {args.size} --n-sources "
+            f"{args.n_sources}`` ({args.size}x{args.size} simulated frame, {args.n_sources:,} "
+            f"Moffat stars, FWHM 3 px; {platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} cores, onnxruntime {ort_version} CPU), each method in its own "
+            "process. sep and SourceExtractor detect their own sources: their rates are per "
+            "detection. Peak RSS is the whole process; added, its rise during the measured "
+            "calls.\n\n")
+    path.write_text(head + path.read_text() + "\n" + "; ".join(notes) + ".\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

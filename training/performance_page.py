@@ -241,6 +241,8 @@ def main(argv=None):
                         help="use this finished training.evaluate output folder instead of "
                              "running the synthetic evaluation again")
     parser.add_argument("--skip-real", action="store_true")
+    parser.add_argument("--skip-speed", action="store_true",
+                        help="keep speed.rst (benchmarks/speed.py; run it on an idle machine)")
     parser.add_argument("--weights", default="runs/v2/step2/best.pt",
                         help="the shipped model's torch weights, for the SmoothGrad figure "
                              "(skipped when missing)")
@@ -292,6 +294,13 @@ def main(argv=None):
                        "--data", args.data])
     else:
         print(f"{args.weights} not found: saliency.png left as it is")
+    if not args.skip_speed:
+        import subprocess
+        import sys
+
+        speed = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+        subprocess.run([sys.executable, str(speed), "--rst", str(DOCS / "speed.rst")],
+                       check=True)
     card = json.loads((Path(args.model) / "config.json").read_text())
     (DOCS / "ensemble_comparison.rst").write_text(comparison_rst(card))
     print(f"wrote {sorted(p.name for p in DOCS.iterdir())}")
