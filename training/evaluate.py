@@ -371,6 +371,25 @@ def resolve_methods(methods=None, log=print):
     return [m for m in chosen if m not in missing]
 
 
+def data_recipe(data, model=None):
+    """
+    The simulator recipe of the test frames: ``data/index.json`` when the data set is
+    there, else the model card's ``training_data`` (preset, seed, frame count,
+    families, frame shape): test frames are re-simulated from their seeds, so the
+    evaluation needs no stored stamps.
+    """
+    if data is not None and (Path(data) / "index.json").exists():
+        return json.loads((Path(data) / "index.json").read_text())
+    from asidfe_phot.models import load_model_card
+
+    recipe = load_model_card(model).get("training_data")
+    if not recipe:
+        msg = (f"no {Path(data) / 'index.json' if data is not None else 'data set'} and no "
+               "training_data in the model card: cannot tell which frames to simulate")
+        raise FileNotFoundError(msg)
+    return recipe
+
+
 def measure_frames(model, data, n_frames=60, log=print, methods=None):
     """
     Per-source results of every method on the first ``n_frames`` test frames.
@@ -388,8 +407,7 @@ def measure_frames(model, data, n_frames=60, log=print, methods=None):
     from asidfe_phot.exceptions import AsidfePhotWarning
 
     methods = resolve_methods(methods, log)
-    data = Path(data)
-    index = json.loads((data / "index.json").read_text())
+    index = data_recipe(data, model)
     seeds = simulate_mod.frame_seeds(index["seed"], index["n_frames"])
     test_frames = [f for f in range(index["n_frames"]) if simulate_mod.split_of(f) == "test"]
     phot = None
@@ -878,7 +896,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None,
                         help="model directory for 'ml' (default: the packaged model)")
-    parser.add_argument("--data", required=True)
+    parser.add_argument("--data", default=None,
+                        help="data set folder (its index.json); default: the model card's "
+                             "recipe")
     parser.add_argument("--n-frames", type=int, default=60)
     parser.add_argument("--out", required=True)
     parser.add_argument("--methods", default="all",

@@ -290,8 +290,9 @@ def main(argv=None):
     if Path(args.weights).exists():
         from training import saliency
 
-        saliency.main(["--weights", args.weights, "--out", str(DOCS / "saliency.png"),
-                       "--data", args.data])
+        has_data = (Path(args.data) / "index.json").exists()
+        saliency.main(["--weights", args.weights, "--out", str(DOCS / "saliency.png")]
+                      + (["--data", args.data] if has_data else []))
     else:
         print(f"{args.weights} not found: saliency.png left as it is")
     if not args.skip_speed:

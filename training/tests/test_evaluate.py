@@ -296,3 +296,13 @@ def test_performance_page_calibration_figure(tmp_path):
     tbl.remove_column("flux_ml")
     tbl.write(tmp_path / "no_ml.ecsv")
     assert not pp.write_calibration_figure(tmp_path / "no_ml.ecsv", tmp_path / "none.png")
+
+
+def test_data_recipe_from_index_or_model_card(tmp_path):
+    from training.evaluate import data_recipe
+
+    card = data_recipe(tmp_path / "missing")  # no data set: the packaged model's recipe
+    for key in ("preset", "seed", "n_frames", "families", "frame_shape"):
+        assert key in card
+    (tmp_path / "index.json").write_text(json.dumps({"seed": 5, "n_frames": 3}))
+    assert data_recipe(tmp_path) == {"seed": 5, "n_frames": 3}
