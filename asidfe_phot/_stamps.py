@@ -227,6 +227,12 @@ def decode_outputs(outputs, unit, sigma_calibration=None):
     return res
 
 
+def predicted_log_snr(res):
+    """``log10(|flux| / flux_err)`` of decoded outputs: the variable sigma calibration uses."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log10(np.abs(res["flux"]) / res["flux_err"])
+
+
 def calibrate_sigmas(res, calibration):
     """
     Rescale predicted sigmas in place by factors fitted on validation frames.
@@ -247,9 +253,7 @@ def calibrate_sigmas(res, calibration):
         ``{"log10_snr": knots, "dx": factors, "dy": factors, "flux": factors}``.
     """
     knots = np.asarray(calibration["log10_snr"], dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_snr = np.log10(np.abs(res["flux"]) / res["flux_err"])
-    log_snr = np.nan_to_num(log_snr, nan=knots[0], neginf=knots[0], posinf=knots[-1])
+    log_snr = np.nan_to_num(predicted_log_snr(res), nan=knots[0], neginf=knots[0], posinf=knots[-1])
     for target in ("dx", "dy", "flux"):
         res[f"{target}_err"] = res[f"{target}_err"] * np.interp(
             log_snr, knots, np.asarray(calibration[target], dtype=np.float64))

@@ -56,17 +56,17 @@ def _spread(z, clip):
 
 def fit_sigma_calibration(pred, truth, n_bins=12, clip=5.0):
     """Factors per target at knots in log10 predicted flux S/N (equal-count bins)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_snr = np.log10(np.abs(pred["flux"]) / pred["flux_err"])
+    # The same S/N the inference side interpolates in (before calibration).
+    log_snr = _stamps.predicted_log_snr(pred)
     ok = np.isfinite(log_snr)
     edges = np.quantile(log_snr[ok], np.linspace(0, 1, n_bins + 1))
+    z = {t: (pred[t] - truth[t]) / pred[f"{t}_err"] for t in TARGETS}
     knots, factors = [], {t: [] for t in TARGETS}
     for lo, hi in zip(edges[:-1], edges[1:]):
         k = ok & (log_snr >= lo) & (log_snr <= hi)
         knots.append(float(np.median(log_snr[k])))
         for t in TARGETS:
-            z = (pred[t] - truth[t]) / pred[f"{t}_err"]
-            factors[t].append(float(_spread(z[k], clip)))
+            factors[t].append(float(_spread(z[t][k], clip)))
     return {"log10_snr": knots, **factors, "n_bins": n_bins, "clip": clip,
             "method": "per predicted-S/N bin: mean of the clipped z std and the 68.27 % "
                       "half-width of |z|; linear interpolation in log10 S/N, clamped"}
