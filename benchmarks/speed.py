@@ -105,24 +105,6 @@ def _added_mb(before):
     return max(peak - before, 0.0)
 
 
-def _sep_auto(sub, objects, rms, gain):
-    """SourceExtractor's FLUX_AUTO with sep (as training/evaluate.py)."""
-    import sep
-
-    kron, _ = sep.kron_radius(sub, objects["x"], objects["y"], objects["a"], objects["b"],
-                              objects["theta"], 6.0)
-    kron = np.nan_to_num(kron, nan=0.0)
-    ok = ((kron * np.sqrt(objects["a"] * objects["b"]) >= 1.75) & (objects["b"] > 0)
-          & (objects["a"] >= objects["b"]) & (np.abs(objects["theta"]) <= np.pi / 2))
-    flux = np.zeros(len(objects))
-    o = objects[ok]
-    flux[ok], _, _ = sep.sum_ellipse(sub, o["x"], o["y"], o["a"], o["b"], o["theta"],
-                                     2.5 * kron[ok], err=rms, gain=gain, subpix=1)
-    flux[~ok], _, _ = sep.sum_circle(sub, objects["x"][~ok], objects["y"][~ok], 3.5, err=rms,
-                                     gain=gain, subpix=1)
-    return flux
-
-
 def _pixstack(image):
     """Pixel stack of sep and SourceExtractor (the same for both): a quarter of the frame."""
     return max(300_000, image.size // 4)
@@ -187,6 +169,9 @@ def worker(method, inputs, batch_size, repeat, psf_subset):
     elif method == "sep":
         import sep
 
+        sys.path.insert(0, str(ROOT))
+        from training.evaluate import _sep_flux_auto
+
         data = np.ascontiguousarray(image, dtype=np.float64)
         sep.set_extract_pixstack(_pixstack(data))
         sep.set_sub_object_limit(4096)
@@ -195,9 +180,12 @@ def worker(method, inputs, batch_size, repeat, psf_subset):
             bkg = sep.Background(data, bw=64, bh=64, fw=3, fh=3)
             sub = data - bkg.back()
             rms = bkg.rms()
-            objects = sep.extract(sub, 1.5, err=rms, minarea=5, deblend_cont=0.005)
+            objects, segmap = sep.extract(sub, 1.5, err=rms, minarea=5, deblend_cont=0.005,
+                                          segmentation_map=True)
             t0 = time.perf_counter()
-            _sep_auto(sub, objects, rms, gain)
+            # The evaluation's FLUX_AUTO: neighbours masked through the segmentation map.
+            _sep_flux_auto(sub, objects, rms, gain, segmap=segmap,
+                           seg_id=np.arange(1, len(objects) + 1))
             return objects, time.perf_counter() - t0
 
         base = _start_measure()
