@@ -123,7 +123,7 @@ def summary_rst(wins, metrics, model_name, labels=None):
     z-std within `ZSTD_OK`), and the bins won in sparse and crowded frames.
     """
     if labels is None:
-        from training.evaluate import LABELS as labels
+        from training._evaluation_report import LABELS as labels
     sub = wins["subsets"]["all"]
     bins = [b for b in sub["bins"] if b["n"]]
     methods = []
@@ -162,7 +162,7 @@ def summary_rst(wins, metrics, model_name, labels=None):
 
 def _calibration_bullet(metrics):
     """ML z-std and cov68 ranges of flux, x and y over the filled bins."""
-    from training.evaluate import _snr_labels
+    from training._evaluation_report import _snr_labels
 
     filled = np.asarray(metrics["n"]) > 0
     snr = [s for s, f in zip(_snr_labels(metrics), filled) if f]

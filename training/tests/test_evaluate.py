@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
+from training import _evaluation_report as report
 from training import evaluate as ev
 from training import reference_tools as rt
 from training import simulate as simulate_mod
@@ -116,16 +117,16 @@ def test_bin_metrics_tables_and_wins(results, tmp_path):
     assert metrics["n"].sum() == np.count_nonzero(results["snr"] >= ev.SNR_BINS[0])
     filled = metrics["n"] > 0
     assert np.all(np.isfinite(metrics["flux_mare_psf"][filled]))
-    paths = ev.write_method_tables(metrics, tmp_path / "metrics")
+    paths = report.write_method_tables(metrics, tmp_path / "metrics")
     assert [p.name for p in paths] == [f"metrics_{k}.rst" for k in
                                        ("flux", "position", "calibration", "crlb", "failures")]
     flux = Table.read(tmp_path / "metrics_flux.rst", format="ascii.rst")
-    assert flux.colnames == ["S/N", "N", *(ev.SHORT[m] for m in methods)]
-    bins = ev.wins(metrics)
+    assert flux.colnames == ["S/N", "N", *(report.SHORT[m] for m in methods)]
+    bins = report.wins(metrics)
     assert len(bins) == len(metrics)
     assert set(bins[-1]["flux_mare_lower"]) == set(methods) - {"ml"}
     assert "init" in bins[-1]["pos_mae_lower"] and "sep" not in bins[-1]["pos_mae_lower"]
-    ev.plot_metrics(metrics, tmp_path / "metrics.png", title="test")
+    report.plot_metrics(metrics, tmp_path / "metrics.png", title="test")
     assert (tmp_path / "metrics.png").stat().st_size > 10_000
 
 
