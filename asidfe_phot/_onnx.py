@@ -18,13 +18,19 @@ def default_providers():
     return ["CPUExecutionProvider"]
 
 
-def create_session(path, providers=None):
-    """An inference session for ``path``, checked against the stamp contract."""
+def create_session(path, providers=None, threads=None):
+    """An inference session for ``path``, checked against the stamp contract.
+
+    ``threads``: onnxruntime's intra-op threads (None: its default, all cores);
+    1 when several processes share the cores.
+    """
     import onnxruntime as ort
 
     providers = default_providers() if providers is None else list(providers)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        options.intra_op_num_threads = int(threads)
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises several private exception types

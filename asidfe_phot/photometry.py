@@ -78,6 +78,10 @@ class MLPhotometry:
         Mesh size (px) of the default 2-D background estimate.
     max_shift : float, optional
         Flag sources whose fitted position is further than this (px) from the input.
+    threads : int, optional
+        CPU threads of the network (onnxruntime's intra-op threads). Default:
+        all cores. Use 1 when several processes share the machine (one image
+        per process).
 
     Notes
     -----
@@ -95,7 +99,8 @@ class MLPhotometry:
     """
 
     def __init__(self, model=None, *, batch_size=2048, providers=None, progress_bar=False,
-                 finder=None, localbkg_estimator=None, background_box_size=64, max_shift=2.0):
+                 finder=None, localbkg_estimator=None, background_box_size=64, max_shift=2.0,
+                 threads=None):
         if int(batch_size) != batch_size or batch_size < 1:
             msg = f"batch_size must be a positive integer, got {batch_size!r}"
             raise ValueError(msg)
@@ -111,10 +116,13 @@ class MLPhotometry:
         if not max_shift > 0:
             msg = f"max_shift must be positive, got {max_shift}"
             raise ValueError(msg)
+        if threads is not None and (int(threads) != threads or threads < 1):
+            msg = f"threads must be a positive integer or None, got {threads!r}"
+            raise ValueError(msg)
         self._model_dir, self._card = verify_model(model)
         self._session = _onnx.create_session(self._model_dir / self._card.get("file",
                                                                               "model.onnx"),
-                                             providers)
+                                             providers, threads)
         self.batch_size = int(batch_size)
         self.progress_bar = bool(progress_bar)
         self.finder = finder

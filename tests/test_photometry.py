@@ -518,6 +518,8 @@ def test_gain_from_sky(phot, image, init):
     ({"localbkg_estimator": 3}, TypeError, "localbkg_estimator must be callable"),
     ({"background_box_size": 4}, ValueError, "background_box_size must be >= 8"),
     ({"max_shift": 0}, ValueError, "max_shift must be positive"),
+    ({"threads": 0}, ValueError, "threads must be a positive integer"),
+    ({"threads": 1.5}, ValueError, "threads must be a positive integer"),
     ({"model": "no_such_model"}, ModelError, "neither a model directory nor a shipped model"),
 ])
 def test_constructor_errors(kwargs, exc, match):
@@ -529,6 +531,11 @@ def test_batch_size(image, error, init, ref):
     tbl = MLPhotometry(batch_size=5)(image, error=error, init_params=init)
     assert_same_results(tbl, ref, rtol=1e-5, atol=1e-6)
     tbl = MLPhotometry(batch_size=1)(image, error=error, init_params=init)
+    assert_same_results(tbl, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_one_thread_gives_the_same_results(image, error, init, ref):
+    tbl = MLPhotometry(threads=1)(image, error=error, init_params=init)
     assert_same_results(tbl, ref, rtol=1e-5, atol=1e-6)
 
 

@@ -87,6 +87,7 @@ _beam`` in the frame's conditions, log-uniform in 0.05-0.8) at or above
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -389,15 +390,96 @@ def data_recipe(data, model=None):
     return recipe
 
 
-def measure_frames(model, data, n_frames=60, log=print, methods=None):
+def measure_frames(model, data, n_frames=60, log=print, methods=None, jobs=1):
     """
     Per-source results of every method on the first ``n_frames`` test frames.
 
-    ``methods``: see `resolve_methods`. The returned table's
-    ``meta['timings']`` holds each method's total seconds (the ``sep`` time
-    includes its detection run for the segmentation map, not the background
-    estimate, which the simulator did; ``sex`` and ``psfex`` include their own
+    ``methods``: see `resolve_methods`. ``jobs``: frames measured at once,
+    one process each (each method runs single-threaded then); the results
+    do not depend on it. The returned table's ``meta['timings']`` holds each
+    method's total seconds, summed over frames (the ``sep`` time includes
+    its detection run for the segmentation map, not the background estimate,
+    which the simulator did; ``sex`` and ``psfex`` include their own
     detection and, for ``psfex``, building the PSF model).
+    """
+    from astropy.table import vstack
+
+    methods = resolve_methods(methods, log)
+    index = data_recipe(data, model)
+    seeds = simulate_mod.frame_seeds(index["seed"], index["n_frames"])
+    test_frames = [f for f in range(index["n_frames"]) if simulate_mod.split_of(f) == "test"]
+    tasks = [(frame_id, int(seeds[frame_id])) for frame_id in test_frames[:n_frames]]
+    setup = (None if model is None else str(model), index, tuple(methods), jobs > 1)
+    timings = dict.fromkeys(methods, 0.0)
+    rows = []
+    if jobs > 1:
+        import multiprocessing
+
+        # spawn: no onnxruntime state forked from this process. One BLAS/OpenMP thread per
+        # worker (read when numpy loads there), so that `jobs` processes share the cores;
+        # Pool starts its workers at once, so the setting can be undone right after.
+        saved = {k: os.environ.get(k) for k in _THREAD_VARIABLES}
+        os.environ.update(dict.fromkeys(_THREAD_VARIABLES, "1"))
+        try:
+            pool = multiprocessing.get_context("spawn").Pool(jobs, _start_worker, setup)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        outcomes = pool.imap(_measure_frame_in_worker, tasks)
+    else:
+        pool = None
+        _start_worker(*setup)
+        outcomes = map(_measure_frame_in_worker, tasks)
+    try:
+        for k, (table, frame_timings, messages) in enumerate(outcomes):
+            for message in messages:
+                log(message)
+            for m, s in frame_timings.items():
+                timings[m] += s
+            if table is not None:
+                rows.append(table)
+            if (k + 1) % 10 == 0:
+                log(f"evaluated {k + 1} frames")
+    finally:
+        if pool is not None:
+            pool.terminate()
+    results = vstack(rows)
+    results.meta["methods"] = list(methods)
+    results.meta["n_frames"] = len(rows)
+    results.meta["timings"] = {m: float(t) for m, t in timings.items()}
+    return results
+
+
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+#: The per-process state of `measure_frames`: the recipe, the methods and the ML session.
+_WORKER = {}
+
+
+def _start_worker(model, index, methods, single_threaded):
+    _WORKER.clear()
+    _WORKER.update(index=index, methods=methods, phot=None)
+    if "ml" in methods:
+        from asidfe_phot import MLPhotometry
+
+        # None: the packaged default model.
+        _WORKER["phot"] = MLPhotometry(model, threads=1 if single_threaded else None)
+
+
+def _measure_frame_in_worker(task):
+    return measure_frame(*task, _WORKER["index"], _WORKER["methods"], _WORKER["phot"])
+
+
+def measure_frame(frame_id, seed, index, methods, phot=None):
+    """
+    One test frame, re-simulated and measured by every method.
+
+    Returns the per-source table (None for a frame without stored sources),
+    each method's seconds and the messages to log.
     """
     import warnings
 
@@ -405,106 +487,85 @@ def measure_frames(model, data, n_frames=60, log=print, methods=None):
 
     from asidfe_phot.exceptions import AsidfePhotWarning
 
-    methods = resolve_methods(methods, log)
-    index = data_recipe(data, model)
-    seeds = simulate_mod.frame_seeds(index["seed"], index["n_frames"])
-    test_frames = [f for f in range(index["n_frames"]) if simulate_mod.split_of(f) == "test"]
-    phot = None
-    if "ml" in methods:
-        from asidfe_phot import MLPhotometry
-
-        phot = MLPhotometry(model)      # None: the packaged default model
     shape = tuple(index["frame_shape"])
     timings = dict.fromkeys(methods, 0.0)
-    rows = []
-    n_done = 0
-    for k, frame_id in enumerate(test_frames[:n_frames]):
-        _, meta, frame = simulate_mod.simulate_frame(
-            frame_id, int(seeds[frame_id]), index["preset"], tuple(index["families"]),
-            shape, return_frame=True)
-        if len(meta) == 0:
-            continue
-        cond = frame["cond"]
-        det = frame["detections"]
-        match = frame["match"]
-        # Stored rows are the matched detections whose stamps lie inside the frame.
-        det_x = meta["x_frame"] - meta["true_dx"] + meta["det_dx"]
-        det_y = meta["y_frame"] - meta["true_dy"] + meta["det_dy"]
-        d2 = (det["x"][None, :] - det_x[:, None]) ** 2 + (det["y"][None, :] - det_y[:, None]) ** 2
-        obj = np.argmin(d2, axis=1)
-        star = match[obj]
-        x_in, y_in = np.asarray(det["x"][obj], float), np.asarray(det["y"][obj], float)
-        image, bkg, rms = frame["image"], frame["background"], frame["rms"]
-        sub = image - bkg
-        psf = {key: (v[star] if np.ndim(v) else v) for key, v in frame["truth"]["psf"].items()}
-        psf.pop("truncation", None)
-        tx, ty = frame["truth"]["x"][star], frame["truth"]["y"][star]
-        n = len(meta)
-        cols = {
-            "frame": meta["frame"], "snr": meta["snr"], "contamination": meta["contamination"],
-            "stars_per_beam": np.full(n, float(cond["stars_per_beam"])),
-            "fwhm": meta["fwhm"], "family": meta["family"],
-            "x_true": tx, "y_true": ty, "flux_true": frame["truth"]["flux"][star],
-            "x_init": x_in, "y_init": y_in,
-            "crlb_flux": meta["crlb_flux"], "crlb_x": meta["crlb_x"], "crlb_y": meta["crlb_y"],
-        }
-        error = None
-        if "aper" in methods or "psf" in methods:
-            error = calc_total_error(sub, rms, cond["gain"])
-        for m in methods:
-            t0 = time.perf_counter()
-            if m == "ml":
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", AsidfePhotWarning)
-                    ml = phot(image, init_params=Table({"x": x_in, "y": y_in}),
-                              gain=cond["gain"])
-                cols.update({
-                    "x_ml": np.asarray(ml["x_fit"]), "y_ml": np.asarray(ml["y_fit"]),
-                    "flux_ml": np.asarray(ml["flux_fit"]), "x_err_ml": np.asarray(ml["x_err"]),
-                    "y_err_ml": np.asarray(ml["y_err"]), "flux_err_ml": np.asarray(ml["flux_err"]),
-                    "flags_ml": np.asarray(ml["flags"])})
-            elif m == "sep":
-                objects, segmap = sep_segmentation(sub, rms)
-                if len(objects) != len(det) or not np.array_equal(objects["x"], det["x"]):
-                    log(f"frame {frame_id}: sep's segmentation run found {len(objects)} "
-                        f"detections, the simulator {len(det)}; ids from the nearest one")
-                seg_id, _ = segmentation_ids(objects, x_in, y_in)
-                flux, err = _sep_flux_auto(sub.astype(np.float64), det[obj], rms, cond["gain"],
-                                           segmap=segmap, seg_id=seg_id)
-                cols.update({"flux_sep": flux, "flux_err_sep": err})
-            elif m == "aper":
-                flux, err = _aperture_flux(sub, x_in, y_in, 1.5 * cond["fwhm0"], error, psf,
-                                           tx, ty)
-                cols.update({"flux_aper": flux, "flux_err_aper": err})
-            elif m in ("sex", "psfex"):
-                try:
-                    res = _run_source_extractor(image, x_in, y_in, cond,
-                                                detection_threshold(rms), psf_fit=m == "psfex")
-                except RuntimeError as exc:
-                    # E.g. PSFEx finds too few stars: every source of the frame fails.
-                    log(f"frame {frame_id}: {m} failed: {str(exc).splitlines()[0]}")
-                    res = {key: np.full(n, np.nan) for key in
-                           ("x", "y", "x_err", "y_err", "flux", "flux_err")}
-                    res["flags"] = np.full(n, -1)
-                cols.update({f"{key}_{m}": res[key] for key in
-                             ("x", "y", "x_err", "y_err", "flux", "flux_err", "flags")})
-                if m == "psfex":
-                    cols["aperture_correction_psfex"] = res.get("aperture_correction",
-                                                                np.full(n, np.nan))
-            elif m == "psf":
-                cols.update(_true_psf_fit(sub, x_in, y_in, cond, shape, error))
-            timings[m] += time.perf_counter() - t0
-        rows.append(Table(cols))
-        n_done += 1
-        if (k + 1) % 10 == 0:
-            log(f"evaluated {k + 1} frames")
-    from astropy.table import vstack
-
-    results = vstack(rows)
-    results.meta["methods"] = list(methods)
-    results.meta["n_frames"] = n_done
-    results.meta["timings"] = {m: float(t) for m, t in timings.items()}
-    return results
+    messages = []
+    _, meta, frame = simulate_mod.simulate_frame(
+        frame_id, seed, index["preset"], tuple(index["families"]),
+        shape, return_frame=True)
+    if len(meta) == 0:
+        return None, timings, messages
+    cond = frame["cond"]
+    det = frame["detections"]
+    match = frame["match"]
+    # Stored rows are the matched detections whose stamps lie inside the frame.
+    det_x = meta["x_frame"] - meta["true_dx"] + meta["det_dx"]
+    det_y = meta["y_frame"] - meta["true_dy"] + meta["det_dy"]
+    d2 = (det["x"][None, :] - det_x[:, None]) ** 2 + (det["y"][None, :] - det_y[:, None]) ** 2
+    obj = np.argmin(d2, axis=1)
+    star = match[obj]
+    x_in, y_in = np.asarray(det["x"][obj], float), np.asarray(det["y"][obj], float)
+    image, bkg, rms = frame["image"], frame["background"], frame["rms"]
+    sub = image - bkg
+    psf = {key: (v[star] if np.ndim(v) else v) for key, v in frame["truth"]["psf"].items()}
+    psf.pop("truncation", None)
+    tx, ty = frame["truth"]["x"][star], frame["truth"]["y"][star]
+    n = len(meta)
+    cols = {
+        "frame": meta["frame"], "snr": meta["snr"], "contamination": meta["contamination"],
+        "stars_per_beam": np.full(n, float(cond["stars_per_beam"])),
+        "fwhm": meta["fwhm"], "family": meta["family"],
+        "x_true": tx, "y_true": ty, "flux_true": frame["truth"]["flux"][star],
+        "x_init": x_in, "y_init": y_in,
+        "crlb_flux": meta["crlb_flux"], "crlb_x": meta["crlb_x"], "crlb_y": meta["crlb_y"],
+    }
+    error = None
+    if "aper" in methods or "psf" in methods:
+        error = calc_total_error(sub, rms, cond["gain"])
+    for m in methods:
+        t0 = time.perf_counter()
+        if m == "ml":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", AsidfePhotWarning)
+                ml = phot(image, init_params=Table({"x": x_in, "y": y_in}),
+                          gain=cond["gain"])
+            cols.update({
+                "x_ml": np.asarray(ml["x_fit"]), "y_ml": np.asarray(ml["y_fit"]),
+                "flux_ml": np.asarray(ml["flux_fit"]), "x_err_ml": np.asarray(ml["x_err"]),
+                "y_err_ml": np.asarray(ml["y_err"]), "flux_err_ml": np.asarray(ml["flux_err"]),
+                "flags_ml": np.asarray(ml["flags"])})
+        elif m == "sep":
+            objects, segmap = sep_segmentation(sub, rms)
+            if len(objects) != len(det) or not np.array_equal(objects["x"], det["x"]):
+                messages.append(f"frame {frame_id}: sep's segmentation run found {len(objects)} "
+                    f"detections, the simulator {len(det)}; ids from the nearest one")
+            seg_id, _ = segmentation_ids(objects, x_in, y_in)
+            flux, err = _sep_flux_auto(sub.astype(np.float64), det[obj], rms, cond["gain"],
+                                       segmap=segmap, seg_id=seg_id)
+            cols.update({"flux_sep": flux, "flux_err_sep": err})
+        elif m == "aper":
+            flux, err = _aperture_flux(sub, x_in, y_in, 1.5 * cond["fwhm0"], error, psf,
+                                       tx, ty)
+            cols.update({"flux_aper": flux, "flux_err_aper": err})
+        elif m in ("sex", "psfex"):
+            try:
+                res = _run_source_extractor(image, x_in, y_in, cond,
+                                            detection_threshold(rms), psf_fit=m == "psfex")
+            except RuntimeError as exc:
+                # E.g. PSFEx finds too few stars: every source of the frame fails.
+                messages.append(f"frame {frame_id}: {m} failed: {str(exc).splitlines()[0]}")
+                res = {key: np.full(n, np.nan) for key in
+                       ("x", "y", "x_err", "y_err", "flux", "flux_err")}
+                res["flags"] = np.full(n, -1)
+            cols.update({f"{key}_{m}": res[key] for key in
+                         ("x", "y", "x_err", "y_err", "flux", "flux_err", "flags")})
+            if m == "psfex":
+                cols["aperture_correction_psfex"] = res.get("aperture_correction",
+                                                            np.full(n, np.nan))
+        elif m == "psf":
+            cols.update(_true_psf_fit(sub, x_in, y_in, cond, shape, error))
+        timings[m] += time.perf_counter() - t0
+    return Table(cols), timings, messages
 
 
 def _true_psf_fit(sub, x, y, cond, shape, error):
@@ -639,20 +700,22 @@ def timing_summary(results):
     n_frames = max(int(results.meta.get("n_frames", 0)), 1)
     n = len(results)
     t = results.meta.get("timings", {})
-    return {"frames": n_frames, "sources": n,
+    # With jobs > 1 each method ran single-threaded, `jobs` frames at a time.
+    return {"frames": n_frames, "sources": n, "jobs": int(results.meta.get("jobs", 1)),
             "seconds_per_frame": {m: round(s / n_frames, 3) for m, s in t.items()},
             "sources_per_second": {m: (round(n / s, 1) if s > 0 else None)
                                    for m, s in t.items()}}
 
 
 def evaluate_model(model, data, n_frames=60, out=None, log=print, methods=None,
-                   crowding_threshold=CROWDING_THRESHOLD):
+                   crowding_threshold=CROWDING_THRESHOLD, jobs=1):
     """
     Measure, bin and (with ``out``) write everything listed in the module doc.
 
     Returns the per-bin metrics of all frames as a list of dicts (NaN as None).
     """
-    results = measure_frames(model, data, n_frames, log, methods=methods)
+    results = measure_frames(model, data, n_frames, log, methods=methods, jobs=jobs)
+    results.meta["jobs"] = jobs
     subsets = split_by_crowding(results, crowding_threshold)
     metrics = {name: bin_metrics(r) for name, r in subsets.items()}
     timing = timing_summary(results)
@@ -702,6 +765,9 @@ def main(argv=None):
     parser.add_argument("--methods", default="all",
                         help=f"comma-separated subset of {','.join(METHODS)} (default all; "
                              "SourceExtractor ones are skipped when not installed)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count(),
+                        help="frames measured in parallel, one single-threaded process each "
+                             "(default: the number of cores; the results do not depend on it)")
     parser.add_argument("--crowding-threshold", type=float, default=CROWDING_THRESHOLD,
                         help="stars (S/N > 1) per FWHM^2 from which a frame counts as crowded")
     parser.add_argument("--write-card", action="store_true",
@@ -709,7 +775,8 @@ def main(argv=None):
                              "as training.pipeline does")
     args = parser.parse_args(argv)
     metrics = evaluate_model(args.model, args.data, args.n_frames, args.out,
-                             methods=args.methods, crowding_threshold=args.crowding_threshold)
+                             methods=args.methods, crowding_threshold=args.crowding_threshold,
+                             jobs=args.jobs)
     if args.write_card:
         if args.model is None:
             parser.error("--write-card needs --model (a model directory)")

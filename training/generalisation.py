@@ -18,28 +18,19 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from asidfe_phot import _stamps
 from asidfe_phot.datasets import PSF_FAMILIES
 from training import train as train_mod
 from training.data import StampSet
-from training.model import TSMVE
 
 SNR_BINS = (3, 10, 30, 100, 300, 1000, np.inf)
 
 
-def predict(weights, stamps, batch=2048):
+def predict(weights, stamps):
     """Decoded predictions of a checkpoint on a StampSet (central crops, no calibration)."""
-    model = TSMVE()
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True)["model"])
-    model.eval()
-    parts = []
-    with torch.no_grad():
-        for start in range(0, len(stamps), batch):
-            x, _, unit = stamps.batch(np.arange(start, min(start + batch, len(stamps))))
-            parts.append(_stamps.decode_outputs(model(torch.from_numpy(x)).numpy(), unit))
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    outputs, _, unit = train_mod.predict(train_mod.load_model(weights), stamps)
+    return _stamps.decode_outputs(outputs.numpy(), unit)
 
 
 def score(pred, meta, bins=SNR_BINS):

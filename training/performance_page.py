@@ -22,6 +22,7 @@ into ``docs/_static/performance/``, and writes there:
 
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -236,6 +237,8 @@ def main(argv=None):
     parser.add_argument("--work", default="runs/performance")
     parser.add_argument("--methods", default="all",
                         help="methods of the synthetic evaluation (see training.evaluate)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count(),
+                        help="frames of the synthetic evaluation measured in parallel")
     parser.add_argument("--skip-synthetic", action="store_true")
     parser.add_argument("--evaluation", default=None,
                         help="use this finished training.evaluate output folder instead of "
@@ -243,9 +246,8 @@ def main(argv=None):
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--skip-speed", action="store_true",
                         help="keep speed.rst (benchmarks/speed.py; run it on an idle machine)")
-    parser.add_argument("--weights", default="runs/v2/step2/best.pt",
-                        help="the shipped model's torch weights, for the SmoothGrad figure "
-                             "(skipped when missing)")
+    parser.add_argument("--weights", default=None,
+                        help="weights for the SmoothGrad figure (default: --model's own)")
     parser.add_argument("--generalisation", default="runs/v2/heldout/generalisation.rst",
                         help="training.generalisation's table, copied when it exists")
     args = parser.parse_args(argv)
@@ -257,7 +259,7 @@ def main(argv=None):
         synthetic = Path(args.evaluation) if args.evaluation else work / "synthetic"
         if not args.evaluation:
             evaluate.evaluate_model(args.model, args.data, args.n_frames, out=synthetic,
-                                    methods=args.methods)
+                                    methods=args.methods, jobs=args.jobs)
         # metrics.{png,rst,ecsv}, the per-method tables metrics_{flux,position,calibration,
         # crlb,failures}.rst, the same for metrics_sparse* and metrics_crowded*, wins.json
         # and timings.json.
@@ -287,14 +289,15 @@ def main(argv=None):
         for path in (work / "real").iterdir():
             if path.suffix in (".png", ".rst") and not path.name.startswith("saliency"):
                 shutil.copy(path, DOCS / path.name)
-    if Path(args.weights).exists():
+    weights = Path(args.weights or args.model)
+    if weights.exists():
         from training import saliency
 
         has_data = (Path(args.data) / "index.json").exists()
-        saliency.main(["--weights", args.weights, "--out", str(DOCS / "saliency.png")]
+        saliency.main(["--weights", str(weights), "--out", str(DOCS / "saliency.png")]
                       + (["--data", args.data] if has_data else []))
     else:
-        print(f"{args.weights} not found: saliency.png left as it is")
+        print(f"{weights} not found: saliency.png left as it is")
     if not args.skip_speed:
         import subprocess
         import sys

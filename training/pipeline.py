@@ -1,6 +1,7 @@
 """
 Regenerate a shipped model from nothing, in one command:
-simulate -> step 1 -> step 2 -> export -> sigma calibration -> evaluate -> ensemble baseline,
+simulate -> step 1 -> step 2 [-> step 2 continued] -> export -> sigma calibration -> evaluate
+-> ensemble baseline,
 all recorded in the model card.
 
     python -m training.pipeline --preset generic --out runs/v2 --model-dir models/asidfe_tsmve_v2
@@ -13,6 +14,7 @@ last checkpoint. The shipped recipe is the default configuration below.
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -69,8 +71,19 @@ def run(out, config, model_dir=None, name="asidfe_tsmve", version=2, log=print,
         train_mod.train(data, "step2", out / "step2", config["step2_samples"],
                         init=out / "step1" / "best.pt",
                         stop_after=config.get("step2_stop_after"), **common)
-    stages["step1"] = json.loads((out / "step1" / "history.json").read_text())
-    stages["step2"] = json.loads((out / "step2" / "history.json").read_text())
+    final = out / "step2"
+    if config.get("step2_continued_samples"):
+        # A second step-2 run on a fresh rate schedule, from step 2's best weights (more
+        # budget for a finished model without retraining it from the start).
+        final = out / "step2_continued"
+        if not _stage_done(final):
+            log("== step 2, continued")
+            train_mod.train(data, "step2", final, config["step2_continued_samples"],
+                            init=out / "step2" / "best.pt",
+                            lr=config.get("step2_continued_lr", 1e-3), **common)
+    for stage in ("step1", "step2", "step2_continued"):
+        if (out / stage / "history.json").exists():
+            stages[stage] = json.loads((out / stage / "history.json").read_text())
     card_extra = {
         "training_data": {k: index[k] for k in ("preset", "seed", "n_frames", "frame_shape",
                                                 "families")}
@@ -82,7 +95,7 @@ def run(out, config, model_dir=None, name="asidfe_tsmve", version=2, log=print,
     }
     model_dir = Path(model_dir) if model_dir else out / "model" / f"{name}_v{version}"
     log("== export")
-    card = export_mod.export(out / "step2" / "best.pt", model_dir, name, version, card_extra)
+    card = export_mod.export(final / "best.pt", model_dir, name, version, card_extra)
     log("== calibrate sigmas (validation split)")
     from training import calibrate as calibrate_mod
 
@@ -93,7 +106,8 @@ def run(out, config, model_dir=None, name="asidfe_tsmve", version=2, log=print,
         log("== evaluate")
         metrics = evaluate_mod.evaluate_model(model_dir, data, n_frames=config["eval_frames"],
                                               out=out / "evaluation", log=log,
-                                              methods=config.get("eval_methods"))
+                                              methods=config.get("eval_methods"),
+                                              jobs=os.cpu_count())
         card = export_mod.update_card(model_dir, {"test_metrics": metrics})
     # The baseline comparison comes last: the shipped model does not depend on it.
     log("== TS-MVE vs deep ensemble (equal, smaller budget)")
@@ -112,11 +126,10 @@ def compare_with_ensemble(data, out, config, log=print):
     scratch (the same number of samples as the whole TS-MVE run). Validation
     MSE, MAE and NLL of the ensemble use the mixture mean and variance.
     """
-    import numpy as np
     import torch
 
     from training.data import StampSet
-    from training.model import TSMVE, gaussian_nll
+    from training.model import gaussian_nll
 
     out = Path(out)
     b = config["compare_samples"]
@@ -134,25 +147,14 @@ def compare_with_ensemble(data, out, config, log=print):
     val = StampSet(data, "val", limit=50_000)
 
     def predict(path):
-        model = TSMVE()
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
-        model.eval()
-        outs = []
-        with torch.no_grad():
-            for start in range(0, len(val), 2048):
-                x, _, _ = val.batch(np.arange(start, min(start + 2048, len(val))))
-                outs.append(model(torch.from_numpy(x)))
-        return torch.cat(outs)
-
-    targets = torch.cat([torch.from_numpy(val.batch(np.arange(s, min(s + 2048, len(val))))[1])
-                         for s in range(0, len(val), 2048)])
+        return train_mod.predict(train_mod.load_model(path), val)[0]
 
     def scores(outputs):
         err = outputs[:, :3] - targets
         return {"mse": float((err**2).mean()), "mae": float(err.abs().mean()),
                 "nll": float(gaussian_nll(outputs, targets))}
 
-    ts = predict(out / "step2" / "best.pt")
+    ts, targets, _ = train_mod.predict(train_mod.load_model(out / "step2" / "best.pt"), val)
     members = [predict(out / f"mve{k}" / "best.pt") for k in range(config["ensemble_members"])]
     means = torch.stack([m[:, :3] for m in members])
     variances = torch.stack([torch.exp(m[:, 3:]) for m in members])

@@ -1,7 +1,7 @@
 """
 SmoothGrad saliency maps of a TS-MVE model (paper Sect. 3.2.4, Figs. 10-11).
 
-    python -m training.saliency --weights runs/v2/step2/best.pt --out saliency.png \
+    python -m training.saliency --weights models/asidfe_tsmve_v2 --out saliency.png \
         [--data runs/data_v1]
 
 SmoothGrad (Smilkov et al. 2017, arXiv:1706.03825): the gradient of one
@@ -98,14 +98,11 @@ def simulated_stamps(n=3, seed=0):
 
 
 def load_model(weights=None):
-    """A TSMVE with the given weights (a state dict or a checkpoint with 'model'), else random."""
+    """A TSMVE with the given weights (see `training.train.load_model`), else random."""
     from training.model import TSMVE
+    from training.train import load_model as load_weights
 
-    model = TSMVE()
-    if weights is not None:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"] if "model" in state else state)
-    return model.eval()
+    return TSMVE().eval() if weights is None else load_weights(weights)
 
 
 def plot_saliency(model, inputs, path=None, *, n_samples=50, noise_level=0.15, seed=0,
@@ -142,7 +139,9 @@ def plot_saliency(model, inputs, path=None, *, n_samples=50, noise_level=0.15, s
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", default=None, help="torch weights (.pt); default random")
+    parser.add_argument("--weights", default=None,
+                        help="a checkpoint (.pt) or an exported model (its directory or "
+                             "model.onnx); default random")
     parser.add_argument("--out", required=True, help="output PNG")
     parser.add_argument("--data", default=None, help="data set dir: use its test stamps")
     parser.add_argument("--n-stamps", type=int, default=3)
@@ -161,7 +160,10 @@ def main(argv=None):
         inputs, _, _ = stamps.batch(pick)
     else:
         inputs = simulated_stamps(args.n_stamps, args.seed)
-    title = f"SmoothGrad, weights {Path(args.weights).name if args.weights else 'random'}"
+    name = "random" if args.weights is None else Path(args.weights).name
+    if name == "model.onnx":
+        name = Path(args.weights).parent.name
+    title = f"SmoothGrad, weights {name}"
     plot_saliency(model, inputs, args.out, n_samples=args.n_samples,
                   noise_level=args.noise_level, seed=args.seed, title=title)
     print(f"wrote {args.out}")

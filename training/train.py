@@ -7,7 +7,8 @@ both branches) or a plain MVE baseline member (NLL from scratch).
         --out runs/v2/step2 --samples 2e6
 
 Resumable: rerunning the same command continues from ``OUT/last.pt``.
-``--init`` starts from given weights and ``--freeze`` holds layers fixed (transfer learning).
+``--init`` starts from given weights (a checkpoint, or an exported model such as the shipped
+``models/asidfe_tsmve_v2``) and ``--freeze`` holds layers fixed (transfer learning).
 """
 
 import argparse
@@ -35,23 +36,65 @@ def _metrics(outputs, targets, with_variance):
     return out
 
 
-def evaluate(model, dataset, batch_size=1024, with_variance=True, limit=None):
-    """Validation metrics over (up to ``limit`` of) ``dataset``, central crops, no augmentation."""
+def load_model(weights, device="cpu"):
+    """
+    A `TSMVE` with the given weights, in eval mode.
+
+    ``weights``: a training checkpoint (``.pt``, as written by `train`), or
+    an exported model (its ``model.onnx`` or model directory): the ONNX
+    initializers carry the module's parameter names, so the shipped weights
+    can be fine-tuned without the torch checkpoint they came from.
+    """
+    path = Path(weights)
+    if path.is_dir():
+        path = path / "model.onnx"
+    if path.suffix == ".onnx":
+        import onnx
+        from onnx import numpy_helper
+
+        graph = onnx.load(str(path)).graph
+        state = {init.name: torch.from_numpy(numpy_helper.to_array(init).copy())
+                 for init in graph.initializer}
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("model", state)
+    model = TSMVE()
+    # strict: a renamed or missing parameter must fail loudly, not start from random weights.
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    return model.to(device=device, memory_format=torch.channels_last)
+
+
+def predict(model, dataset, batch_size=2048, limit=None, with_variance=True):
+    """
+    Raw outputs of ``model`` on (the first ``limit`` stamps of) a `StampSet`.
+
+    Central crops, no augmentation. Returns torch tensors ``(outputs,
+    targets)`` and the numpy flux units: outputs are (n, 6) (means, then
+    log-variances) or, without variances, the mean branch's (n, 3) alone
+    (half the cost).
+    """
+    was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     n = len(dataset) if limit is None else min(limit, len(dataset))
-    outs, tgts = [], []
-    # Without variances (step 1) only the mean branch runs: half the cost.
     forward = model if with_variance else model.mean
+    outs, tgts, units = [], [], []
     with torch.no_grad():
         for start in range(0, n, batch_size):
-            idx = np.arange(start, min(start + batch_size, n))
-            x, t, _ = dataset.batch(idx)
+            x, t, unit = dataset.batch(np.arange(start, min(start + batch_size, n)))
             x = torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last)
             outs.append(forward(x).cpu())
             tgts.append(torch.from_numpy(t))
-    model.train()
-    return _metrics(torch.cat(outs), torch.cat(tgts), with_variance)
+            units.append(unit)
+    model.train(was_training)
+    return torch.cat(outs), torch.cat(tgts), np.concatenate(units)
+
+
+def evaluate(model, dataset, batch_size=1024, with_variance=True, limit=None):
+    """Validation metrics over (up to ``limit`` of) ``dataset``, central crops, no augmentation."""
+    outputs, targets, _ = predict(model, dataset, batch_size, limit, with_variance)
+    return _metrics(outputs, targets, with_variance)
 
 
 def _start_variances_at_residuals(model, val_set, n=8192):
@@ -102,9 +145,10 @@ def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batc
     model = TSMVE().to(device=device, memory_format=torch.channels_last)
     init_stage = None
     if init is not None:
-        state = torch.load(init, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"] if "model" in state else state)
-        init_stage = state.get("stage")
+        model.load_state_dict(load_model(init).state_dict())
+        # An exported model is a finished step 2; a checkpoint records its stage.
+        init_stage = (torch.load(init, map_location="cpu", weights_only=True).get("stage")
+                      if Path(init).suffix == ".pt" else "step2")
     freeze(model, freeze_parts)
     with_variance = stage != "step1"
     last = out / "last.pt"
@@ -212,7 +256,9 @@ def main(argv=None):
     parser.add_argument("--stage", required=True, choices=STAGES)
     parser.add_argument("--out", required=True)
     parser.add_argument("--samples", type=float, default=3e6, help="training budget in stamps")
-    parser.add_argument("--init", default=None, help="start from these weights (.pt)")
+    parser.add_argument("--init", default=None,
+                        help="start from these weights: a checkpoint (.pt) or an exported "
+                             "model (model.onnx or its directory)")
     parser.add_argument("--freeze", default="", help="comma-separated: conv, mean")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=256)

@@ -167,6 +167,28 @@ def test_methods_option_from_the_command_line(data, tmp_path, capsys):
         ev.resolve_methods("ml,daophot")
 
 
+@needs_ml
+def test_parallel_frames_give_the_same_results(tmp_path):
+    """jobs > 1 measures frames in worker processes: same rows, same order, same numbers."""
+    index = dict(INDEX, n_frames=20)
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    test_frames = [f for f in range(20) if simulate_mod.split_of(f) == "test"]
+    assert len(test_frames) >= 2
+
+    def run(jobs):
+        return ev.measure_frames(None, tmp_path, n_frames=2, log=lambda *a: None,
+                                 methods=["ml", "sep", "aper"], jobs=jobs)
+
+    serial, parallel = run(1), run(2)
+    assert list(np.unique(parallel["frame"])) == test_frames[:2]
+    assert serial.colnames == parallel.colnames and len(serial) == len(parallel)
+    for name in serial.colnames:
+        # The network runs multi-threaded in one, single-threaded in the other.
+        np.testing.assert_allclose(np.asarray(parallel[name], float),
+                                   np.asarray(serial[name], float), rtol=1e-5, err_msg=name)
+    assert parallel.meta["timings"].keys() == serial.meta["timings"].keys()
+
+
 def test_missing_source_extractor_is_skipped_unless_asked(monkeypatch):
     monkeypatch.setattr(rt.shutil, "which", lambda name: None)
     messages = []

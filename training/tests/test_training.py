@@ -11,7 +11,7 @@ from training import simulate
 from training.data import StampSet
 from training.export import export_onnx, fuse_pad_into_conv, parity
 from training.model import TSMVE, gaussian_nll
-from training.train import freeze
+from training.train import freeze, load_model
 
 
 @pytest.fixture(scope="module", name="dataset")
@@ -100,6 +100,26 @@ def test_onnx_parity_with_pads_folded_into_convs(tmp_path):
     assert "Pad" not in ops and ops.count("Conv") == 6
     check = parity(model, path)
     assert check["max_abs_diff"] < 1e-4
+
+
+def test_load_model_from_exported_onnx(tmp_path):
+    """Fine-tuning can start from a shipped model: its ONNX file gives back the same network."""
+    torch.manual_seed(1)
+    model = TSMVE()
+    path = tmp_path / "model.onnx"
+    export_onnx(model, path)
+    fuse_pad_into_conv(path)
+    loaded = load_model(tmp_path)
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    torch.save({"model": model.state_dict(), "stage": "step2"}, tmp_path / "best.pt")
+    x = torch.randn(4, 2, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(load_model(tmp_path / "best.pt")(x), model.eval()(x))
+    # A state from another architecture fails instead of leaving random weights.
+    torch.save({"model": {"mean.convs.0.weight": torch.zeros(1)}}, tmp_path / "bad.pt")
+    with pytest.raises(RuntimeError):
+        load_model(tmp_path / "bad.pt")
 
 
 def test_quick_pipeline_end_to_end(tmp_path):
