@@ -1,15 +1,18 @@
 """
-Post-hoc sigma calibration of an exported model on the validation split.
+Post-hoc sigma calibration of an exported model on validation frames.
 
-    python -m training.calibrate --model models/asidfe_tsmve_v2 --data runs/data_v1
+    python -m training.calibrate --model models/asidfe_tsmve_v2 --data runs/data_v1 \
+        [--n-frames 300]
 
-Runs the shipped ONNX file (the inference code path: `asidfe_phot._stamps`
-and onnxruntime) on validation stamps, standardises the residuals
-``z = (prediction - truth) / sigma`` and fits, per target, one factor per
-bin of *predicted* flux S/N that makes the bin's z spread 1. The factors
-go into the model card (``sigma_calibration``); `MLPhotometry` applies them
-(`asidfe_phot._stamps.calibrate_sigmas`). The validation frames are not the
-test frames, so the test metrics stay an honest check.
+Runs `MLPhotometry` (the user's code path: raw frame, gain, the package's own
+background, stamps, onnxruntime) with the network's *uncalibrated* sigmas on
+the validation frames of the training data's recipe (re-simulated from its
+seed, as `training.evaluate` does with the test frames), standardises the
+residuals ``z = (prediction - truth) / sigma`` and fits, per target, one
+factor per bin of *predicted* flux S/N that makes the bin's z spread 1. The
+factors go into the model card (``sigma_calibration``); `MLPhotometry`
+applies them (`asidfe_phot._stamps.calibrate_sigmas`). The validation frames
+are not the test frames, so the test metrics stay an honest check.
 
 The spread is measured as the mean of two estimates: the standard deviation
 of z with |z| clipped at ``clip`` (blends with a wrong flux are not noise) and
@@ -19,32 +22,35 @@ when the tails are heavier than Gaussian.
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
-from asidfe_phot import _onnx, _stamps
-from asidfe_phot.models import verify_model
-from training.data import StampSet
+from asidfe_phot import _stamps
 
 TARGETS = ("dx", "dy", "flux")
 
 
-def predict_split(model_dir, data, split="val", limit=200_000, batch=4096):
-    """Decoded, *uncalibrated* predictions and the truths of a split's stamps (central crops)."""
-    directory, card = verify_model(model_dir)
-    session = _onnx.create_session(directory / card.get("file", "model.onnx"),
-                                   providers=["CPUExecutionProvider"])
-    stamps = StampSet(data, split, limit=limit)
-    parts = []
-    for start in range(0, len(stamps), batch):
-        idx = np.arange(start, min(start + batch, len(stamps)))
-        inputs, _, unit = stamps.batch(idx)
-        parts.append(_stamps.decode_outputs(_onnx.run(session, inputs), unit))
-    pred = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    truth = {"dx": stamps.meta["true_dx"], "dy": stamps.meta["true_dy"],
-             "flux": stamps.meta["flux"]}
-    return pred, truth, stamps.meta
+def predict_frames(model_dir, data, n_frames=300, jobs=1, log=print):
+    """
+    Uncalibrated MLPhotometry results and truths on ``n_frames`` validation frames.
+
+    Returns ``pred`` (``dx, dy, flux`` and their ``_err``; positions in
+    frame pixels, which leaves the residuals unchanged) and ``truth``.
+    """
+    from training import evaluate
+
+    results = evaluate.measure_frames(model_dir, data, n_frames, log=log, methods=["ml"],
+                                      jobs=jobs, split="val", calibrated=False)
+    ok = evaluate.usable(results, "ml")
+    results = results[ok]
+    pred = {"dx": results["x_ml"], "dy": results["y_ml"], "flux": results["flux_ml"],
+            "dx_err": results["x_err_ml"], "dy_err": results["y_err_ml"],
+            "flux_err": results["flux_err_ml"]}
+    truth = {"dx": results["x_true"], "dy": results["y_true"], "flux": results["flux_true"]}
+    as_array = {k: np.asarray(v, dtype=float) for k, v in pred.items()}
+    return as_array, {k: np.asarray(v, dtype=float) for k, v in truth.items()}
 
 
 def _spread(z, clip):
@@ -72,13 +78,14 @@ def fit_sigma_calibration(pred, truth, n_bins=12, clip=5.0):
                       "half-width of |z|; linear interpolation in log10 S/N, clamped"}
 
 
-def calibrate(model_dir, data, limit=200_000, log=print):
-    """Fit on the validation split, write it into the card; returns the calibration."""
+def calibrate(model_dir, data, n_frames=300, jobs=1, log=print):
+    """Fit on validation frames, write it into the card; returns the calibration."""
     from training.export import update_card
 
-    pred, truth, _ = predict_split(model_dir, data, "val", limit)
+    pred, truth = predict_frames(model_dir, data, n_frames, jobs, log)
     calibration = fit_sigma_calibration(pred, truth)
-    calibration["fitted_on"] = f"validation split, {len(truth['flux'])} stamps (central crops)"
+    calibration["fitted_on"] = (f"MLPhotometry on {n_frames} validation frames, "
+                                f"{len(truth['flux'])} sources")
     update_card(model_dir, {"sigma_calibration": calibration})
     log(json.dumps({t: [round(f, 3) for f in calibration[t]] for t in TARGETS}))
     return calibration
@@ -87,10 +94,13 @@ def calibrate(model_dir, data, limit=200_000, log=print):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--limit", type=int, default=200_000)
+    parser.add_argument("--data", default=None,
+                        help="data set folder (its index.json); default: the model card's "
+                             "recipe")
+    parser.add_argument("--n-frames", type=int, default=300)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count())
     args = parser.parse_args(argv)
-    calibrate(Path(args.model), args.data, args.limit)
+    calibrate(Path(args.model), args.data, args.n_frames, args.jobs)
 
 
 if __name__ == "__main__":

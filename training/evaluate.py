@@ -390,11 +390,14 @@ def data_recipe(data, model=None):
     return recipe
 
 
-def measure_frames(model, data, n_frames=60, log=print, methods=None, jobs=1):
+def measure_frames(model, data, n_frames=60, log=print, methods=None, jobs=1, split="test",
+                   calibrated=True):
     """
-    Per-source results of every method on the first ``n_frames`` test frames.
+    Per-source results of every method on the first ``n_frames`` frames of ``split``.
 
-    ``methods``: see `resolve_methods`. ``jobs``: frames measured at once,
+    ``methods``: see `resolve_methods`. ``calibrated=False``: ML sigmas
+    without the card's post-hoc calibration (to fit it, on the validation
+    frames: `training.calibrate`). ``jobs``: frames measured at once,
     one process each (each method runs single-threaded then); the results
     do not depend on it. The returned table's ``meta['timings']`` holds each
     method's total seconds, summed over frames (the ``sep`` time includes
@@ -407,9 +410,9 @@ def measure_frames(model, data, n_frames=60, log=print, methods=None, jobs=1):
     methods = resolve_methods(methods, log)
     index = data_recipe(data, model)
     seeds = simulate_mod.frame_seeds(index["seed"], index["n_frames"])
-    test_frames = [f for f in range(index["n_frames"]) if simulate_mod.split_of(f) == "test"]
-    tasks = [(frame_id, int(seeds[frame_id])) for frame_id in test_frames[:n_frames]]
-    setup = (None if model is None else str(model), index, tuple(methods), jobs > 1)
+    frames = [f for f in range(index["n_frames"]) if simulate_mod.split_of(f) == split]
+    tasks = [(frame_id, int(seeds[frame_id])) for frame_id in frames[:n_frames]]
+    setup = (None if model is None else str(model), index, tuple(methods), jobs > 1, calibrated)
     timings = dict.fromkeys(methods, 0.0)
     rows = []
     if jobs > 1:
@@ -446,6 +449,9 @@ def measure_frames(model, data, n_frames=60, log=print, methods=None, jobs=1):
     finally:
         if pool is not None:
             pool.terminate()
+    if not rows:
+        msg = f"no {split} frame with sources among the first {n_frames} of {split}"
+        raise ValueError(msg)
     results = vstack(rows)
     results.meta["methods"] = list(methods)
     results.meta["n_frames"] = len(rows)
@@ -460,14 +466,17 @@ _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS
 _WORKER = {}
 
 
-def _start_worker(model, index, methods, single_threaded):
+def _start_worker(model, index, methods, single_threaded, calibrated=True):
     _WORKER.clear()
     _WORKER.update(index=index, methods=methods, phot=None)
     if "ml" in methods:
         from asidfe_phot import MLPhotometry
 
         # None: the packaged default model.
-        _WORKER["phot"] = MLPhotometry(model, threads=1 if single_threaded else None)
+        phot = MLPhotometry(model, threads=1 if single_threaded else None)
+        if not calibrated:
+            phot._card = {k: v for k, v in phot._card.items() if k != "sigma_calibration"}
+        _WORKER["phot"] = phot
 
 
 def _measure_frame_in_worker(task):

@@ -4,7 +4,7 @@ simulate -> step 1 -> step 2 [-> step 2 continued] -> export -> sigma calibratio
 -> ensemble baseline,
 all recorded in the model card.
 
-    python -m training.pipeline --preset generic --out runs/v2 --model-dir models/asidfe_tsmve_v2
+    python -m training.pipeline --preset generic --out runs/v3 --model-dir models/asidfe_tsmve_v3
     python -m training.pipeline --quick --out /tmp/quick        # minutes, tiny data (CI)
 
 Every stage is resumable: rerunning the command skips finished stages
@@ -29,17 +29,21 @@ FULL = {
     "step1_samples": 900_000, "step2_samples": 1_000_000,
     # Step 2 of v2 ended at 750 k samples (on the 1 M schedule): the session's time limit.
     "step2_stop_after": 750_000,
+    # v3: step 2 continued from v2's weights on a fresh schedule, the means at the full rate
+    # (their variances are right by then), so the NLL weights the bright sources' means.
+    "step2_continued_samples": 1_000_000, "step2_continued_lr": 5e-4,
+    "step2_continued_mean_lr_factor": 1.0,
     # Equal-budget TS-MVE vs deep-ensemble comparison (smaller than the shipped run).
     "compare_samples": 100_000, "ensemble_members": 3,
-    "eval_every": 250_000, "eval_frames": 60, "calibration_stamps": 200_000,
+    "eval_every": 250_000, "eval_frames": 60, "calibration_frames": 300,
     "eval_methods": "all",  # SourceExtractor ones skipped when the binaries are missing
 }
 QUICK = {
     "preset": "generic", "n_frames": 10, "seed": 1,
     "families": list(simulate_mod.PSF_FAMILIES),
-    "step1_samples": 2048, "step2_samples": 2048,
+    "step1_samples": 2048, "step2_samples": 2048, "step2_continued_samples": 1024,
     "compare_samples": 1024, "ensemble_members": 2,
-    "eval_every": 1024, "eval_frames": 2, "calibration_stamps": 4096,
+    "eval_every": 1024, "eval_frames": 2, "calibration_frames": 2,
     "eval_methods": "ml,sep,aper",
 }
 
@@ -48,7 +52,7 @@ def _stage_done(path):
     return (Path(path) / "DONE").exists()
 
 
-def run(out, config, model_dir=None, name="asidfe_tsmve", version=2, log=print,
+def run(out, config, model_dir=None, name="asidfe_tsmve", version=3, log=print,
         evaluate=True):
     """Run the whole pipeline into ``out``; returns the model card."""
     out = Path(out)
@@ -80,7 +84,9 @@ def run(out, config, model_dir=None, name="asidfe_tsmve", version=2, log=print,
             log("== step 2, continued")
             train_mod.train(data, "step2", final, config["step2_continued_samples"],
                             init=out / "step2" / "best.pt",
-                            lr=config.get("step2_continued_lr", 1e-3), **common)
+                            lr=config.get("step2_continued_lr", 1e-3),
+                            mean_lr_factor=config.get("step2_continued_mean_lr_factor"),
+                            stop_after=config.get("step2_continued_stop_after"), **common)
     for stage in ("step1", "step2", "step2_continued"):
         if (out / stage / "history.json").exists():
             stages[stage] = json.loads((out / stage / "history.json").read_text())
@@ -99,7 +105,8 @@ def run(out, config, model_dir=None, name="asidfe_tsmve", version=2, log=print,
     log("== calibrate sigmas (validation split)")
     from training import calibrate as calibrate_mod
 
-    calibrate_mod.calibrate(model_dir, data, limit=config["calibration_stamps"], log=log)
+    calibrate_mod.calibrate(model_dir, data, n_frames=config["calibration_frames"],
+                            jobs=os.cpu_count(), log=log)
     if evaluate:
         from training import evaluate as evaluate_mod
 
@@ -180,7 +187,7 @@ def main(argv=None):
     parser.add_argument("--families", default=None,
                         help="comma-separated PSF families (hold one out for generalisation)")
     parser.add_argument("--model-dir", default=None, help="where to write the exported model")
-    parser.add_argument("--version", type=int, default=2)
+    parser.add_argument("--version", type=int, default=3)
     parser.add_argument("--no-evaluate", action="store_true")
     args = parser.parse_args(argv)
     config = dict(QUICK if args.quick else FULL)

@@ -130,7 +130,7 @@ def freeze(model, what):
 def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batch_size=256,
           lr=1e-3, eval_every=250_000, val_limit=50_000, patience=8, train_limit=None,
           threads=None, device="cpu", checkpoint_seconds=300, max_steps=None,
-          exclude_families=(), stop_after=None, log=print):
+          exclude_families=(), stop_after=None, mean_lr_factor=None, log=print):
     """Train one network; returns its history. See the module docstring."""
     if stage not in STAGES:
         msg = f"stage must be one of {STAGES}, got {stage!r}"
@@ -165,7 +165,10 @@ def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batc
         trainable = [p for p in model.parameters() if p.requires_grad]
         # Step 2 refines the step-1 means gently (a tenth of the rate), so the early,
         # still-wrong variances cannot undo them (the instability TS-MVE exists to avoid).
-        mean_lr = lr * 0.1 if stage == "step2" else lr
+        # Continuing a finished step 2, whose variances are right, may use the full rate.
+        if mean_lr_factor is None:
+            mean_lr_factor = 0.1 if stage == "step2" else 1.0
+        mean_lr = lr * mean_lr_factor
         groups = [{"params": [p for p in trainable if id(p) in mean_ids], "lr": mean_lr},
                   {"params": [p for p in trainable
                               if id(p) not in mean_ids and id(p) not in decayed]},
@@ -272,6 +275,8 @@ def main(argv=None):
     parser.add_argument("--stop-after", type=float, default=None,
                         help="end (as finished) after this many samples, keeping the learning-"
                              "rate schedule of --samples")
+    parser.add_argument("--mean-lr-factor", type=float, default=None,
+                        help="rate of the mean branch relative to --lr in step 2 (default 0.1)")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="stop after this many steps (resume later with the same command)")
     args = parser.parse_args(argv)
@@ -279,7 +284,7 @@ def main(argv=None):
           freeze_parts=[p for p in args.freeze.split(",") if p], seed=args.seed,
           batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
           train_limit=args.train_limit, threads=args.threads, max_steps=args.max_steps,
-          device=args.device, stop_after=args.stop_after,
+          device=args.device, stop_after=args.stop_after, mean_lr_factor=args.mean_lr_factor,
           exclude_families=[f for f in args.exclude_families.split(",") if f])
 
 

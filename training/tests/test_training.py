@@ -123,7 +123,7 @@ def test_load_model_from_exported_onnx(tmp_path):
 
 
 def test_quick_pipeline_end_to_end(tmp_path):
-    """simulate -> step 1 -> step 2 -> export -> evaluate -> ensemble; MLPhotometry loads it."""
+    """simulate -> steps 1, 2, 2 continued -> export -> calibrate -> evaluate -> ensemble."""
     import warnings
 
     from asidfe_phot import MLPhotometry
@@ -133,7 +133,7 @@ def test_quick_pipeline_end_to_end(tmp_path):
 
     config = dict(pipeline.QUICK)
     card = pipeline.run(tmp_path / "run", config, log=lambda *a: None)
-    model_dir = tmp_path / "run" / "model" / "asidfe_tsmve_v2"
+    model_dir = tmp_path / "run" / "model" / "asidfe_tsmve_v3"
     _, card2 = verify_model(model_dir)
     assert card2["sha256"] == card["sha256"]
     assert card["parity"]["max_abs_diff"] < 1e-4
@@ -142,6 +142,8 @@ def test_quick_pipeline_end_to_end(tmp_path):
     assert len(cal["log10_snr"]) == len(cal["dx"]) == len(cal["flux"]) == cal["n_bins"]
     assert all(f > 0 for t in ("dx", "dy", "flux") for f in cal[t])
     assert card["training_data"]["counts"]["train"] > 0
+    assert set(card["history"]) == {"step1", "step2", "step2_continued"}
+    assert "validation frames" in cal["fitted_on"]
     image, truth = make_test_image(shape=(64, 64), n_sources=4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
