@@ -1,7 +1,7 @@
 """
 Post-hoc sigma calibration of an exported model on validation frames.
 
-    python -m training.calibrate --model models/asidfe_tsmve_v2 --data runs/data_v1 \
+    python -m training.calibrate --model models/asidfe_tsmve_v3 --data runs/data_v1 \
         [--n-frames 300]
 
 Runs `MLPhotometry` (the user's code path: raw frame, gain, the package's own

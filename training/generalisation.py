@@ -2,7 +2,7 @@
 Generalisation check: train with one PSF family held out entirely, test on it.
 
     python -m training.generalisation --data runs/data_v1 --hold-out moffat \
-        --reference runs/v2/compare/step2/best.pt --out runs/v2/heldout
+        --reference runs/v3/compare/step2/best.pt --out runs/v3/heldout
 
 Trains TS-MVE (step 1 then step 2, ``--samples`` each) on the training
 stamps of every PSF family but ``--hold-out``, then scores it and a

@@ -1,7 +1,7 @@
 """
 Render a model directory's ``README.md`` (the human-readable model card) from its config.json.
 
-    python -m training.model_card models/asidfe_tsmve_v2
+    python -m training.model_card models/asidfe_tsmve_v3
 """
 
 import argparse

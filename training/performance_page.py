@@ -1,9 +1,9 @@
 """
 Regenerate the tables and figures of the docs' Performance page.
 
-    python -m training.performance_page --model models/asidfe_tsmve_v2 --data runs/data_v1 \
+    python -m training.performance_page --model models/asidfe_tsmve_v3 --data runs/data_v1 \
         [--n-frames 60] [--methods ml,sep,aper,sex,psfex,psf] [--skip-synthetic] [--skip-real] \
-        [--generalisation runs/v2/heldout/generalisation.rst]
+        [--generalisation runs/v3/heldout/generalisation.rst]
 
 Runs the synthetic evaluation (`training.evaluate`) and the real-frame
 comparison (`training.evaluate_real`), then copies their tables and figures
@@ -231,7 +231,7 @@ def write_calibration_figure(results_path, out, min_snr=3.0):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="models/asidfe_tsmve_v2")
+    parser.add_argument("--model", default="models/asidfe_tsmve_v3")
     parser.add_argument("--data", default="runs/data_v1")
     parser.add_argument("--n-frames", type=int, default=60)
     parser.add_argument("--work", default="runs/performance")
@@ -248,7 +248,7 @@ def main(argv=None):
                         help="keep speed.rst (benchmarks/speed.py; run it on an idle machine)")
     parser.add_argument("--weights", default=None,
                         help="weights for the SmoothGrad figure (default: --model's own)")
-    parser.add_argument("--generalisation", default="runs/v2/heldout/generalisation.rst",
+    parser.add_argument("--generalisation", default="runs/v3/heldout/generalisation.rst",
                         help="training.generalisation's table, copied when it exists")
     args = parser.parse_args(argv)
     work = Path(args.work)

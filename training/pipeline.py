@@ -102,7 +102,7 @@ def run(out, config, model_dir=None, name="asidfe_tsmve", version=3, log=print,
     model_dir = Path(model_dir) if model_dir else out / "model" / f"{name}_v{version}"
     log("== export")
     card = export_mod.export(final / "best.pt", model_dir, name, version, card_extra)
-    log("== calibrate sigmas (validation split)")
+    log("== calibrate sigmas (validation frames)")
     from training import calibrate as calibrate_mod
 
     calibrate_mod.calibrate(model_dir, data, n_frames=config["calibration_frames"],

@@ -2,13 +2,13 @@
 Train the TS-MVE network (step 1: Huber on the means; step 2: Gaussian NLL on
 both branches) or a plain MVE baseline member (NLL from scratch).
 
-    python -m training.train --data runs/data_v1 --stage step1 --out runs/v2/step1 --samples 3e6
-    python -m training.train --data runs/data_v1 --stage step2 --init runs/v2/step1/best.pt \
-        --out runs/v2/step2 --samples 2e6
+    python -m training.train --data runs/data_v1 --stage step1 --out runs/v3/step1 --samples 3e6
+    python -m training.train --data runs/data_v1 --stage step2 --init runs/v3/step1/best.pt \
+        --out runs/v3/step2 --samples 2e6
 
 Resumable: rerunning the same command continues from ``OUT/last.pt``.
 ``--init`` starts from given weights (a checkpoint, or an exported model such as the shipped
-``models/asidfe_tsmve_v2``) and ``--freeze`` holds layers fixed (transfer learning).
+``models/asidfe_tsmve_v3``) and ``--freeze`` holds layers fixed (transfer learning).
 """
 
 import argparse
