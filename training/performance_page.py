@@ -1,9 +1,10 @@
 """
 Regenerate the tables and figures of the docs' Performance page.
 
-    python -m training.performance_page --model models/asidfe_tsmve_v3 --data runs/data_v1 \
+    python -m training.performance_page --model models/asidfe_tsmve_v3 [--data runs/data_v1] \
         [--n-frames 60] [--methods ml,sep,aper,sex,psfex,psf] [--skip-synthetic] [--skip-real] \
-        [--generalisation runs/v3/heldout/generalisation.rst]
+        [--evaluation runs/v3/evaluation] [--jobs 2] \
+        [--generalisation runs/v3/heldout/generalisation.rst] [--compare runs/v3/compare]
 
 Runs the synthetic evaluation (`training.evaluate`) and the real-frame
 comparison (`training.evaluate_real`), then copies their tables and figures
@@ -17,7 +18,10 @@ into ``docs/_static/performance/``, and writes there:
 - ``generalisation.rst``: a copy of ``training.generalisation``'s table
   (``--generalisation``), when that file exists;
 - ``ensemble_comparison.rst``: the model's TS-MVE vs ensemble comparison
-  (from its card).
+  (from its card);
+- ``training_curves.png``: the model's training stages (its card's history)
+  and ``compare_curves.png``: the comparison's runs (``--compare``, when
+  present), `training.curves`.
 """
 
 import argparse
@@ -248,6 +252,8 @@ def main(argv=None):
                         help="keep speed.rst (benchmarks/speed.py; run it on an idle machine)")
     parser.add_argument("--weights", default=None,
                         help="weights for the SmoothGrad figure (default: --model's own)")
+    parser.add_argument("--compare", default="runs/v3/compare",
+                        help="the pipeline's TS-MVE vs ensemble runs, for their curves")
     parser.add_argument("--generalisation", default="runs/v3/heldout/generalisation.rst",
                         help="training.generalisation's table, copied when it exists")
     args = parser.parse_args(argv)
@@ -307,6 +313,13 @@ def main(argv=None):
                        check=True)
     card = json.loads((Path(args.model) / "config.json").read_text())
     (DOCS / "ensemble_comparison.rst").write_text(comparison_rst(card))
+    from training import curves
+
+    curves.main(["--model", args.model, "--out", str(DOCS / "training_curves.png")])
+    if any(Path(args.compare).glob("*/history.json")):
+        curves.main(["--runs", args.compare, "--out", str(DOCS / "compare_curves.png")])
+    else:
+        print(f"no runs in {args.compare}: compare_curves.png left as it is")
     print(f"wrote {sorted(p.name for p in DOCS.iterdir())}")
 
 

@@ -90,6 +90,10 @@ def run(out, config, model_dir=None, name="asidfe_tsmve", version=3, log=print,
     for stage in ("step1", "step2", "step2_continued"):
         if (out / stage / "history.json").exists():
             stages[stage] = json.loads((out / stage / "history.json").read_text())
+    from training import curves
+
+    curves.plot_curves(stages, out / "training_curves.png", consecutive=True,
+                       title=f"{name}_v{version}: training stages")
     card_extra = {
         "training_data": {k: index[k] for k in ("preset", "seed", "n_frames", "frame_shape",
                                                 "families")}
@@ -175,6 +179,10 @@ def compare_with_ensemble(data, out, config, log=print):
     result["tsmve_wins"] = {k: result["tsmve"][k] < result["ensemble"][k]
                             for k in ("mse", "mae", "nll")}
     (out / "comparison.json").write_text(json.dumps(result, indent=2))
+    from training import curves
+
+    curves.plot_curves(curves.read_runs(out), out / "curves.png",
+                       title="TS-MVE (step1, step2) and the MVE members (mve*)")
     log(json.dumps(result))
     return result
 

@@ -143,6 +143,8 @@ def test_quick_pipeline_end_to_end(tmp_path):
     assert all(f > 0 for t in ("dx", "dy", "flux") for f in cal[t])
     assert card["training_data"]["counts"]["train"] > 0
     assert set(card["history"]) == {"step1", "step2", "step2_continued"}
+    assert (tmp_path / "run" / "training_curves.png").stat().st_size > 0
+    assert (tmp_path / "run" / "compare" / "curves.png").stat().st_size > 0
     assert "validation frames" in cal["fitted_on"]
     image, truth = make_test_image(shape=(64, 64), n_sources=4)
     with warnings.catch_warnings():
@@ -230,3 +232,21 @@ def test_stop_after_keeps_the_schedule_and_finishes(dataset, tmp_path):
     stop = torch.load(tmp_path / "stop" / "last.pt", weights_only=False)
     assert stop["state"]["step"] == full["state"]["step"] == 12
     assert stop["scheduler"]["_last_lr"] == full["scheduler"]["_last_lr"]
+
+
+def test_training_curves_from_histories(tmp_path):
+    from training import curves
+
+    for name, nll in (("step2", [-1.0, -2.0]), ("mve0", [0.5, -0.5])):
+        run = tmp_path / name
+        run.mkdir()
+        history = [{"samples": s, "train_loss": v, "val_mse": 0.1, "val_mae": 0.2, "val_nll": v}
+                    for s, v in zip((100, 200), nll)]
+        (run / "history.json").write_text(json.dumps(history))
+    runs = curves.read_runs(tmp_path)
+    assert list(runs) == ["mve0", "step2"]
+    fig = curves.plot_curves(runs, tmp_path / "c.png", consecutive=True)
+    nll_axis = fig.axes[3]
+    # Consecutive runs: the second starts where the first ended.
+    assert [list(line.get_xdata()) for line in nll_axis.lines] == [[100, 200], [300, 400]]
+    assert (tmp_path / "c.png").stat().st_size > 0
