@@ -70,6 +70,7 @@ def generalisation_lines(gen):
     lines = ["## Generalisation to a held-out PSF family", "",
              f"`{gen['hold_out']}` left out of training entirely; both models trained with "
              f"{gen['samples_per_step']:,} samples per step (raw sigmas, no calibration).", "",
+             *([gen["note"][:1].upper() + gen["note"][1:] + ".", ""] if gen.get("note") else []),
              "| test stamps | model | S/N | N | flux MARE | pos MAE | flux z-std |",
              "|---|---|---|---|---|---|---|"]
     for test_name, by_model in gen["scores"].items():
