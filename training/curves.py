@@ -85,7 +85,7 @@ def main(argv=None):
         plot_curves(card["history"], args.out, consecutive=True,
                     title=f"{card['name']}_v{card['version']}: training stages")
     else:
-        plot_curves(read_runs(args.runs), args.out, title=f"runs in {args.runs}")
+        plot_curves(read_runs(args.runs), args.out, title=f"runs in {Path(args.runs).name}/")
     print(f"wrote {args.out}")
 
 
