@@ -412,7 +412,16 @@ def measure_frames(model, data, n_frames=60, log=print, methods=None, jobs=1, sp
     seeds = simulate_mod.frame_seeds(index["seed"], index["n_frames"])
     frames = [f for f in range(index["n_frames"]) if simulate_mod.split_of(f) == split]
     tasks = [(frame_id, int(seeds[frame_id])) for frame_id in frames[:n_frames]]
+    if "ml" in methods:
+        from asidfe_phot.models import verify_model
+
+        # The resolved directory, not a name: a worker process may import asidfe_phot from
+        # another place (a source tree) than this one, with another model registry.
+        model = verify_model(model)[0]
     setup = (None if model is None else str(model), index, tuple(methods), jobs > 1, calibrated)
+    # Each task carries the setup and a worker starts itself on its first task: an error
+    # there reaches this process (a Pool initializer that fails is restarted for ever).
+    tasks = [(task, setup) for task in tasks]
     timings = dict.fromkeys(methods, 0.0)
     rows = []
     if jobs > 1:
@@ -424,7 +433,7 @@ def measure_frames(model, data, n_frames=60, log=print, methods=None, jobs=1, sp
         saved = {k: os.environ.get(k) for k in _THREAD_VARIABLES}
         os.environ.update(dict.fromkeys(_THREAD_VARIABLES, "1"))
         try:
-            pool = multiprocessing.get_context("spawn").Pool(jobs, _start_worker, setup)
+            pool = multiprocessing.get_context("spawn").Pool(jobs)
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -434,7 +443,7 @@ def measure_frames(model, data, n_frames=60, log=print, methods=None, jobs=1, sp
         outcomes = pool.imap(_measure_frame_in_worker, tasks)
     else:
         pool = None
-        _start_worker(*setup)
+        _WORKER.clear()
         outcomes = map(_measure_frame_in_worker, tasks)
     try:
         for k, (table, frame_timings, messages) in enumerate(outcomes):
@@ -479,7 +488,11 @@ def _start_worker(model, index, methods, single_threaded, calibrated=True):
         _WORKER["phot"] = phot
 
 
-def _measure_frame_in_worker(task):
+def _measure_frame_in_worker(task_and_setup):
+    task, setup = task_and_setup
+    if _WORKER.get("setup") != setup:
+        _start_worker(*setup)
+        _WORKER["setup"] = setup
     return measure_frame(*task, _WORKER["index"], _WORKER["methods"], _WORKER["phot"])
 
 
