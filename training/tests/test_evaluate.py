@@ -189,6 +189,15 @@ def test_parallel_frames_give_the_same_results(tmp_path):
     assert parallel.meta["timings"].keys() == serial.meta["timings"].keys()
 
 
+def test_parallel_frames_with_a_bad_model_fail_at_once(data, tmp_path):
+    """The model is resolved before any worker starts: a clear error, not a hung pool."""
+    from asidfe_phot.exceptions import ModelError
+
+    with pytest.raises(ModelError):
+        ev.measure_frames(tmp_path / "no_model", data, n_frames=1, log=lambda *a: None,
+                          methods=["ml"], jobs=2)
+
+
 def test_missing_source_extractor_is_skipped_unless_asked(monkeypatch):
     monkeypatch.setattr(rt.shutil, "which", lambda name: None)
     messages = []
