@@ -170,7 +170,7 @@ def worker(method, inputs, batch_size, repeat, psf_subset):
         import sep
 
         sys.path.insert(0, str(ROOT))
-        from training.evaluate import _sep_flux_auto
+        from training._classical_methods import _sep_flux_auto
 
         data = np.ascontiguousarray(image, dtype=np.float64)
         sep.set_extract_pixstack(_pixstack(data))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
+from training import _classical_methods as classical
 from training import _evaluation_report as report
 from training import evaluate as ev
 from training import reference_tools as rt
@@ -212,7 +213,7 @@ def test_assoc_columns_keep_the_closest_detection():
     y = np.array([10.0, 20.0, 30.0])
     tbl = Table({"VECTOR_ASSOC": [1, 1, 3], "X_IMAGE": [10.9, 10.1, 30.0],
                  "Y_IMAGE": [10.0, 10.0, 30.2], "FLUX_AUTO": [5.0, 7.0, 9.0]})
-    out = ev._assoc_columns(tbl, x, y, {"flux": "FLUX_AUTO"})
+    out = classical._assoc_columns(tbl, x, y, {"flux": "FLUX_AUTO"})
     np.testing.assert_array_equal(out["flux"], [7.0, np.nan, 9.0])
 
 
@@ -225,11 +226,11 @@ def test_sep_segmentation_repeats_the_simulators_detection(data):
                                               tuple(index["families"]),
                                               tuple(index["frame_shape"]), return_frame=True)
     det = frame["detections"]
-    objects, segmap = ev.sep_segmentation(frame["image"] - frame["background"], frame["rms"])
+    objects, segmap = classical.sep_segmentation(frame["image"] - frame["background"], frame["rms"])
     np.testing.assert_array_equal(objects["x"], det["x"])
     np.testing.assert_array_equal(objects["y"], det["y"])
     assert segmap.shape == frame["image"].shape and segmap.max() == len(det)
-    ids, dist = ev.segmentation_ids(objects, det["x"][::-1], det["y"][::-1])
+    ids, dist = classical.segmentation_ids(objects, det["x"][::-1], det["y"][::-1])
     np.testing.assert_array_equal(ids, np.arange(len(det), 0, -1))
     assert np.all(dist == 0)
 
@@ -244,14 +245,14 @@ def test_sep_flux_auto_masks_a_bright_neighbour():
                                          seed=1)
     sub = (image - meta["background"]).astype(np.float32)
     rms = np.full(image.shape, np.sqrt(sky + read_noise**2) / meta["gain"], np.float32)
-    objects, segmap = ev.sep_segmentation(sub, rms)
+    objects, segmap = classical.sep_segmentation(sub, rms)
     assert len(objects) == 2
-    ids, dist = ev.segmentation_ids(objects, truth["x"], truth["y"])
+    ids, dist = classical.segmentation_ids(objects, truth["x"], truth["y"])
     assert np.all(dist < 1)
     o = objects[ids - 1]
     sub = sub.astype(np.float64)
-    plain, _ = ev._sep_flux_auto(sub, o, rms, meta["gain"])
-    masked, err = ev._sep_flux_auto(sub, o, rms, meta["gain"], segmap=segmap, seg_id=ids)
+    plain, _ = classical._sep_flux_auto(sub, o, rms, meta["gain"])
+    masked, err = classical._sep_flux_auto(sub, o, rms, meta["gain"], segmap=segmap, seg_id=ids)
     rel_plain = np.abs(plain / truth["flux"] - 1)
     rel_masked = np.abs(masked / truth["flux"] - 1)
     # Unmasked, the faint star's Kron aperture swallows the neighbour (~20 times its flux).
@@ -264,7 +265,7 @@ def test_sep_flux_auto_masks_a_bright_neighbour():
 
 
 def test_detection_threshold_matches_seps_matched_filter():
-    assert ev.detection_threshold(np.full((4, 4), 10.0)) == pytest.approx(1.2 * 10 * 0.375)
+    assert classical.detection_threshold(np.full((4, 4), 10.0)) == pytest.approx(1.2 * 10 * 0.375)
 
 
 def test_performance_page_summary_from_the_numbers():
