@@ -43,14 +43,16 @@ def predict_frames(model_dir, data, n_frames=300, jobs=1, log=print):
 
     results = evaluate.measure_frames(model_dir, data, n_frames, log=log, methods=["ml"],
                                       jobs=jobs, split="val", calibrated=False)
-    ok = evaluate.usable(results, "ml")
-    results = results[ok]
-    pred = {"dx": results["x_ml"], "dy": results["y_ml"], "flux": results["flux_ml"],
-            "dx_err": results["x_err_ml"], "dy_err": results["y_err_ml"],
-            "flux_err": results["flux_err_ml"]}
-    truth = {"dx": results["x_true"], "dy": results["y_true"], "flux": results["flux_true"]}
-    as_array = {k: np.asarray(v, dtype=float) for k, v in pred.items()}
-    return as_array, {k: np.asarray(v, dtype=float) for k, v in truth.items()}
+    results = results[evaluate.usable(results, "ml")]
+
+    def column(name):
+        return np.asarray(results[name], dtype=float)
+
+    pred = {"dx": column("x_ml"), "dy": column("y_ml"), "flux": column("flux_ml"),
+            "dx_err": column("x_err_ml"), "dy_err": column("y_err_ml"),
+            "flux_err": column("flux_err_ml")}
+    truth = {"dx": column("x_true"), "dy": column("y_true"), "flux": column("flux_true")}
+    return pred, truth
 
 
 def _spread(z, clip):
