@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import numpy as np
 from astropy.table import QTable
 
-from asidfe_phot import _onnx, _stamps
+from asidfe_phot import _aperture_correction, _onnx, _stamps
 from asidfe_phot import flags as _flags
 from asidfe_phot._background import estimate_background
 from asidfe_phot._validation import coerce_data, parse_positions, value_in_unit
@@ -82,6 +82,17 @@ class MLPhotometry:
         CPU threads of the network (onnxruntime's intra-op threads). Default:
         all cores. Use 1 when several processes share the machine (one image
         per process).
+    aperture_correction : {"auto", True, False} or float, optional
+        Per-image correction of the fluxes for light beyond the 32x32 stamp
+        (PSF wings and halos, PSF shapes the network was not trained on),
+        measured on the image's bright isolated stars as the ratio of a large
+        aperture's flux (10 half-light radii, local sky annulus) to the
+        network's. ``"auto"`` (default) applies it only when at least 10 such
+        stars measure it to 1 % and it differs from 1 by more than 2 % and 3
+        standard errors; ``True`` applies it whenever it is measured to 1 %;
+        ``False`` never; a number is applied as given (e.g. one measured on
+        another image of the same night). ``meta`` reports what was measured
+        and done.
 
     Notes
     -----
@@ -100,7 +111,7 @@ class MLPhotometry:
 
     def __init__(self, model=None, *, batch_size=2048, providers=None, progress_bar=False,
                  finder=None, localbkg_estimator=None, background_box_size=64, max_shift=2.0,
-                 threads=None):
+                 threads=None, aperture_correction="auto"):
         if int(batch_size) != batch_size or batch_size < 1:
             msg = f"batch_size must be a positive integer, got {batch_size!r}"
             raise ValueError(msg)
@@ -119,6 +130,12 @@ class MLPhotometry:
         if threads is not None and (int(threads) != threads or threads < 1):
             msg = f"threads must be a positive integer or None, got {threads!r}"
             raise ValueError(msg)
+        if not (isinstance(aperture_correction, bool) or aperture_correction == "auto"
+                or (isinstance(aperture_correction, (int, float))
+                    and 0 < aperture_correction < np.inf)):
+            msg = ('aperture_correction must be "auto", True, False or a positive number, '
+                   f"got {aperture_correction!r}")
+            raise ValueError(msg)
         self._model_dir, self._card = verify_model(model)
         self._session = _onnx.create_session(self._model_dir / self._card.get("file",
                                                                               "model.onnx"),
@@ -129,6 +146,7 @@ class MLPhotometry:
         self.localbkg_estimator = localbkg_estimator
         self.background_box_size = int(background_box_size)
         self.max_shift = float(max_shift)
+        self.aperture_correction = aperture_correction
 
     @property
     def model_card(self):
@@ -208,6 +226,7 @@ class MLPhotometry:
             init_params = found if found is not None else QTable({"x": [], "y": []})
         x, y, ids = parse_positions(init_params, wcs)
         results = self._measure(prepared, x, y)
+        info.update(self._correct_apertures(prepared, results))
         return self._assemble(ids, x, y, results, unit, wcs, info)
 
     def _prepare(self, image, unit, mask, error, background, gain, saturation):
@@ -328,6 +347,33 @@ class MLPhotometry:
         if self.progress_bar and n:
             print(file=sys.stderr)
         return out
+
+    def _correct_apertures(self, prepared, res):
+        """Apply the per-image aperture correction to ``res`` in place; returns meta entries."""
+        mode = self.aperture_correction
+        if mode is False:
+            return {"aperture_correction": 1.0, "aperture_correction_note": "off"}
+        if mode is True or mode == "auto":
+            measured = _aperture_correction.measure(
+                prepared.subtracted, prepared.bad, res["x_fit"], res["y_fit"], res["flux_fit"],
+                res["flux_err"], (res["flags"] & ~_flags.NO_SOURCE_NOISE) == 0)
+            factor, note = _aperture_correction.decide(measured, mode)
+            error = measured["error"] if factor is not None else None
+            info = {"aperture_correction_measured": measured["factor"],
+                    "aperture_correction_measured_err": measured["error"],
+                    "aperture_correction_nstars": measured["n_stars"],
+                    "aperture_correction_radius": measured["radius"]}
+        else:
+            factor, error, note, info = float(mode), None, "given", {}
+        if factor is not None:
+            flux = res["flux_fit"]
+            # The factor's own error is common to all stars of the image; it is added so
+            # that each flux_err still covers the total flux.
+            res["flux_err"] = np.hypot(factor * res["flux_err"],
+                                       0.0 if error is None else error * flux)
+            res["flux_fit"] = factor * flux
+        return {"aperture_correction": 1.0 if factor is None else factor,
+                "aperture_correction_note": note, **info}
 
     def _assemble(self, ids, x, y, res, unit, wcs, info):
         tbl = QTable()

@@ -1,0 +1,166 @@
+"""
+Per-image aperture correction: the light beyond the network's stamp.
+
+The network sees a 32x32 stamp. Light in PSF wings and halos beyond it (and
+any PSF shape it was not trained on) biases its fluxes by a factor that is the
+same for every star of an image. As in classical photometry, that factor is
+measured on the image's own bright, isolated stars: the ratio of a large
+aperture's flux (radius ``TOTAL_RADIUS_HALF_LIGHT`` half-light radii, a local
+sky annulus around it) to the network's flux, combined over stars with a
+sigma-clipped median. It is applied only where it is measured well.
+"""
+
+import numpy as np
+
+__all__ = []  # private module
+
+#: Radius of the "total" aperture in half-light radii (~5 FWHM for a Gaussian, the
+#: truncation radius of PSFEx-like models).
+TOTAL_RADIUS_HALF_LIGHT = 10.0
+#: Bounds of that radius (px): at least the stamp's half-size, at most what a frame allows.
+RADIUS_RANGE = (6.0, 40.0)
+#: Sky annulus: from r + SKY_GAP to r + SKY_GAP + SKY_WIDTH (px).
+SKY_GAP, SKY_WIDTH = 3.0, 8.0
+#: Stars used: the brightest unflagged ones with predicted S/N above MIN_SNR.
+MIN_SNR, MAX_STARS = 15.0, 200
+#: A catalogued neighbour inside the aperture with more than this fraction of the
+#: star's flux excludes the star.
+MAX_NEIGHBOUR_FRACTION = 0.02
+#: Star-to-star scatter of the ratio beyond the pixel noise (PSF variation, faint neighbours).
+STAR_SCATTER = 0.01
+#: Fewer usable stars than this, or a larger standard error, and no correction is applied.
+MIN_STARS, MAX_ERROR = 10, 0.01
+#: A measured factor outside this range is not trusted (crowding, galaxies, bad sky).
+FACTOR_RANGE = (0.9, 1.2)
+#: In "auto" mode the factor is applied only when it differs from 1 by more than
+#: SIGNIFICANCE standard errors and MIN_CHANGE: the network's own implicit correction
+#: stands unless the image shows it wrong (the measurement has a systematic error of
+#: ~1-2 %, from faint neighbours and the sky, beyond its standard error).
+SIGNIFICANCE, MIN_CHANGE = 3.0, 0.02
+
+
+def _growth(image, bad, x, y, radii):
+    """Background-subtracted fluxes of ``x, y`` in circular apertures of ``radii``."""
+    from photutils.aperture import CircularAperture, aperture_photometry
+
+    positions = np.column_stack([x, y])
+    apertures = [CircularAperture(positions, r=r) for r in radii]
+    tbl = aperture_photometry(image, apertures, mask=bad, method="exact")
+    return np.column_stack([np.asarray(tbl[f"aperture_sum_{i}"], float)
+                            for i in range(len(radii))])
+
+
+def _local_sky(image, bad, x, y, r_in, r_out):
+    """Sigma-clipped median and standard deviation in annuli."""
+    from astropy.stats import SigmaClip
+    from photutils.aperture import ApertureStats, CircularAnnulus
+
+    annulus = CircularAnnulus(np.column_stack([x, y]), r_in=r_in, r_out=r_out)
+    stats = ApertureStats(image, annulus, mask=bad, sigma_clip=SigmaClip(sigma=3.0, maxiters=5))
+    return np.asarray(stats.median, float), np.asarray(stats.std, float)
+
+
+def _weighted_clipped_mean(values, errors, sigma=3.0, maxiters=10):
+    """Inverse-variance mean of ``values``, iteratively rejecting > ``sigma`` outliers."""
+    keep = np.isfinite(values) & np.isfinite(errors) & (errors > 0)
+    mean = np.nan
+    for _ in range(maxiters):
+        w = 1.0 / errors[keep] ** 2
+        mean = np.sum(w * values[keep]) / np.sum(w)
+        new = keep & (np.abs(values - mean) <= sigma * errors)
+        if new.sum() < 2 or np.array_equal(new, keep):
+            break
+        keep = new
+    w = 1.0 / errors[keep] ** 2
+    return float(mean), float(1.0 / np.sqrt(np.sum(w))), int(keep.sum())
+
+
+def decide(measured, mode):
+    """
+    The factor to apply (``None`` for none) and why, given `measure`'s result.
+
+    ``mode``: ``"auto"`` (apply when well measured and significant), ``True``
+    (apply when well measured).
+    """
+    if measured["reason"] is not None:
+        return None, f"not applied: {measured['reason']}"
+    change = abs(measured["factor"] - 1.0)
+    if mode == "auto" and change <= max(SIGNIFICANCE * measured["error"], MIN_CHANGE):
+        return None, (f"not applied: {measured['factor']:.4f} +- {measured['error']:.4f} is "
+                      f"consistent with 1 (auto mode)")
+    return measured["factor"], "applied"
+
+
+def measure(image, bad, x, y, flux, flux_err, usable):
+    """
+    The image's aperture correction (total / network flux) from its bright stars.
+
+    Parameters
+    ----------
+    image : 2-D array
+        Background-subtracted image.
+    bad : 2-D bool array or None
+    x, y, flux, flux_err : 1-D arrays
+        The network's results for every input source (NaN where it has none).
+    usable : 1-D bool array
+        Rows that may serve as reference stars (e.g. unflagged).
+
+    Returns
+    -------
+    dict
+        ``factor``, ``error``, ``n_stars``, ``radius`` (px) and ``reason``
+        (``None`` when the factor is measured well, else why it is not).
+    """
+    out = {"factor": 1.0, "error": None, "n_stars": 0, "radius": None, "reason": None}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = flux / flux_err
+    ok = usable & np.isfinite(x) & np.isfinite(y) & (flux > 0) & (snr > MIN_SNR)
+    ny, nx = image.shape
+    candidates = np.flatnonzero(ok)
+    candidates = candidates[np.argsort(-flux[candidates])][:MAX_STARS]
+    if candidates.size < MIN_STARS:
+        out["reason"] = f"{candidates.size} stars with S/N > {MIN_SNR:g} (need {MIN_STARS})"
+        return out
+    # Half-light radius of the light inside the stamp's radius (independent of the network's
+    # flux, whose bias is what is measured).
+    radii = np.arange(0.5, 16.01, 0.5)
+    g = _growth(image, bad, x[candidates], y[candidates], radii)
+    g = g / g[:, -1:]
+    r_half = np.array([np.interp(0.5, np.maximum.accumulate(row), radii) for row in g])
+    radius = float(np.clip(TOTAL_RADIUS_HALF_LIGHT * np.median(r_half), *RADIUS_RANGE))
+    out["radius"] = radius
+    # Stars whose aperture and sky annulus lie inside the image, without bright neighbours.
+    reach = radius + SKY_GAP + SKY_WIDTH
+    xc, yc = x[candidates], y[candidates]
+    inside = (xc >= reach) & (yc >= reach) & (xc <= nx - 1 - reach) & (yc <= ny - 1 - reach)
+    fin = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux)
+    others_x, others_y, others_f = x[fin], y[fin], np.maximum(flux[fin], 0.0)
+    isolated = np.ones(candidates.size, bool)
+    for i, (cx, cy, cf) in enumerate(zip(xc, yc, flux[candidates])):
+        d2 = (others_x - cx) ** 2 + (others_y - cy) ** 2
+        near = (d2 > 0.25) & (d2 < (radius + 1.0) ** 2)
+        isolated[i] = others_f[near].sum() <= MAX_NEIGHBOUR_FRACTION * cf
+    stars = candidates[inside & isolated]
+    out["n_stars"] = int(stars.size)
+    if stars.size < MIN_STARS:
+        out["reason"] = (f"{stars.size} isolated bright stars with room for a {radius:.1f} px "
+                         f"aperture (need {MIN_STARS})")
+        return out
+    sky, sky_std = _local_sky(image, bad, x[stars], y[stars], radius + SKY_GAP,
+                              radius + SKY_GAP + SKY_WIDTH)
+    area = np.pi * radius**2
+    total = _growth(image, bad, x[stars], y[stars], [radius])[:, 0] - sky * area
+    ratio = total / flux[stars]
+    # Pixel noise of the big aperture, its sky estimate, the network flux's own error, and a
+    # floor for what differs from star to star (PSF variation, faint neighbours).
+    n_sky = np.pi * ((radius + SKY_GAP + SKY_WIDTH) ** 2 - (radius + SKY_GAP) ** 2)
+    noise = sky_std * np.sqrt(area + area**2 / n_sky)
+    ratio_err = np.hypot(np.hypot(noise / flux[stars], ratio * flux_err[stars] / flux[stars]),
+                         STAR_SCATTER)
+    factor, error, n_used = _weighted_clipped_mean(ratio, ratio_err)
+    out.update(factor=factor, error=error, n_stars=n_used)
+    if not error <= MAX_ERROR:
+        out["reason"] = f"its standard error {error:.3f} exceeds {MAX_ERROR}"
+    elif not FACTOR_RANGE[0] <= factor <= FACTOR_RANGE[1]:
+        out["reason"] = f"{factor:.3f} lies outside {FACTOR_RANGE}"
+    return out

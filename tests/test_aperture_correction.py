@@ -1,0 +1,99 @@
+"""The per-image aperture correction, on fields with known PSFs and fluxes."""
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from asidfe_phot import MLPhotometry
+from asidfe_phot import _aperture_correction as apcorr
+from asidfe_phot.datasets import make_star_field
+
+
+def _grid_field(fwhm=2.5, flux=2e5, n_side=8, spacing=60, seed=3, psf=None):
+    """Bright stars on a grid (isolated, room for a big aperture) on a flat sky."""
+    half = spacing // 2
+    xs, ys = np.meshgrid(np.arange(n_side) * spacing + half + 0.3,
+                         np.arange(n_side) * spacing + half - 0.2)
+    shape = (n_side * spacing, n_side * spacing)
+    psf = psf or {"family": "gaussian", "fwhm": fwhm}
+    image, truth, meta = make_star_field(shape, positions=(xs.ravel(), ys.ravel()),
+                                         fluxes=np.full(xs.size, flux), psf=psf, sky=100.0,
+                                         read_noise=5.0, seed=seed)
+    return image - meta["background"], truth, meta
+
+
+def _measure(sub, truth, network_fraction):
+    """`apcorr.measure` given "network" fluxes that miss a known fraction of the light."""
+    flux = np.asarray(truth["flux"], float) * network_fraction
+    err = 0.01 * flux
+    return apcorr.measure(sub, None, np.asarray(truth["x"], float),
+                          np.asarray(truth["y"], float), flux, err, np.ones(len(truth), bool))
+
+
+@pytest.mark.parametrize("fraction", [0.9, 1.0, 1.08])
+def test_the_factor_restores_the_total_flux(fraction):
+    sub, truth, _ = _grid_field()
+    res = _measure(sub, truth, fraction)
+    assert res["reason"] is None
+    assert res["n_stars"] >= apcorr.MIN_STARS
+    # The simulator truncates its PSFs at 5 FWHM, about the aperture's radius here (10
+    # half-light radii of a Gaussian; pixels widen it a little), so it sees the whole flux.
+    assert res["factor"] == pytest.approx(1 / fraction, rel=0.005)
+    assert res["radius"] == pytest.approx(5 * 2.5, rel=0.1)
+
+
+def test_a_wide_halo_gets_a_bigger_aperture():
+    halo = {"family": "double_gaussian", "fwhm": 2.5, "halo_fraction": 0.3, "halo_scale": 3.0}
+    sub, truth, _ = _grid_field(psf=halo, spacing=80)
+    res = _measure(sub, truth, 0.9)
+    assert res["radius"] > 5 * 2.5
+    assert res["factor"] == pytest.approx(1 / 0.9, rel=0.01)
+
+
+def test_too_few_isolated_stars_give_no_factor():
+    sub, truth, _ = _grid_field(n_side=3)
+    res = _measure(sub, truth, 0.9)
+    assert res["factor"] == 1.0
+    assert "need" in res["reason"]
+    assert apcorr.decide(res, "auto")[0] is None
+    assert apcorr.decide(res, True)[0] is None
+
+
+def test_auto_applies_only_a_significant_change():
+    measured = {"factor": 1.012, "error": 0.003, "reason": None}
+    assert apcorr.decide(measured, "auto")[0] is None
+    assert apcorr.decide(measured, True)[0] == 1.012
+    measured["factor"] = 1.06
+    assert apcorr.decide(measured, "auto")[0] == 1.06
+
+
+def test_bad_values_are_refused():
+    with pytest.raises(ValueError, match="aperture_correction"):
+        MLPhotometry(aperture_correction="yes")
+    with pytest.raises(ValueError, match="aperture_correction"):
+        MLPhotometry(aperture_correction=-1.0)
+
+
+def test_a_given_factor_scales_flux_and_error(field):
+    image, truth, meta = field
+    positions = Table({"x": truth["x"], "y": truth["y"]})
+    off = MLPhotometry(aperture_correction=False)(image, init_params=positions,
+                                                  gain=meta["gain"])
+    given = MLPhotometry(aperture_correction=1.1)(image, init_params=positions,
+                                                  gain=meta["gain"])
+    assert off.meta["aperture_correction"] == 1.0
+    assert given.meta["aperture_correction"] == 1.1
+    np.testing.assert_allclose(given["flux_fit"], 1.1 * off["flux_fit"], rtol=1e-6)
+    np.testing.assert_allclose(given["flux_err"], 1.1 * off["flux_err"], rtol=1e-6)
+    np.testing.assert_array_equal(given["x_fit"], off["x_fit"])
+
+
+def test_auto_on_the_bundled_model_reports_what_it_did(field, phot):
+    image, truth, meta = field
+    tbl = phot(image, init_params=Table({"x": truth["x"], "y": truth["y"]}),
+                         gain=meta["gain"])
+    assert tbl.meta["aperture_correction_note"].startswith(("applied", "not applied"))
+    if tbl.meta["aperture_correction_note"] == "applied":
+        assert tbl.meta["aperture_correction"] == tbl.meta["aperture_correction_measured"]
+    else:
+        assert tbl.meta["aperture_correction"] == 1.0
