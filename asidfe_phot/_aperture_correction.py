@@ -29,9 +29,10 @@ MAX_NEIGHBOUR_FRACTION = 0.02
 #: Star-to-star scatter of the ratio beyond the pixel noise (PSF variation, faint neighbours).
 STAR_SCATTER = 0.01
 #: Fewer usable stars than this, or a larger standard error, and no correction is applied.
-MIN_STARS, MAX_ERROR = 10, 0.01
-#: A measured factor outside this range is not trusted (crowding, galaxies, bad sky).
-FACTOR_RANGE = (0.9, 1.2)
+MIN_STARS, MAX_ERROR = 10, 0.02
+#: A measured factor outside this range is not trusted (crowding, galaxies, bad sky). PSFs
+#: the network never saw can need 1.3 (an obstructed Airy pattern, Moffat beta 1.5).
+FACTOR_RANGE = (0.8, 1.5)
 #: In "auto" mode the factor is applied only when it differs from 1 by more than
 #: SIGNIFICANCE standard errors and MIN_CHANGE: the network's own implicit correction
 #: stands unless the image shows it wrong (the measurement has a systematic error of

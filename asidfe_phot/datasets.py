@@ -18,12 +18,29 @@ from astropy.table import QTable
 __all__ = ["PSF_FAMILIES", "render_psf_stamps", "make_star_field", "make_test_image",
            "fisher_bounds"]
 
-#: PSF families the simulator renders.
-PSF_FAMILIES = ("gaussian", "moffat", "double_gaussian")
+#: PSF families the simulator renders ("airy": a diffraction-limited, optionally obstructed
+#: pupil, as in space data).
+PSF_FAMILIES = ("gaussian", "moffat", "double_gaussian", "airy")
 _FAMILY_CODE = {name: i for i, name in enumerate(PSF_FAMILIES)}
 #: PSF truncation radius, in FWHM (as PSFEx products).
 TRUNCATION_FWHM = 5.0
 _GAUSS_SIGMA_PER_FWHM = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+#: FWHM of an unobstructed Airy pattern in units of lambda / D.
+_AIRY_FWHM = 1.029
+
+
+def _taper(r):
+    """1 inside 0.8, a raised-cosine fall to 0 at 1 (``r`` in units of the radius)."""
+    t = np.clip((1.0 - r) / 0.2, 0.0, 1.0)
+    return 0.5 - 0.5 * np.cos(np.pi * t)
+
+
+def _airy_amplitude(x):
+    """``2 J1(x) / x`` (1 at x = 0)."""
+    from scipy.special import j1
+
+    small = x < 1e-6
+    return np.where(small, 1.0, 2.0 * j1(np.where(small, 1.0, x)) / np.where(small, 1.0, x))
 
 
 def _profile_one(code, r2, p):
@@ -35,6 +52,11 @@ def _profile_one(code, r2, p):
         beta = p["beta"]
         alpha2 = p["fwhm"] ** 2 / (4.0 * (2.0 ** (1.0 / beta) - 1.0))
         return (1.0 + r2 / alpha2) ** (-beta)
+    if code == _FAMILY_CODE["airy"]:
+        x = np.pi * _AIRY_FWHM * np.sqrt(r2) / p["fwhm"]
+        e = p["obstruction"]
+        amplitude = (_airy_amplitude(x) - e**2 * _airy_amplitude(e * x)) / (1.0 - e**2)
+        return amplitude**2
     h, k2 = p["halo_fraction"], p["halo_scale"] ** 2
     return (1 - h) * np.exp(-0.5 * r2 / sig2) + (h / k2) * np.exp(-0.5 * r2 / (k2 * sig2))
 
@@ -61,8 +83,9 @@ def _normalise_params(params, n):
         family = np.full(n, _FAMILY_CODE[family])
     out = {"family": np.broadcast_to(np.asarray(family), (n,))}
     for key, value in (("fwhm", 3.0), ("beta", 3.0), ("truncation", TRUNCATION_FWHM),
+                       ("centred_truncation", False),
                        ("ellipticity", 0.0), ("angle", 0.0),
-                       ("halo_fraction", 0.2), ("halo_scale", 2.5),
+                       ("halo_fraction", 0.2), ("halo_scale", 2.5), ("obstruction", 0.0),
                        ("asym_fraction", 0.0), ("asym_distance", 0.0), ("asym_angle", 0.0)):
         out[key] = _default_param(params, key, n, value)
     out = {k: v[:, None, None] for k, v in out.items()}
@@ -94,9 +117,13 @@ def render_psf_stamps(params, x, y, half_size=None, oversample=None):
         PSF parameters, scalars or per-star arrays: ``family`` (name or code),
         ``fwhm`` (px), ``beta`` (Moffat), ``ellipticity`` (1 - axis ratio),
         ``angle`` (rad), ``halo_fraction`` and ``halo_scale`` (double
-        Gaussian), ``asym_fraction``, ``asym_distance`` (px) and ``asym_angle``
-        (a shifted copy of the profile holding that fraction of the light),
-        ``truncation`` (radius in FWHM, default 5).
+        Gaussian), ``obstruction`` (Airy: central obstruction, fraction of the
+        pupil's radius; ``fwhm`` is that of the unobstructed pattern),
+        ``asym_fraction``, ``asym_distance`` (px) and ``asym_angle`` (a shifted
+        copy of the profile holding that fraction of the light),
+        ``truncation`` (radius in FWHM, default 5), ``centred_truncation``
+        (a smooth taper around the star's centre instead of a hard circle around
+        its central pixel; always for Airy).
     x, y : 1-D arrays
         Star positions (pixel coordinates).
     half_size : int, optional
@@ -131,6 +158,12 @@ def render_psf_stamps(params, x, y, half_size=None, oversample=None):
     a = p["asym_fraction"]
     ax = p["asym_distance"] * np.cos(p["asym_angle"])
     ay = p["asym_distance"] * np.sin(p["asym_angle"])
+    # Truncation: a hard circle around the central pixel (as the generic data sets were
+    # made, bit for bit), or, for slowly falling wings (Airy; ``centred_truncation``), a
+    # smooth taper around the star's centre: a hard circle off the centre moves their
+    # first moment by ~0.015 px.
+    radius = p["truncation"] * p["fwhm"]
+    centred = (p["family"] == _FAMILY_CODE["airy"]) | (p["centred_truncation"] > 0)
     stamps = np.zeros((n, size, size))
     for sy in sub:
         dy = grid[None, :, None] + sy - fy
@@ -140,9 +173,11 @@ def render_psf_stamps(params, x, y, half_size=None, oversample=None):
             if np.any(a > 0):
                 comp = _profile(_shape_r2(dx - (1 - a) * ax, dy - (1 - a) * ay, p), p)
                 main = (1 - a) * main + a * comp
+            if np.any(centred):
+                main = np.where(centred, main * _taper(np.hypot(dx, dy) / radius), main)
             stamps += main
     r2 = grid[None, :, None] ** 2 + grid[None, None, :] ** 2
-    stamps *= r2 <= (p["truncation"] * p["fwhm"]) ** 2
+    stamps *= centred | (r2 <= radius**2)
     stamps /= stamps.sum(axis=(1, 2), keepdims=True)
     return stamps, x0, y0
 

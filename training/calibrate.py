@@ -81,13 +81,22 @@ def fit_sigma_calibration(pred, truth, n_bins=12, clip=5.0):
 
 
 def calibrate(model_dir, data, n_frames=300, jobs=1, log=print):
-    """Fit on validation frames, write it into the card; returns the calibration."""
+    """
+    Fit on validation frames, write it into the card; returns the calibration.
+
+    ``data``: a data set folder (or None: the card's recipe), or a list of them, which
+    share ``n_frames`` equally.
+    """
     from training.export import update_card
 
-    pred, truth = predict_frames(model_dir, data, n_frames, jobs, log)
+    data_sets = data if isinstance(data, (list, tuple)) else [data]
+    per_set = max(1, n_frames // len(data_sets))
+    parts = [predict_frames(model_dir, d, per_set, jobs, log) for d in data_sets]
+    pred = {k: np.concatenate([p[k] for p, _ in parts]) for k in parts[0][0]}
+    truth = {k: np.concatenate([t[k] for _, t in parts]) for k in parts[0][1]}
     calibration = fit_sigma_calibration(pred, truth)
-    calibration["fitted_on"] = (f"MLPhotometry on {n_frames} validation frames, "
-                                f"{len(truth['flux'])} sources")
+    calibration["fitted_on"] = (f"MLPhotometry on {per_set * len(data_sets)} validation frames "
+                                f"({len(data_sets)} recipe(s)), {len(truth['flux'])} sources")
     update_card(model_dir, {"sigma_calibration": calibration})
     log(json.dumps({t: [round(f, 3) for f in calibration[t]] for t in TARGETS}))
     return calibration
@@ -97,12 +106,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", default=None,
-                        help="data set folder (its index.json); default: the model card's "
-                             "recipe")
+                        help="data set folder (its index.json); several, comma-separated, "
+                             "share the frames; default: the model card's recipe")
     parser.add_argument("--n-frames", type=int, default=300)
     parser.add_argument("--jobs", type=int, default=os.cpu_count())
     args = parser.parse_args(argv)
-    calibrate(Path(args.model), args.data, args.n_frames, args.jobs)
+    data = None if args.data is None else args.data.split(",")
+    calibrate(Path(args.model), data, args.n_frames, args.jobs)
 
 
 if __name__ == "__main__":

@@ -13,44 +13,52 @@ _SIZE = _stamps.STAMP_SIZE
 
 class StampSet:
     """
-    One split of a data set written by `training.simulate`, held in memory.
+    One split of one or several data sets written by `training.simulate`, held in memory.
 
     Parameters
     ----------
-    root : path
-        Data set directory (with ``index.json``).
+    root : path or sequence of paths
+        Data set directories (each with ``index.json``); several are concatenated
+        (e.g. the generic recipe and one with broader PSF shapes).
     split : {'train', 'val', 'test'}
     limit : int, optional
         Use only the first ``limit`` stamps (quick runs, equal-budget comparisons),
-        counted after the family filter.
+        counted after the family filter; with several data sets, an equal share of
+        each.
     exclude_families : sequence of str, optional
         Leave out the stamps of these PSF families (generalisation checks).
     """
 
     def __init__(self, root, split, limit=None, exclude_families=()):
-        root = Path(root)
-        index = json.loads((root / "index.json").read_text())
-        shards = index["splits"][split]["shards"]
         from asidfe_phot.datasets import PSF_FAMILIES
 
+        roots = [Path(r) for r in ([root] if isinstance(root, (str, Path)) else root)]
         excluded = [PSF_FAMILIES.index(f) for f in exclude_families]
-        stamps, meta = [], []
-        total = 0
-        for name in shards:
-            if limit is not None and total >= limit:
-                break
-            m = np.load(root / f"{name}.meta.npy")
-            s = np.load(root / f"{name}.stamps.npy", mmap_mode="r")
-            keep = np.flatnonzero(~np.isin(m["family"], excluded))
-            if limit is not None:
-                keep = keep[:limit - total]
-            stamps.append(s[keep] if len(keep) < len(m) else np.ascontiguousarray(s))
-            meta.append(m[keep])
-            total += len(keep)
-        self.stamps = np.concatenate(stamps) if stamps else np.zeros((0, _STORED, _STORED),
-                                                                     np.float32)
-        self.meta = np.concatenate(meta) if meta else np.zeros(0)
-        self.index = index
+        share = None if limit is None else max(1, limit // len(roots))
+        # Which rows of which shard, first; then one array filled in place (no second copy
+        # of several GB from a concatenation).
+        parts = []
+        for r in roots:
+            index = json.loads((r / "index.json").read_text())
+            total = 0
+            for name in index["splits"][split]["shards"]:
+                if share is not None and total >= share:
+                    break
+                m = np.load(r / f"{name}.meta.npy")
+                keep = np.flatnonzero(~np.isin(m["family"], excluded))
+                if share is not None:
+                    keep = keep[:share - total]
+                parts.append((r / f"{name}.stamps.npy", m, keep))
+                total += len(keep)
+        n = sum(len(keep) for _, _, keep in parts)
+        self.stamps = np.empty((n, _STORED, _STORED), np.float32)
+        start = 0
+        for path, m, keep in parts:
+            s = np.load(path, mmap_mode="r")
+            self.stamps[start:start + len(keep)] = s[keep] if len(keep) < len(m) else s
+            start += len(keep)
+        self.meta = (np.concatenate([m[keep] for _, m, keep in parts]) if parts
+                     else np.zeros(0))
 
     def __len__(self):
         return len(self.meta)

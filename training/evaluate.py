@@ -162,11 +162,14 @@ def resolve_methods(methods=None, log=print):
 
 def data_recipe(data, model=None):
     """
-    The simulator recipe of the test frames: ``data/index.json`` when the data set is
-    there, else the model card's ``training_data`` (preset, seed, frame count,
+    The simulator recipe of the test frames: ``data`` itself when it is a recipe (a
+    dict, e.g. a card's ``training_data_broad``), ``data/index.json`` when the data
+    set is there, else the model card's ``training_data`` (preset, seed, frame count,
     families, frame shape): test frames are re-simulated from their seeds, so the
     evaluation needs no stored stamps.
     """
+    if isinstance(data, dict):
+        return data
     if data is not None and (Path(data) / "index.json").exists():
         return json.loads((Path(data) / "index.json").read_text())
     from asidfe_phot.models import load_model_card

@@ -1,15 +1,19 @@
 """
 Regenerate the tables and figures of the docs' Performance page.
 
-    python -m training.performance_page --model models/asidfe_tsmve_v3 [--data runs/data_v1] \
+    python -m training.performance_page --model models/asidfe_tsmve_v4 [--data runs/v3/data] \
         [--n-frames 60] [--methods ml,sep,aper,sex,psfex,psf] [--skip-synthetic] [--skip-real] \
-        [--evaluation runs/v3/evaluation] [--jobs 2] \
+        [--evaluation runs/v3/evaluation] [--evaluation-broad runs/v3/evaluation_broad] \
+        [--skip-broad] [--jobs 2] \
         [--generalisation runs/v3/heldout/generalisation.rst] [--compare runs/v3/compare]
 
 Runs the synthetic evaluation (`training.evaluate`) and the real-frame
 comparison (`training.evaluate_real`), then copies their tables and figures
 into ``docs/_static/performance/``, and writes there:
 
+- ``broad_metrics*.rst``, ``broad_metrics.png``: the same evaluation on the test
+  frames of the card's ``training_data_broad`` recipe (PSF shapes beyond the
+  generic ones), when the card has one;
 - ``summary.rst``: "where the model wins and where it loses", generated from
   the evaluation's ``wins.json`` and ``metrics.ecsv`` (`summary_rst`; with
   ``--skip-synthetic``, from the copies of the last evaluation);
@@ -235,8 +239,8 @@ def write_calibration_figure(results_path, out, min_snr=3.0):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="models/asidfe_tsmve_v3")
-    parser.add_argument("--data", default="runs/data_v1")
+    parser.add_argument("--model", default="models/asidfe_tsmve_v4")
+    parser.add_argument("--data", default="runs/v3/data")
     parser.add_argument("--n-frames", type=int, default=60)
     parser.add_argument("--work", default="runs/performance")
     parser.add_argument("--methods", default="all",
@@ -247,6 +251,10 @@ def main(argv=None):
     parser.add_argument("--evaluation", default=None,
                         help="use this finished training.evaluate output folder instead of "
                              "running the synthetic evaluation again")
+    parser.add_argument("--evaluation-broad", default=None,
+                        help="the same for the card's broad-PSF recipe")
+    parser.add_argument("--skip-broad", action="store_true",
+                        help="no evaluation on the broad-PSF recipe's test frames")
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--skip-speed", action="store_true",
                         help="keep speed.rst (benchmarks/speed.py; run it on an idle machine)")
@@ -276,6 +284,17 @@ def main(argv=None):
         results = synthetic / "results.ecsv"
         if results.exists() and write_calibration_figure(results, DOCS / "calibration.png"):
             print("wrote calibration.png")
+    card = json.loads((Path(args.model) / "config.json").read_text())
+    if not args.skip_broad and card.get("training_data_broad"):
+        from training import evaluate
+
+        broad = Path(args.evaluation_broad) if args.evaluation_broad else work / "broad"
+        if not args.evaluation_broad:
+            evaluate.evaluate_model(args.model, card["training_data_broad"], args.n_frames,
+                                    out=broad, methods=args.methods, jobs=args.jobs)
+        for name in ("metrics.rst", "metrics.png", "metrics_flux.rst", "metrics_position.rst",
+                     "metrics_calibration.rst", "metrics_crlb.rst", "metrics_failures.rst"):
+            shutil.copy(broad / name, DOCS / f"broad_{name}")
     # From the copies, so that --skip-synthetic regenerates it from the last evaluation.
     if write_summary(DOCS / "wins.json", DOCS / "metrics.ecsv", Path(args.model).name,
                      DOCS / "summary.rst"):
@@ -311,7 +330,6 @@ def main(argv=None):
         speed = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
         subprocess.run([sys.executable, str(speed), "--rst", str(DOCS / "speed.rst")],
                        check=True)
-    card = json.loads((Path(args.model) / "config.json").read_text())
     (DOCS / "ensemble_comparison.rst").write_text(comparison_rst(card))
     from training import curves
 

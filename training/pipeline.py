@@ -25,7 +25,7 @@ from training import train as train_mod
 #: The recipe of the shipped model (recorded in its card).
 FULL = {
     "preset": "generic", "n_frames": 3800, "seed": 1,
-    "families": list(simulate_mod.PSF_FAMILIES),
+    "families": ["gaussian", "moffat", "double_gaussian"],
     "step1_samples": 900_000, "step2_samples": 1_000_000,
     # Step 2 of v2 ended at 750 k samples (on the 1 M schedule): the session's time limit.
     "step2_stop_after": 750_000,
@@ -33,6 +33,12 @@ FULL = {
     # (their variances are right by then), so the NLL weights the bright sources' means.
     "step2_continued_samples": 1_000_000, "step2_continued_lr": 5e-4,
     "step2_continued_mean_lr_factor": 1.0,
+    # v4: step 2 continued on the generic data mixed with a second data set of broader PSF
+    # shapes (undersampled, Airy with obstruction, beta down to 1.5, strong asymmetry), so the
+    # model holds on PSFs beyond the generic families.
+    "broad": {"preset": "broad", "n_frames": 1600, "seed": 2,
+              "families": ["gaussian", "moffat", "double_gaussian", "airy"]},
+    "step2_broad_samples": 1_000_000, "step2_broad_lr": 5e-4, "step2_broad_mean_lr_factor": 1.0,
     # Equal-budget TS-MVE vs deep-ensemble comparison (smaller than the shipped run).
     "compare_samples": 100_000, "ensemble_members": 3,
     "eval_every": 250_000, "eval_frames": 60, "calibration_frames": 300,
@@ -40,19 +46,31 @@ FULL = {
 }
 QUICK = {
     "preset": "generic", "n_frames": 10, "seed": 1,
-    "families": list(simulate_mod.PSF_FAMILIES),
+    "families": ["gaussian", "moffat", "double_gaussian"],
+    "broad": {"preset": "broad", "n_frames": 10, "seed": 2,
+              "families": ["gaussian", "moffat", "double_gaussian", "airy"]},
     "step1_samples": 2048, "step2_samples": 2048, "step2_continued_samples": 1024,
+    "step2_broad_samples": 1024,
     "compare_samples": 1024, "ensemble_members": 2,
     "eval_every": 1024, "eval_frames": 2, "calibration_frames": 2,
     "eval_methods": "ml,sep,aper",
 }
 
 
+def _recipe(index):
+    """A data set's simulator recipe, counts and command, for the model card."""
+    return ({k: index[k] for k in ("preset", "seed", "n_frames", "frame_shape", "families")}
+            | {"counts": {s: v["count"] for s, v in index["splits"].items()},
+               "command": f"python -m training.simulate --preset {index['preset']} "
+                          f"--n-frames {index['n_frames']} --seed {index['seed']} "
+                          f"--families {','.join(index['families'])} --out DIR"})
+
+
 def _stage_done(path):
     return (Path(path) / "DONE").exists()
 
 
-def run(out, config, model_dir=None, name="asidfe_tsmve", version=3, log=print,
+def run(out, config, model_dir=None, name="asidfe_tsmve", version=4, log=print,
         evaluate=True):
     """Run the whole pipeline into ``out``; returns the model card."""
     out = Path(out)
@@ -87,39 +105,55 @@ def run(out, config, model_dir=None, name="asidfe_tsmve", version=3, log=print,
                             lr=config.get("step2_continued_lr", 1e-3),
                             mean_lr_factor=config.get("step2_continued_mean_lr_factor"),
                             stop_after=config.get("step2_continued_stop_after"), **common)
-    for stage in ("step1", "step2", "step2_continued"):
+    broad = None
+    if config.get("broad"):
+        broad = out / "data_broad"
+        if not (broad / "index.json").exists():
+            log("== simulate (broad PSF shapes)")
+            b = config["broad"]
+            simulate_mod.write_dataset(broad, b["n_frames"], b["preset"], b["seed"],
+                                       families=b["families"], log=log)
+    if broad is not None and config.get("step2_broad_samples"):
+        previous, final = final, out / "step2_broad"
+        if not _stage_done(final):
+            log("== step 2, continued on generic + broad PSF shapes")
+            train_mod.train([data, broad], "step2", final, config["step2_broad_samples"],
+                            init=previous / "best.pt", lr=config.get("step2_broad_lr", 1e-3),
+                            mean_lr_factor=config.get("step2_broad_mean_lr_factor"),
+                            **common)
+    for stage in ("step1", "step2", "step2_continued", "step2_broad"):
         if (out / stage / "history.json").exists():
             stages[stage] = json.loads((out / stage / "history.json").read_text())
     from training import curves
 
     curves.plot_curves(stages, out / "training_curves.png", consecutive=True,
                        title=f"{name}_v{version}: training stages")
-    card_extra = {
-        "training_data": {k: index[k] for k in ("preset", "seed", "n_frames", "frame_shape",
-                                                "families")}
-        | {"counts": {s: v["count"] for s, v in index["splits"].items()},
-           "command": f"python -m training.simulate --preset {index['preset']} "
-                      f"--n-frames {index['n_frames']} --seed {index['seed']} --out DIR"},
-        "training_config": config,
-        "history": stages,
-    }
+    card_extra = {"training_data": _recipe(index), "training_config": config,
+                  "history": stages}
+    data_sets = [data]
+    if broad is not None:
+        card_extra["training_data_broad"] = _recipe(json.loads((broad / "index.json").read_text()))
+        data_sets.append(broad)
     model_dir = Path(model_dir) if model_dir else out / "model" / f"{name}_v{version}"
     log("== export")
     card = export_mod.export(final / "best.pt", model_dir, name, version, card_extra)
     log("== calibrate sigmas (validation frames)")
     from training import calibrate as calibrate_mod
 
-    calibrate_mod.calibrate(model_dir, data, n_frames=config["calibration_frames"],
+    calibrate_mod.calibrate(model_dir, data_sets, n_frames=config["calibration_frames"],
                             jobs=os.cpu_count(), log=log)
     if evaluate:
         from training import evaluate as evaluate_mod
 
-        log("== evaluate")
-        metrics = evaluate_mod.evaluate_model(model_dir, data, n_frames=config["eval_frames"],
-                                              out=out / "evaluation", log=log,
-                                              methods=config.get("eval_methods"),
-                                              jobs=os.cpu_count())
-        card = export_mod.update_card(model_dir, {"test_metrics": metrics})
+        for key, folder, data_set in (("test_metrics", "evaluation", data),
+                                      ("test_metrics_broad", "evaluation_broad", broad)):
+            if data_set is None:
+                continue
+            log(f"== evaluate ({data_set.name})")
+            metrics = evaluate_mod.evaluate_model(
+                model_dir, data_set, n_frames=config["eval_frames"], out=out / folder, log=log,
+                methods=config.get("eval_methods"), jobs=os.cpu_count())
+            card = export_mod.update_card(model_dir, {key: metrics})
     # The baseline comparison comes last: the shipped model does not depend on it.
     log("== TS-MVE vs deep ensemble (equal, smaller budget)")
     comparison = compare_with_ensemble(data, out / "compare", config, log=log)
@@ -195,7 +229,7 @@ def main(argv=None):
     parser.add_argument("--families", default=None,
                         help="comma-separated PSF families (hold one out for generalisation)")
     parser.add_argument("--model-dir", default=None, help="where to write the exported model")
-    parser.add_argument("--version", type=int, default=3)
+    parser.add_argument("--version", type=int, default=4)
     parser.add_argument("--no-evaluate", action="store_true")
     args = parser.parse_args(argv)
     config = dict(QUICK if args.quick else FULL)

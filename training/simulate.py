@@ -50,8 +50,13 @@ META_FIELDS = [
 META_DTYPE = np.dtype(META_FIELDS)
 
 PRESETS = {
-    # FWHM ranges in pixels; the rest is shared (see _draw_frame).
+    # FWHM ranges in pixels; the rest is shared (see _draw_frame) unless a preset sets it.
     "generic": {"fwhm": (1.5, 8.0)},
+    # PSF shapes beyond the generic ones: undersampled (FWHM down to 1 px), Airy patterns with
+    # a central obstruction (space telescopes), Moffat wings down to beta 1.5, stronger
+    # asymmetry (coma, tracking).
+    "broad": {"fwhm": (1.0, 8.0), "beta": (1.5, 6.0), "asym_max": 0.3,
+              "obstruction": (0.0, 0.45), "centred_truncation": True},
     "meerlicht-like": {"fwhm": (1.2 / 0.56, 3.0 / 0.56)},   # 0.56"/px, seeing 1.2-3"
     "ztf-like": {"fwhm": (1.5, 3.0)},                       # 1.0"/px, seeing 1.5-3"
 }
@@ -71,15 +76,16 @@ def _loguniform(rng, lo, hi, size=None):
 
 def _draw_frame(rng, preset, families):
     """Random observing conditions and PSF for one frame."""
-    fwhm0 = _loguniform(rng, *PRESETS[preset]["fwhm"])
+    recipe = PRESETS[preset]
+    fwhm0 = _loguniform(rng, *recipe["fwhm"])
     family = rng.choice([PSF_FAMILIES.index(f) for f in families])
     cond = {
         "fwhm0": fwhm0, "family": family,
-        "beta": rng.uniform(2.0, 6.0),
+        "beta": rng.uniform(*recipe.get("beta", (2.0, 6.0))),
         "ellipticity0": rng.uniform(0.0, 0.15) * (rng.uniform() < 0.7),
         "angle": rng.uniform(0, np.pi),
         "halo_fraction": rng.uniform(0.05, 0.3), "halo_scale": rng.uniform(1.8, 3.5),
-        "asym_fraction": rng.uniform(0.02, 0.1) * (rng.uniform() < 0.3),
+        "asym_fraction": rng.uniform(0.02, recipe.get("asym_max", 0.1)) * (rng.uniform() < 0.3),
         "asym_distance": rng.uniform(0.2, 0.5) * fwhm0, "asym_angle": rng.uniform(0, 2 * np.pi),
         # 2nd-order polynomial variation of FWHM and ellipticity across the frame (PSFEx-like).
         "fwhm_poly": rng.normal(0, 0.04, 5), "ell_poly": rng.normal(0, 0.03, 5),
@@ -92,6 +98,8 @@ def _draw_frame(rng, preset, families):
         "flux_slope": rng.uniform(0.35, 0.8),
         "galaxy_density": _loguniform(rng, 5e-5, 8e-4) * (rng.uniform() < 0.3),
     }
+    # Drawn last, and only by presets that set it, so older recipes keep their frames.
+    cond["obstruction"] = rng.uniform(*recipe["obstruction"]) if "obstruction" in recipe else 0.0
     return cond
 
 
@@ -105,7 +113,8 @@ def _psf_at(cond, x, y, shape):
     return {"family": np.full(x.size, cond["family"]), "fwhm": fwhm, "beta": cond["beta"],
             "ellipticity": ell, "angle": cond["angle"],
             "halo_fraction": cond["halo_fraction"], "halo_scale": cond["halo_scale"],
-            "asym_fraction": cond["asym_fraction"], "asym_distance": cond["asym_distance"],
+            "obstruction": cond["obstruction"], "asym_fraction": cond["asym_fraction"],
+            "asym_distance": cond["asym_distance"],
             "asym_angle": cond["asym_angle"]}
 
 
@@ -145,6 +154,9 @@ def simulate_frame(frame_id, seed, preset="generic", families=PSF_FAMILIES, shap
     # Faint stars do not need their far wings (their truth is the rendered flux anyway).
     approx_snr = flux_e / np.sqrt(sig_area * bg_var_e + flux_e)
     psf["truncation"] = np.where(approx_snr < 2, 2.5, TRUNCATION_FWHM)
+    # Newer recipes taper their PSFs around the star's centre (exact first moments for
+    # slowly falling wings such as beta < 2); the generic recipe keeps its hard cut.
+    psf["centred_truncation"] = PRESETS[preset].get("centred_truncation", False)
     source_e = render_sources(shape, x, y, flux_e, psf)
     if cond["galaxy_density"] > 0:
         n_gal = rng.poisson(cond["galaxy_density"] * nx * ny)

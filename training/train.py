@@ -255,7 +255,8 @@ def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batc
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True)
+    parser.add_argument("--data", required=True,
+                        help="data set folder; several, comma-separated, are mixed")
     parser.add_argument("--stage", required=True, choices=STAGES)
     parser.add_argument("--out", required=True)
     parser.add_argument("--samples", type=float, default=3e6, help="training budget in stamps")
@@ -280,7 +281,7 @@ def main(argv=None):
     parser.add_argument("--max-steps", type=int, default=None,
                         help="stop after this many steps (resume later with the same command)")
     args = parser.parse_args(argv)
-    train(args.data, args.stage, args.out, args.samples, init=args.init,
+    train(args.data.split(","), args.stage, args.out, args.samples, init=args.init,
           freeze_parts=[p for p in args.freeze.split(",") if p], seed=args.seed,
           batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
           train_limit=args.train_limit, threads=args.threads, max_steps=args.max_steps,

@@ -123,7 +123,8 @@ def test_load_model_from_exported_onnx(tmp_path):
 
 
 def test_quick_pipeline_end_to_end(tmp_path):
-    """simulate -> steps 1, 2, 2 continued -> export -> calibrate -> evaluate -> ensemble."""
+    """simulate -> steps 1, 2, 2 continued, 2 on broad PSFs -> export -> calibrate -> evaluate
+    (both recipes) -> ensemble."""
     import warnings
 
     from asidfe_phot import MLPhotometry
@@ -133,19 +134,22 @@ def test_quick_pipeline_end_to_end(tmp_path):
 
     config = dict(pipeline.QUICK)
     card = pipeline.run(tmp_path / "run", config, log=lambda *a: None)
-    model_dir = tmp_path / "run" / "model" / "asidfe_tsmve_v3"
+    model_dir = tmp_path / "run" / "model" / "asidfe_tsmve_v4"
     _, card2 = verify_model(model_dir)
     assert card2["sha256"] == card["sha256"]
     assert card["parity"]["max_abs_diff"] < 1e-4
     assert "test_metrics" in card and "ensemble_comparison" in card
+    assert "test_metrics_broad" in card
+    assert card["training_data_broad"]["preset"] == "broad"
+    assert "airy" in card["training_data_broad"]["families"]
     cal = card["sigma_calibration"]
     assert len(cal["log10_snr"]) == len(cal["dx"]) == len(cal["flux"]) == cal["n_bins"]
     assert all(f > 0 for t in ("dx", "dy", "flux") for f in cal[t])
     assert card["training_data"]["counts"]["train"] > 0
-    assert set(card["history"]) == {"step1", "step2", "step2_continued"}
+    assert set(card["history"]) == {"step1", "step2", "step2_continued", "step2_broad"}
     assert (tmp_path / "run" / "training_curves.png").stat().st_size > 0
     assert (tmp_path / "run" / "compare" / "curves.png").stat().st_size > 0
-    assert "validation frames" in cal["fitted_on"]
+    assert "validation frames (2 recipe(s))" in cal["fitted_on"]
     image, truth = make_test_image(shape=(64, 64), n_sources=4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
