@@ -137,12 +137,31 @@ def flux_unit(data_stamps, valid, scale):
     profile and predicts an aperture correction, precise at any S/N; for a
     faint one it is a multiple of the noise, as before.
     """
-    c = data_stamps.shape[-1] // 2
-    h = CORE_SIZE // 2
-    core = np.where(valid[:, c - h:c + h + 1, c - h:c + h + 1],
-                    data_stamps[:, c - h:c + h + 1, c - h:c + h + 1], 0)
-    core_sum = core.sum(axis=(1, 2), dtype=np.float64)
+    core_sum = _core(data_stamps, valid).sum(axis=(1, 2), dtype=np.float64)
     return np.hypot(core_sum, CORE_FLOOR * np.asarray(scale, dtype=np.float64))
+
+
+def _core(stamps, valid):
+    """The central ``CORE_SIZE`` box of each stamp, invalid pixels set to 0."""
+    c = stamps.shape[-1] // 2
+    h = CORE_SIZE // 2
+    box = (slice(None), slice(c - h, c + h + 1), slice(c - h, c + h + 1))
+    return np.where(valid[box], stamps[box], 0)
+
+
+def core_snr(data_stamps, error_stamps, valid):
+    """
+    S/N of the central ``CORE_SIZE`` box's sum, shape (n,).
+
+    Measured on the data, not predicted, so it follows a source's true S/N
+    from the faintest to the brightest (the network's predicted flux S/N
+    levels off near 30, where its flux error is systematic); the variable of
+    the sigma calibration.
+    """
+    total = _core(data_stamps, valid).sum(axis=(1, 2), dtype=np.float64)
+    variance = np.square(_core(error_stamps, valid), dtype=np.float64).sum(axis=(1, 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return total / np.sqrt(variance)
 
 
 def encode_inputs(data_stamps, error_stamps, valid, scale=None):
@@ -192,7 +211,7 @@ def encode_targets(dx, dy, flux, unit):
     return np.stack([dx, dy, np.asarray(flux) / np.asarray(unit)], axis=-1).astype(np.float32)
 
 
-def decode_outputs(outputs, unit, sigma_calibration=None):
+def decode_outputs(outputs, unit, sigma_calibration=None, snr_core=None):
     """
     Physical quantities from the network's outputs.
 
@@ -204,6 +223,8 @@ def decode_outputs(outputs, unit, sigma_calibration=None):
         The flux unit returned by `encode_inputs`.
     sigma_calibration : dict, optional
         The model card's ``sigma_calibration`` (see `calibrate_sigmas`).
+    snr_core : (n,) array, optional
+        `core_snr` of the stamps (needed by calibrations in core S/N).
 
     Returns
     -------
@@ -223,7 +244,7 @@ def decode_outputs(outputs, unit, sigma_calibration=None):
         "flux_err": unit * sigma[:, 2],
     }
     if sigma_calibration is not None:
-        calibrate_sigmas(res, sigma_calibration)
+        calibrate_sigmas(res, sigma_calibration, snr_core)
     return res
 
 
@@ -233,16 +254,33 @@ def predicted_log_snr(res):
         return np.log10(np.abs(res["flux"]) / res["flux_err"])
 
 
-def calibrate_sigmas(res, calibration):
+def calibration_variable(res, calibration, snr_core=None):
+    """
+    ``log10`` S/N in which ``calibration`` interpolates its factors.
+
+    Its knots say which: ``log10_core_snr`` (`core_snr`, measured on the
+    stamp; from asidfe_tsmve_v4 on) or ``log10_snr`` (the network's predicted
+    flux S/N, ``flux / flux_err`` before calibration; older cards).
+    """
+    if "log10_core_snr" in calibration:
+        if snr_core is None:
+            msg = "this sigma calibration needs the stamps' core S/N"
+            raise ValueError(msg)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.log10(np.asarray(snr_core, dtype=np.float64))
+    return predicted_log_snr(res)
+
+
+def calibrate_sigmas(res, calibration, snr_core=None):
     """
     Rescale predicted sigmas in place by factors fitted on validation frames.
 
     The network's variance branch is trained to be calibrated on average;
     what remains (sigmas a few tens of per cent too wide or narrow in some
     S/N ranges) is removed by one factor per target, interpolated linearly
-    in ``log10`` of the *predicted* flux S/N (``flux / flux_err`` before
-    calibration, clamped to the knots' range), so it needs no truth at
-    inference.
+    in ``log10`` S/N (see `calibration_variable`; clamped to the knots'
+    range, non-positive S/N take the first knot's factor), so it needs no
+    truth at inference.
 
     Parameters
     ----------
@@ -250,13 +288,18 @@ def calibrate_sigmas(res, calibration):
         As returned by `decode_outputs`; ``dx_err, dy_err, flux_err`` are
         multiplied.
     calibration : dict
-        ``{"log10_snr": knots, "dx": factors, "dy": factors, "flux": factors}``.
+        ``{"log10_core_snr" or "log10_snr": knots, "dx": factors, "dy":
+        factors, "flux": factors}``.
+    snr_core : (n,) array, optional
+        `core_snr` of the stamps, for calibrations in core S/N.
     """
-    knots = np.asarray(calibration["log10_snr"], dtype=np.float64)
-    log_snr = np.nan_to_num(predicted_log_snr(res), nan=knots[0], neginf=knots[0], posinf=knots[-1])
+    key = "log10_core_snr" if "log10_core_snr" in calibration else "log10_snr"
+    knots = np.asarray(calibration[key], dtype=np.float64)
+    variable = np.nan_to_num(calibration_variable(res, calibration, snr_core), nan=knots[0],
+                             neginf=knots[0], posinf=knots[-1])
     for target in ("dx", "dy", "flux"):
         res[f"{target}_err"] = res[f"{target}_err"] * np.interp(
-            log_snr, knots, np.asarray(calibration[target], dtype=np.float64))
+            variable, knots, np.asarray(calibration[target], dtype=np.float64))
     return res
 
 

@@ -215,6 +215,11 @@ class MLPhotometry:
         ValueError, TypeError, astropy.units.UnitsError
             On bad input, with a message naming the problem.
         """
+        return self._call(data, mask=mask, error=error, init_params=init_params,
+                          background=background, gain=gain, saturation=saturation, wcs=wcs)[0]
+
+    def _call(self, data, *, mask, error, init_params, background, gain, saturation, wcs):
+        """`__call__`, also returning the per-source internals (e.g. ``snr_core``)."""
         image, unit, mask, error, wcs = coerce_data(data, mask, error, wcs)
         if init_params is None:
             if self.finder is None:
@@ -227,7 +232,7 @@ class MLPhotometry:
         x, y, ids = parse_positions(init_params, wcs)
         results = self._measure(prepared, x, y)
         info.update(self._correct_apertures(prepared, results))
-        return self._assemble(ids, x, y, results, unit, wcs, info)
+        return self._assemble(ids, x, y, results, unit, wcs, info), results
 
     def _prepare(self, image, unit, mask, error, background, gain, saturation):
         bad = ~np.isfinite(image)
@@ -283,6 +288,7 @@ class MLPhotometry:
         out = {k: np.full(n, np.nan) for k in ("x_fit", "y_fit", "flux_fit", "x_err", "y_err",
                                                "flux_err")}
         out["flags"] = np.zeros(n, dtype=np.int32)
+        out["snr_core"] = np.full(n, np.nan)
         size = _stamps.STAMP_SIZE
         ref = size // 2
         core = slice(ref - _CORE_RADIUS, ref + _CORE_RADIUS + 1)
@@ -326,8 +332,10 @@ class MLPhotometry:
             f[_compact(data, error, valid, ref)] |= _flags.COMPACT
             idx = np.flatnonzero(usable)
             if idx.size:
+                snr_core = _stamps.core_snr(data[idx], error[idx], valid[idx])
+                out["snr_core"][start + idx] = snr_core
                 res = _stamps.decode_outputs(_onnx.run(self._session, inputs[idx]), unit[idx],
-                                             self._card.get("sigma_calibration"))
+                                             self._card.get("sigma_calibration"), snr_core)
                 rx = _stamps.reference_pixel(bx[idx])
                 ry = _stamps.reference_pixel(by[idx])
                 xf, yf = rx + res["dx"], ry + res["dy"]

@@ -183,6 +183,28 @@ def test_sigma_calibration_interpolates_in_predicted_snr():
         assert_allclose(cal[key], raw[key])
 
 
+def test_sigma_calibration_in_core_snr():
+    outputs = np.zeros((3, 6))
+    calibration = {"log10_core_snr": [1.0, 3.0], "dx": [2.0, 4.0], "dy": [1.0, 1.0],
+                   "flux": [0.5, 1.5]}
+    raw = _stamps.decode_outputs(outputs, np.ones(3))
+    # Core S/N 10, 100 and a negative core sum (the lowest knot's factor).
+    cal = _stamps.decode_outputs(outputs, np.ones(3), calibration,
+                                 snr_core=np.array([10.0, 100.0, -3.0]))
+    assert_allclose(cal["dx_err"] / raw["dx_err"], [2.0, 3.0, 2.0])
+    assert_allclose(cal["flux_err"] / raw["flux_err"], [0.5, 1.0, 0.5])
+
+
+def test_core_snr_is_the_core_sum_over_its_noise():
+    data = np.zeros((2, 32, 32), np.float32)
+    data[:, 14:19, 14:19] = 4.0            # the 5x5 core: sum 100
+    data[:, 0, 0] = 1e6                    # outside the core: ignored
+    error = np.full((2, 32, 32), 2.0, np.float32)   # core noise sqrt(25 * 4) = 10
+    valid = np.ones(data.shape, bool)
+    valid[1, 16, 16] = False               # one core pixel fewer: 96 / sqrt(96)
+    assert_allclose(_stamps.core_snr(data, error, valid), [10.0, 96 / np.sqrt(96)])
+
+
 def test_contract():
     c = _stamps.contract()
     assert c["stamp_size"] == _stamps.STAMP_SIZE == 32

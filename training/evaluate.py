@@ -341,13 +341,16 @@ def measure_frame(frame_id, seed, index, methods, phot=None):
         if m == "ml":
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", AsidfePhotWarning)
-                ml = phot(image, init_params=Table({"x": x_in, "y": y_in}),
-                          gain=cond["gain"])
+                # _call: the table and the internals, for the core S/N the sigma
+                # calibration is fitted in.
+                ml, internals = phot._call(image, init_params=Table({"x": x_in, "y": y_in}),
+                                           gain=cond["gain"], mask=None, error=None,
+                                           background=None, saturation=None, wcs=None)
             cols.update({
                 "x_ml": np.asarray(ml["x_fit"]), "y_ml": np.asarray(ml["y_fit"]),
                 "flux_ml": np.asarray(ml["flux_fit"]), "x_err_ml": np.asarray(ml["x_err"]),
                 "y_err_ml": np.asarray(ml["y_err"]), "flux_err_ml": np.asarray(ml["flux_err"]),
-                "flags_ml": np.asarray(ml["flags"])})
+                "flags_ml": np.asarray(ml["flags"]), "snr_core_ml": internals["snr_core"]})
         elif m == "sep":
             objects, segmap = sep_segmentation(sub, rms)
             if len(objects) != len(det) or not np.array_equal(objects["x"], det["x"]):

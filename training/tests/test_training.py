@@ -179,22 +179,25 @@ def test_sigma_calibration_recovers_known_miscalibration():
     snr = 10 ** rng.uniform(0.5, 3.5, n)
     truth = {"dx": np.zeros(n), "dy": np.zeros(n), "flux": snr.copy()}
     # True errors: 1 px and unit flux noise; predicted sigmas off by 2 (x), 1 (y) and a
-    # factor growing with S/N (flux): the fitted factors must undo exactly that.
+    # factor that jumps at core S/N 100 (flux): the fitted factors must undo exactly that.
     flux_factor = np.where(snr < 100, 0.5, 2.0)
     pred = {"dx": rng.normal(0, 1, n), "dy": rng.normal(0, 1, n),
             "flux": snr + rng.normal(0, 1, n),
-            "dx_err": np.full(n, 0.5), "dy_err": np.ones(n), "flux_err": 1 / flux_factor}
+            "dx_err": np.full(n, 0.5), "dy_err": np.ones(n), "flux_err": 1 / flux_factor,
+            "snr_core": snr}
     cal = fit_sigma_calibration(pred, truth, n_bins=6)
     np.testing.assert_allclose(cal["dx"], 2.0, rtol=0.05)
     np.testing.assert_allclose(cal["dy"], 1.0, rtol=0.05)
-    knots = np.asarray(cal["log10_snr"])
-    expected = np.where(knots < 2 + np.log10(0.5), 0.5, 2.0)  # the fit sees predicted S/N
-    clear = np.abs(knots - 2) > 0.5
+    knots = np.asarray(cal["log10_core_snr"])
+    expected = np.where(knots < 2, 0.5, 2.0)
+    clear = np.abs(knots - 2) > 0.3
     np.testing.assert_allclose(np.asarray(cal["flux"])[clear], expected[clear], rtol=0.05)
     res = {k: v.copy() for k, v in pred.items()}
-    _stamps.calibrate_sigmas(res, cal)
+    _stamps.calibrate_sigmas(res, cal, snr_core=pred["snr_core"])
     z = (res["dx"] - truth["dx"]) / res["dx_err"]
     assert abs(np.std(z) - 1) < 0.05
+    with pytest.raises(ValueError, match="core S/N"):
+        _stamps.calibrate_sigmas(dict(pred), cal)
 
 
 def test_family_exclusion(dataset):
