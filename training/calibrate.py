@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 TARGETS = ("dx", "dy", "flux")
 
 

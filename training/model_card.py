@@ -54,12 +54,15 @@ def metrics_table(bins):
 
 def calibration_lines(cal):
     """The sigma calibration factors as a markdown table."""
+    core = "log10_core_snr" in cal
+    variable = ("the stamp's core S/N (its central 5x5 sum over that sum's noise)" if core
+                else "the predicted flux S/N")
     lines = ["## Sigma calibration", "",
-             f"Predicted sigmas are multiplied by these factors, interpolated in log10 of the "
-             f"predicted flux S/N ({cal.get('method', '')}); fitted on the "
+             f"Predicted sigmas are multiplied by these factors, interpolated in log10 of "
+             f"{variable} ({cal.get('method', '')}); fitted on the "
              f"{cal.get('fitted_on', 'validation split')}.", "",
              "| log10 S/N | x | y | flux |", "|---|---|---|---|"]
-    for k, knot in enumerate(cal["log10_snr"]):
+    for k, knot in enumerate(cal["log10_core_snr" if core else "log10_snr"]):
         lines.append(f"| {knot:.2f} | {cal['dx'][k]:.3f} | {cal['dy'][k]:.3f} | "
                      f"{cal['flux'][k]:.3f} |")
     return lines + [""]
@@ -87,6 +90,7 @@ def generalisation_lines(gen):
 
 def render(card):
     data = card.get("training_data", {})
+    broad = card.get("training_data_broad")
     config = card.get("training_config", {})
     lines = [
         f"# {card['name']} v{card['version']}",
@@ -112,6 +116,10 @@ def render(card):
         f"{data.get('n_frames')} frames of {data.get('frame_shape')} px, PSF families "
         f"{data.get('families')}",
         f"- stamps per split: {data.get('counts')}",
+        *([f"- and a second data set of broader PSF shapes: preset "
+           f"`{broad.get('preset')}`, seed {broad.get('seed')}, {broad.get('n_frames')} "
+           f"frames, PSF families {broad.get('families')}, stamps per split "
+           f"{broad.get('counts')}"] if broad else []),
         f"- regenerate: `python -m training.pipeline --out runs/v{card['version']} "
         f"--model-dir models/{card['name']}_v{card['version']}`",
         f"- configuration: `{json.dumps(config)}`",
@@ -132,6 +140,11 @@ def render(card):
                   "the total flux; z-std = std of (prediction - truth) / sigma; CRLB = "
                   "Cramér–Rao bound of a fit with the true PSF (isolated star).", "",
                   metrics_table(card["test_metrics"]), ""]
+    if "test_metrics_broad" in card:
+        lines += ["## Accuracy on the test frames of the broad-PSF recipe", "",
+                  "PSF shapes beyond the generic ones (Airy with obstruction, FWHM down to "
+                  "1 px, Moffat beta down to 1.5, strong asymmetry); same columns.", "",
+                  metrics_table(card["test_metrics_broad"]), ""]
     if "sigma_calibration" in card:
         lines += calibration_lines(card["sigma_calibration"])
     if "generalisation" in card:
@@ -147,9 +160,18 @@ def render(card):
                   f"{c['ensemble']['nll']:.4f} |", "",
                   f"TS-MVE wins: {c['tsmve_wins']}", ""]
     lines += ["## Known limits", "",
-              "- Trained on simulated point sources (Gaussian, Moffat, double-Gaussian PSFs, "
-              "FWHM 1.5-8 px, mild ellipticity/asymmetry). Extended sources, saturated or "
-              "undersampled (FWHM < 1.5 px) stars are outside the training domain.",
+              *(["- Trained on simulated point sources: Gaussian, Moffat (beta 1.5-6), "
+                 "double-Gaussian and obstructed Airy PSFs, FWHM 1-8 px, ellipticity up to "
+                 "0.3 and asymmetric components. Extended sources, saturated stars and PSFs "
+                 "far from these (e.g. defocused donuts) are outside the training domain."]
+                if broad else
+                ["- Trained on simulated point sources (Gaussian, Moffat, double-Gaussian "
+                 "PSFs, FWHM 1.5-8 px, mild ellipticity/asymmetry). Extended sources, "
+                 "saturated or undersampled (FWHM < 1.5 px) stars are outside the training "
+                 "domain."]),
+              "- Light beyond the 32x32 stamp: `MLPhotometry(aperture_correction=\"auto\")` "
+              "measures and applies a per-image correction on the image's bright isolated "
+              "stars.",
               "- The sigma is calibrated only if the sources' Poisson noise is known to the "
               "network (error map, gain, or an unsubtracted sky); see the NO_SOURCE_NOISE flag.",
               ""]
