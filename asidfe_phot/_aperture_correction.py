@@ -76,6 +76,15 @@ def _weighted_clipped_mean(values, errors, sigma=3.0, maxiters=10):
     return float(mean), float(1.0 / np.sqrt(np.sum(w))), int(keep.sum())
 
 
+def mismatch(measured):
+    """Whether the factor lies outside `FACTOR_RANGE` by more than 3 standard errors."""
+    if measured["error"] is None or measured["n_stars"] < MIN_STARS:
+        return False
+    lo, hi = FACTOR_RANGE
+    margin = SIGNIFICANCE * measured["error"]
+    return bool(measured["factor"] - margin > hi or measured["factor"] + margin < lo)
+
+
 def decide(measured, mode):
     """
     The factor to apply (``None`` for none) and why, given `measure`'s result.
@@ -92,7 +101,7 @@ def decide(measured, mode):
     return measured["factor"], "applied"
 
 
-def measure(image, bad, x, y, flux, flux_err, usable):
+def measure(image, bad, x, y, flux, flux_err, usable, snr=None):
     """
     The image's aperture correction (total / network flux) from its bright stars.
 
@@ -105,6 +114,9 @@ def measure(image, bad, x, y, flux, flux_err, usable):
         The network's results for every input source (NaN where it has none).
     usable : 1-D bool array
         Rows that may serve as reference stars (e.g. unflagged).
+    snr : 1-D array, optional
+        S/N that selects the reference stars (default ``flux / flux_err``; the
+        stamps' measured core S/N is better where the network is far off).
 
     Returns
     -------
@@ -113,8 +125,9 @@ def measure(image, bad, x, y, flux, flux_err, usable):
         (``None`` when the factor is measured well, else why it is not).
     """
     out = {"factor": 1.0, "error": None, "n_stars": 0, "radius": None, "reason": None}
-    with np.errstate(divide="ignore", invalid="ignore"):
-        snr = flux / flux_err
+    if snr is None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            snr = flux / flux_err
     ok = usable & np.isfinite(x) & np.isfinite(y) & (flux > 0) & (snr > MIN_SNR)
     ny, nx = image.shape
     candidates = np.flatnonzero(ok)

@@ -9,7 +9,7 @@ import numpy as np
 
 __all__ = ["FLAG_DEFINITIONS", "EDGE", "MASKED", "CORE_MASKED", "NO_OVERLAP", "LARGE_SHIFT",
            "OUTSIDE_TRAINING", "NONPOSITIVE_FLUX", "SATURATED", "NO_SOURCE_NOISE",
-           "COMPACT", "decode_flags", "flag_table"]
+           "COMPACT", "PSF_MISMATCH", "decode_flags", "flag_table"]
 
 EDGE = 1
 MASKED = 2
@@ -21,6 +21,7 @@ NONPOSITIVE_FLUX = 64
 SATURATED = 128
 NO_SOURCE_NOISE = 256
 COMPACT = 512
+PSF_MISMATCH = 1024
 
 #: The registry: (bit, name, description); docs and decode_flags derive from it.
 FLAG_DEFINITIONS = (
@@ -41,6 +42,10 @@ FLAG_DEFINITIONS = (
     (COMPACT, "COMPACT",
      "sharper than any PSF the network was trained on (the peak pixel holds over 70 % of the "
      "central 3x3 sum at S/N > 10): a cosmic ray, hot pixel or artefact"),
+    (PSF_MISMATCH, "PSF_MISMATCH",
+     "the image's PSF is far from any the network was trained on: on its bright isolated "
+     "stars a large aperture holds over 1.5x (or under 0.8x) the network's flux, so every "
+     "flux of the image is biased (set on all rows; see the aperture_correction meta)"),
 )
 
 

@@ -19,7 +19,8 @@ __all__ = ["MLPhotometry"]
 OUTPUT_COLUMNS = ("id", "x_init", "y_init", "x_fit", "y_fit", "flux_fit", "x_err", "y_err",
                   "flux_err", "flags")
 #: Flags serious enough for a (single, summary) warning.
-_WARN_FLAGS = _flags.NO_OVERLAP | _flags.CORE_MASKED | _flags.SATURATED | _flags.COMPACT
+_WARN_FLAGS = (_flags.NO_OVERLAP | _flags.CORE_MASKED | _flags.SATURATED | _flags.COMPACT
+               | _flags.PSF_MISMATCH)
 _CORE_RADIUS = 3
 _SATURATION_RADIUS = 2
 _SNR_RANGE = (2.0, 3e4)
@@ -364,8 +365,11 @@ class MLPhotometry:
         if mode is True or mode == "auto":
             measured = _aperture_correction.measure(
                 prepared.subtracted, prepared.bad, res["x_fit"], res["y_fit"], res["flux_fit"],
-                res["flux_err"], (res["flags"] & ~_flags.NO_SOURCE_NOISE) == 0)
+                res["flux_err"], (res["flags"] & ~_flags.NO_SOURCE_NOISE) == 0,
+                snr=res["snr_core"])
             factor, note = _aperture_correction.decide(measured, mode)
+            if _aperture_correction.mismatch(measured):
+                res["flags"] |= _flags.PSF_MISMATCH
             error = measured["error"] if factor is not None else None
             info = {"aperture_correction_measured": measured["factor"],
                     "aperture_correction_measured_err": measured["error"],
@@ -401,8 +405,8 @@ class MLPhotometry:
         nwarn = int(np.count_nonzero(tbl["flags"] & _WARN_FLAGS))
         if nwarn:
             msg = (f"{nwarn} of {len(tbl)} sources are flagged (no usable pixels, masked core, "
-                   "saturated or sharper than a PSF); see the 'flags' column and "
-                   "MLPhotometry.decode_flags")
+                   "saturated, sharper than a PSF, or a PSF unlike any trained on); see the "
+                   "'flags' column and MLPhotometry.decode_flags")
             warnings.warn(msg, FlaggedSourcesWarning, stacklevel=3)
         if len(tbl) and np.all(tbl["flags"] & _flags.NO_SOURCE_NOISE):
             msg = ("no error map, gain or sky level tells the network the sources' Poisson "

@@ -97,3 +97,20 @@ def test_auto_on_the_bundled_model_reports_what_it_did(field, phot):
         assert tbl.meta["aperture_correction"] == tbl.meta["aperture_correction_measured"]
     else:
         assert tbl.meta["aperture_correction"] == 1.0
+
+
+def test_a_factor_far_outside_the_range_is_a_psf_mismatch():
+    measured = {"factor": 2.5, "error": 0.2, "n_stars": 20, "reason": "outside"}
+    assert apcorr.mismatch(measured)
+    measured["error"] = 0.5            # 1.5 within 3 sigma: not proven
+    assert not apcorr.mismatch(measured)
+    assert not apcorr.mismatch({"factor": 1.1, "error": 0.01, "n_stars": 20})
+    assert not apcorr.mismatch({"factor": 1.0, "error": None, "n_stars": 0})
+
+
+def test_a_network_far_off_flags_every_row():
+    """Fluxes at a third of the truth on a clean grid: the image's PSF is not the network's."""
+    sub, truth, _ = _grid_field()
+    res = _measure(sub, truth, 0.33)
+    assert res["factor"] == pytest.approx(3.0, rel=0.02)
+    assert res["reason"] is not None and apcorr.mismatch(res)

@@ -10,7 +10,7 @@ from asidfe_phot import flags as F
 # The documented, never-renumbered bits.
 DOCUMENTED = {"EDGE": 1, "MASKED": 2, "CORE_MASKED": 4, "NO_OVERLAP": 8, "LARGE_SHIFT": 16,
               "OUTSIDE_TRAINING": 32, "NONPOSITIVE_FLUX": 64, "SATURATED": 128,
-              "NO_SOURCE_NOISE": 256, "COMPACT": 512}
+              "NO_SOURCE_NOISE": 256, "COMPACT": 512, "PSF_MISMATCH": 1024}
 
 
 def test_bits_are_distinct_powers_of_two():
@@ -39,7 +39,7 @@ def test_decode_int():
     assert F.decode_flags(np.int32(F.MASKED | F.CORE_MASKED)) == ["MASKED", "CORE_MASKED"]
     assert F.decode_flags(sum(DOCUMENTED.values())) == list(DOCUMENTED)
     # Unknown high bits are ignored rather than mis-named.
-    assert F.decode_flags(1024 | F.NO_OVERLAP) == ["NO_OVERLAP"]
+    assert F.decode_flags(2**20 | F.NO_OVERLAP) == ["NO_OVERLAP"]
 
 
 def test_decode_array():
