@@ -336,7 +336,8 @@ class MLPhotometry:
                 snr_core = _stamps.core_snr(data[idx], error[idx], valid[idx])
                 out["snr_core"][start + idx] = snr_core
                 res = _stamps.decode_outputs(_onnx.run(self._session, inputs[idx]), unit[idx],
-                                             self._card.get("sigma_calibration"), snr_core)
+                                             self._card.get("sigma_calibration"), snr_core,
+                                             self._card.get("flux_bias_correction"))
                 rx = _stamps.reference_pixel(bx[idx])
                 ry = _stamps.reference_pixel(by[idx])
                 xf, yf = rx + res["dx"], ry + res["dy"]

@@ -195,6 +195,17 @@ def test_sigma_calibration_in_core_snr():
     assert_allclose(cal["flux_err"] / raw["flux_err"], [0.5, 1.0, 0.5])
 
 
+def test_flux_bias_correction_scales_flux_and_error_by_core_snr():
+    outputs = np.array([[0.0, 0.0, 2.0, 0.0, 0.0, np.log(0.1**2)]] * 3)
+    correction = {"log10_core_snr": [0.0, 1.0], "factor": [0.6, 1.0]}
+    raw = _stamps.decode_outputs(outputs, np.ones(3))
+    fixed = _stamps.decode_outputs(outputs, np.ones(3), None, np.array([1.0, 10**0.5, 1e4]),
+                                   correction)
+    assert_allclose(fixed["flux"] / raw["flux"], [0.6, 0.8, 1.0])
+    assert_allclose(fixed["flux_err"] / raw["flux_err"], [0.6, 0.8, 1.0])
+    assert_allclose(fixed["dx_err"], raw["dx_err"])
+
+
 def test_core_snr_is_the_core_sum_over_its_noise():
     data = np.zeros((2, 32, 32), np.float32)
     data[:, 14:19, 14:19] = 4.0            # the 5x5 core: sum 100

@@ -41,7 +41,7 @@ FULL = {
     "step2_broad_samples": 1_000_000, "step2_broad_lr": 5e-4, "step2_broad_mean_lr_factor": 1.0,
     # Equal-budget TS-MVE vs deep-ensemble comparison (smaller than the shipped run).
     "compare_samples": 100_000, "ensemble_members": 3,
-    "eval_every": 250_000, "eval_frames": 60, "calibration_frames": 300,
+    "eval_every": 250_000, "eval_frames": 60, "calibration_frames": 300, "bias_fields": 40,
     "eval_methods": "all",  # SourceExtractor ones skipped when the binaries are missing
 }
 QUICK = {
@@ -52,7 +52,7 @@ QUICK = {
     "step1_samples": 2048, "step2_samples": 2048, "step2_continued_samples": 1024,
     "step2_broad_samples": 1024,
     "compare_samples": 1024, "ensemble_members": 2,
-    "eval_every": 1024, "eval_frames": 2, "calibration_frames": 2,
+    "eval_every": 1024, "eval_frames": 2, "calibration_frames": 2, "bias_fields": 2,
     "eval_methods": "ml,sep,aper",
 }
 
@@ -141,7 +141,8 @@ def run(out, config, model_dir=None, name="asidfe_tsmve", version=4, log=print,
     from training import calibrate as calibrate_mod
 
     calibrate_mod.calibrate(model_dir, data_sets, n_frames=config["calibration_frames"],
-                            jobs=os.cpu_count(), log=log)
+                            jobs=os.cpu_count(), log=log,
+                            bias_fields=config.get("bias_fields", 0))
     if evaluate:
         from training import evaluate as evaluate_mod
 

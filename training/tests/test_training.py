@@ -200,6 +200,20 @@ def test_sigma_calibration_recovers_known_miscalibration():
         _stamps.calibrate_sigmas(dict(pred), cal)
 
 
+def test_flux_bias_fit_undoes_a_known_pull():
+    from training.calibrate import fit_flux_bias
+
+    rng = np.random.default_rng(1)
+    snr = 10 ** rng.uniform(0, 3, 20_000)
+    # Predicted / true flux: 1.5 at core S/N 1, falling to 1 at 10 and above.
+    pull = 1 + 0.5 * np.clip(1 - np.log10(snr), 0, 1)
+    ratio = pull * (1 + rng.normal(0, 0.01, snr.size))
+    fit = fit_flux_bias(snr, ratio, n_bins=8)
+    knots = np.asarray(fit["log10_core_snr"])
+    np.testing.assert_allclose(fit["factor"], 1 / (1 + 0.5 * np.clip(1 - knots, 0, 1)),
+                               rtol=0.03)
+
+
 def test_family_exclusion(dataset):
     from asidfe_phot.datasets import PSF_FAMILIES
 
