@@ -35,9 +35,9 @@ MIN_STARS, MAX_ERROR = 10, 0.02
 FACTOR_RANGE = (0.8, 1.5)
 #: In "auto" mode the factor is applied only when it differs from 1 by more than
 #: SIGNIFICANCE standard errors and MIN_CHANGE: the network's own implicit correction
-#: stands unless the image shows it wrong (the measurement has a systematic error of
-#: ~1-2 %, from faint neighbours and the sky, beyond its standard error).
-SIGNIFICANCE, MIN_CHANGE = 3.0, 0.02
+#: stands unless the image shows it wrong (on synthetic frames the measurement scatters by
+#: ~1.6 % around the true factor, from faint neighbours and the sky).
+SIGNIFICANCE, MIN_CHANGE = 3.0, 0.01
 
 
 def _growth(image, bad, x, y, radii):

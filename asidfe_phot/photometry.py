@@ -89,7 +89,7 @@ class MLPhotometry:
         measured on the image's bright isolated stars as the ratio of a large
         aperture's flux (10 half-light radii, local sky annulus) to the
         network's. ``"auto"`` (default) applies it only when at least 10 such
-        stars measure it to 2 % and it differs from 1 by more than 2 % and 3
+        stars measure it to 2 % and it differs from 1 by more than 1 % and 3
         standard errors; ``True`` applies it whenever it is measured to 2 %;
         ``False`` never; a number is applied as given (e.g. one measured on
         another image of the same night). ``meta`` reports what was measured

@@ -60,9 +60,11 @@ def test_too_few_isolated_stars_give_no_factor():
 
 
 def test_auto_applies_only_a_significant_change():
-    measured = {"factor": 1.012, "error": 0.003, "reason": None}
+    measured = {"factor": 1.012, "error": 0.005, "reason": None}   # 2.4 sigma
     assert apcorr.decide(measured, "auto")[0] is None
     assert apcorr.decide(measured, True)[0] == 1.012
+    measured = {"factor": 1.008, "error": 0.001, "reason": None}   # 8 sigma, but < 1 %
+    assert apcorr.decide(measured, "auto")[0] is None
     measured["factor"] = 1.06
     assert apcorr.decide(measured, "auto")[0] == 1.06
 
