@@ -1,7 +1,7 @@
 """
 MLPhotometry on real images against SourceExtractor and DAOPHOT (paper Sect. 4.2, Tables 1-2).
 
-    python -m training.evaluate_real --out runs/real_eval [--model models/asidfe_tsmve_v3]
+    python -m training.evaluate_real --out runs/real_eval [--model models/asidfe_tsmve_v4]
 
 Real images have no truths, so, as Stoppa et al. (2023) do for MeerLICHT and
 ZTF, the model is compared with established software: Pearson correlation of

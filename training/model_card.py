@@ -1,7 +1,7 @@
 """
 Render a model directory's ``README.md`` (the human-readable model card) from its config.json.
 
-    python -m training.model_card models/asidfe_tsmve_v3
+    python -m training.model_card models/asidfe_tsmve_v4
 """
 
 import argparse
@@ -145,6 +145,14 @@ def render(card):
                   "PSF shapes beyond the generic ones (Airy with obstruction, FWHM down to "
                   "1 px, Moffat beta down to 1.5, strong asymmetry); same columns.", "",
                   metrics_table(card["test_metrics_broad"]), ""]
+    if "flux_bias_correction" in card:
+        b = card["flux_bias_correction"]
+        lines += ["## Flux-bias correction", "",
+                  "Fluxes (and their sigmas) are multiplied by these factors, interpolated in "
+                  f"log10 core S/N ({b.get('method', '')}); fitted on {b.get('fitted_on', '')}.",
+                  "", "| log10 core S/N | factor |", "|---|---|",
+                  *(f"| {k:.2f} | {f:.3f} |" for k, f in zip(b["log10_core_snr"], b["factor"])),
+                  ""]
     if "sigma_calibration" in card:
         lines += calibration_lines(card["sigma_calibration"])
     if "generalisation" in card:

@@ -14,6 +14,8 @@ into ``docs/_static/performance/``, and writes there:
 - ``broad_metrics*.rst``, ``broad_metrics.png``: the same evaluation on the test
   frames of the card's ``training_data_broad`` recipe (PSF shapes beyond the
   generic ones), when the card has one;
+- ``inject_metrics.rst``, ``inject_metrics.png``: artificial stars injected into
+  the real frames (`training.inject_real`) against a fit with the true PSF;
 - ``summary.rst``: "where the model wins and where it loses", generated from
   the evaluation's ``wins.json`` and ``metrics.ecsv`` (`summary_rst`; with
   ``--skip-synthetic``, from the copies of the last evaluation);
@@ -308,12 +310,15 @@ def main(argv=None):
     else:
         print(f"{generalisation} not found: generalisation.rst left as it is")
     if not args.skip_real:
-        from training import evaluate_real
+        from training import evaluate_real, inject_real
 
         evaluate_real.main(["--model", args.model, "--out", str(work / "real")])
         for path in (work / "real").iterdir():
             if path.suffix in (".png", ".rst") and not path.name.startswith("saliency"):
                 shutil.copy(path, DOCS / path.name)
+        inject_real.main(["--model", args.model, "--out", str(work / "inject")])
+        for name in ("inject_metrics.rst", "inject_metrics.png"):
+            shutil.copy(work / "inject" / name, DOCS / name)
     weights = Path(args.weights or args.model)
     if weights.exists():
         from training import saliency

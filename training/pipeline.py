@@ -1,10 +1,10 @@
 """
 Regenerate a shipped model from nothing, in one command:
-simulate -> step 1 -> step 2 [-> step 2 continued] -> export -> sigma calibration -> evaluate
--> ensemble baseline,
-all recorded in the model card.
+simulate -> step 1 -> step 2 [-> step 2 continued] [-> simulate broad PSFs -> step 2 on
+both] -> export -> flux-bias correction and sigma calibration -> evaluate (both recipes)
+-> ensemble baseline, all recorded in the model card.
 
-    python -m training.pipeline --preset generic --out runs/v3 --model-dir models/asidfe_tsmve_v3
+    python -m training.pipeline --out runs/v3 --model-dir models/asidfe_tsmve_v4
     python -m training.pipeline --quick --out /tmp/quick        # minutes, tiny data (CI)
 
 Every stage is resumable: rerunning the command skips finished stages

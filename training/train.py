@@ -8,7 +8,7 @@ both branches) or a plain MVE baseline member (NLL from scratch).
 
 Resumable: rerunning the same command continues from ``OUT/last.pt``.
 ``--init`` starts from given weights (a checkpoint, or an exported model such as the shipped
-``models/asidfe_tsmve_v3``) and ``--freeze`` holds layers fixed (transfer learning).
+``models/asidfe_tsmve_v4``) and ``--freeze`` holds layers fixed (transfer learning).
 """
 
 import argparse
