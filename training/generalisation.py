@@ -61,7 +61,9 @@ def run(data, hold_out, reference, out, samples=100_000, test_limit=60_000, log=
         if not (out / stage / "DONE").exists():
             train_mod.train(data, stage, out / stage, samples, init=init, eval_every=every,
                             exclude_families=[hold_out], log=log)
-    others = [f for f in PSF_FAMILIES if f != hold_out]
+    # The data set's own families (PSF_FAMILIES may hold more than it was drawn from).
+    families = json.loads((Path(data) / "index.json").read_text())["families"]
+    others = [f for f in families if f != hold_out]
     test_sets = {f"held-out ({hold_out})": StampSet(data, "test", test_limit, others),
                  f"seen ({', '.join(others)})": StampSet(data, "test", test_limit, [hold_out])}
     result = {"hold_out": hold_out, "samples_per_step": samples,

@@ -49,6 +49,8 @@ META_FIELDS = [
 ]
 META_DTYPE = np.dtype(META_FIELDS)
 
+#: The families of the generic recipes (the broad one adds the Airy pattern).
+GENERIC_FAMILIES = ("gaussian", "moffat", "double_gaussian")
 PRESETS = {
     # FWHM ranges in pixels; the rest is shared (see _draw_frame) unless a preset sets it.
     "generic": {"fwhm": (1.5, 8.0)},
@@ -56,7 +58,8 @@ PRESETS = {
     # a central obstruction (space telescopes), Moffat wings down to beta 1.5, stronger
     # asymmetry (coma, tracking).
     "broad": {"fwhm": (1.0, 8.0), "beta": (1.5, 6.0), "asym_max": 0.3,
-              "obstruction": (0.0, 0.45), "centred_truncation": True},
+              "obstruction": (0.0, 0.45), "centred_truncation": True,
+              "families": PSF_FAMILIES},
     "meerlicht-like": {"fwhm": (1.2 / 0.56, 3.0 / 0.56)},   # 0.56"/px, seeing 1.2-3"
     "ztf-like": {"fwhm": (1.5, 3.0)},                       # 1.0"/px, seeing 1.5-3"
 }
@@ -72,6 +75,11 @@ def split_of(frame_id):
 
 def _loguniform(rng, lo, hi, size=None):
     return np.exp(rng.uniform(np.log(lo), np.log(hi), size))
+
+
+def preset_families(preset):
+    """The PSF families a preset draws from unless told otherwise."""
+    return tuple(PRESETS[preset].get("families", GENERIC_FAMILIES))
 
 
 def _draw_frame(rng, preset, families):
@@ -118,7 +126,7 @@ def _psf_at(cond, x, y, shape):
             "asym_angle": cond["asym_angle"]}
 
 
-def simulate_frame(frame_id, seed, preset="generic", families=PSF_FAMILIES, shape=FRAME_SHAPE,
+def simulate_frame(frame_id, seed, preset="generic", families=None, shape=FRAME_SHAPE,
                    return_frame=False):
     """
     Simulate one frame, detect, match, and cut stamps.
@@ -136,7 +144,7 @@ def simulate_frame(frame_id, seed, preset="generic", families=PSF_FAMILIES, shap
     import sep  # training-only dependency
 
     rng = np.random.default_rng(seed)
-    cond = _draw_frame(rng, preset, families)
+    cond = _draw_frame(rng, preset, families or preset_families(preset))
     ny, nx = shape
     n_stars = min(rng.poisson(cond["stars_per_beam"] / cond["fwhm0"] ** 2 * nx * ny), 8000)
     margin = 20
@@ -288,13 +296,14 @@ class _ShardWriter:
         self.stamps, self.meta = [], []
 
 
-def write_dataset(out, n_frames, preset="generic", seed=0, families=PSF_FAMILIES,
+def write_dataset(out, n_frames, preset="generic", seed=0, families=None,
                   processes=None, shard_size=50_000, log=print):
     """Simulate ``n_frames`` frames and write the sharded data set; returns the index."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     seeds = frame_seeds(seed, n_frames)
-    tasks = [(i, int(seeds[i]), preset, tuple(families)) for i in range(n_frames)]
+    families = tuple(families or preset_families(preset))
+    tasks = [(i, int(seeds[i]), preset, families) for i in range(n_frames)]
     writers = {s: _ShardWriter(out, s, shard_size) for s in SPLITS}
     processes = processes or os.cpu_count()
     start = time.time()
@@ -328,13 +337,16 @@ def main(argv=None):
     parser.add_argument("--n-frames", type=int, default=3000)
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--families", default=",".join(PSF_FAMILIES),
-                        help="comma-separated PSF families to draw from")
+    parser.add_argument("--families", default=None,
+                        help="comma-separated PSF families to draw from (default: the "
+                             "preset's; generic: gaussian, moffat, double_gaussian; broad: "
+                             "those and airy)")
     parser.add_argument("--processes", type=int, default=None)
     parser.add_argument("--shard-size", type=int, default=50_000)
     args = parser.parse_args(argv)
     index = write_dataset(args.out, args.n_frames, args.preset, args.seed,
-                          args.families.split(","), args.processes, args.shard_size)
+                          args.families and args.families.split(","), args.processes,
+                          args.shard_size)
     print(json.dumps({s: v["count"] for s, v in index["splits"].items()}),
           f"{index['stamps_per_second']:.0f} stamps/s")
 

@@ -143,7 +143,9 @@ def test_quick_pipeline_end_to_end(tmp_path):
     assert card["training_data_broad"]["preset"] == "broad"
     assert "airy" in card["training_data_broad"]["families"]
     cal = card["sigma_calibration"]
-    assert len(cal["log10_snr"]) == len(cal["dx"]) == len(cal["flux"]) == cal["n_bins"]
+    assert len(cal["log10_core_snr"]) == len(cal["dx"]) == len(cal["flux"]) == cal["n_bins"]
+    bias = card["flux_bias_correction"]
+    assert len(bias["log10_core_snr"]) == len(bias["factor"]) == bias["n_bins"]
     assert all(f > 0 for t in ("dx", "dy", "flux") for f in cal[t])
     assert card["training_data"]["counts"]["train"] > 0
     assert set(card["history"]) == {"step1", "step2", "step2_continued", "step2_broad"}
