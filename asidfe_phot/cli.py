@@ -47,6 +47,21 @@ class CLIError(Exception):
     """A problem with the command line or its inputs (printed without a traceback)."""
 
 
+
+def _aperture_correction(text):
+    """The ``--aperture-correction`` value: auto, on, off or a positive factor."""
+    modes = {"auto": "auto", "on": True, "off": False}
+    if text.lower() in modes:
+        return modes[text.lower()]
+    try:
+        factor = float(text)
+    except ValueError:
+        factor = float("nan")
+    if not 0 < factor < float("inf"):
+        msg = f"expected auto, on, off or a positive factor, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return factor
+
 def _build_parser():
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -83,6 +98,10 @@ def _build_parser():
                              "(default: the SATURATE header keyword)")
     parser.add_argument("--batch-size", type=int, default=2048,
                         help="stamps per network call (default 2048)")
+    parser.add_argument("--aperture-correction", metavar="MODE", default="auto",
+                        type=_aperture_correction,
+                        help="auto (default: applied where the image's bright stars show it), "
+                             "on, off, or a factor to apply")
     parser.add_argument("--model", metavar="NAME_OR_DIR", default=None,
                         help="shipped model name or model directory (default: the default model)")
     progress = parser.add_mutually_exclusive_group()
@@ -310,7 +329,7 @@ def _run(args, stdout, stderr):
         progress = (n_expected > PROGRESS_THRESHOLD if n_expected is not None
                     else image.size > PROGRESS_PIXELS)
     phot = MLPhotometry(args.model, batch_size=args.batch_size, progress_bar=progress,
-                        finder=finder)
+                        finder=finder, aperture_correction=args.aperture_correction)
     print(f"  model: {phot.model_card['name']}_v{phot.model_card['version']} on "
           f"{', '.join(phot.providers)}", file=stdout)
 
@@ -336,6 +355,8 @@ def _run(args, stdout, stderr):
     if saturation:
         tbl.meta["saturation"] = saturation
 
+    print(f"  aperture correction: {tbl.meta['aperture_correction']:.4g} "
+          f"({tbl.meta['aperture_correction_note']})", file=stdout)
     print(_summary(tbl, elapsed), file=stdout)
     if args.rows > 0:
         print(file=stdout)

@@ -72,6 +72,22 @@ def test_catalog_ecsv_to_fits(image_files, tmp_path, capsys):
     assert "gain: 2.0 (GAIN keyword)" in out
 
 
+def test_aperture_correction_option(image_files, tmp_path, capsys):
+    image, cat, _ = image_files
+    tables = {}
+    for mode in ("off", "1.1"):
+        out_path = tmp_path / f"phot_{mode}.ecsv"
+        rc, out, err = _run(capsys, image, "--catalog", cat, "--output", out_path,
+                            "--aperture-correction", mode)
+        assert rc == 0, err
+        assert "aperture correction: " in out
+        tables[mode] = QTable.read(out_path)
+    np.testing.assert_allclose(tables["1.1"]["flux_fit"], 1.1 * tables["off"]["flux_fit"],
+                               rtol=1e-6)
+    rc, out, err = _run(capsys, image, "--catalog", cat, "--aperture-correction", "maybe")
+    assert rc != 0 and "auto, on, off or a positive factor" in err
+
+
 def test_catalog_csv_case_insensitive_aliases(image_files, tmp_path, capsys):
     image, _, truth = image_files
     cat = tmp_path / "cat.csv"
