@@ -25,7 +25,8 @@ _CORE_RADIUS = 3
 _SATURATION_RADIUS = 2
 _SNR_RANGE = (2.0, 3e4)
 #: Peak / central 3x3 sum above which a source is sharper than any trained PSF (the
-#: narrowest, FWHM 1.5 px, peaks at ~0.34), checked where the 3x3 sum has S/N > 10.
+#: narrowest, FWHM 1 px since v4, peak at most ~0.64), checked where the 3x3 sum has
+#: S/N > 10.
 _COMPACT_PEAK_FRACTION = 0.7
 _COMPACT_MIN_SNR = 10.0
 
