@@ -6,8 +6,9 @@ any PSF shape it was not trained on) biases its fluxes by a factor that is the
 same for every star of an image. As in classical photometry, that factor is
 measured on the image's own bright, isolated stars: the ratio of a large
 aperture's flux (radius ``TOTAL_RADIUS_HALF_LIGHT`` half-light radii, a local
-sky annulus around it) to the network's flux, combined over stars with a
-sigma-clipped median. It is applied only where it is measured well.
+sky annulus around it) to the network's flux, combined over stars as an
+inverse-variance mean with 3-sigma clipping. It is applied only where it is
+measured well.
 """
 
 import numpy as np
@@ -21,7 +22,7 @@ TOTAL_RADIUS_HALF_LIGHT = 10.0
 RADIUS_RANGE = (6.0, 40.0)
 #: Sky annulus: from r + SKY_GAP to r + SKY_GAP + SKY_WIDTH (px).
 SKY_GAP, SKY_WIDTH = 3.0, 8.0
-#: Stars used: the brightest unflagged ones with predicted S/N above MIN_SNR.
+#: Stars used: the brightest unflagged ones with S/N (`measure`'s ``snr``) above MIN_SNR.
 MIN_SNR, MAX_STARS = 15.0, 200
 #: A catalogued neighbour inside the aperture with more than this fraction of the
 #: star's flux excludes the star.

@@ -264,18 +264,14 @@ def correct_flux_bias(res, correction, snr_core):
     per core-S/N bin, undo that pull on average, so fluxes are unbiased at
     a given S/N as a PSF fit's are. Clamped to the knots' range.
     """
-    knots = np.asarray(correction["log10_core_snr"], dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        variable = np.log10(np.asarray(snr_core, dtype=np.float64))
-    variable = np.nan_to_num(variable, nan=knots[0], neginf=knots[0], posinf=knots[-1])
-    factor = np.interp(variable, knots, np.asarray(correction["factor"], dtype=np.float64))
+    factor = _interpolate(_log10(snr_core), correction["log10_core_snr"], correction["factor"])
     res["flux"] = res["flux"] * factor
     res["flux_err"] = res["flux_err"] * factor
     return res
 
 
 def predicted_log_snr(res):
-    """``log10(|flux| / flux_err)`` of decoded outputs: the variable sigma calibration uses."""
+    """``log10(|flux| / flux_err)`` of decoded outputs: the calibration variable of older cards."""
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.log10(np.abs(res["flux"]) / res["flux_err"])
 
@@ -292,9 +288,21 @@ def calibration_variable(res, calibration, snr_core=None):
         if snr_core is None:
             msg = "this sigma calibration needs the stamps' core S/N"
             raise ValueError(msg)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.log10(np.asarray(snr_core, dtype=np.float64))
+        return _log10(snr_core)
     return predicted_log_snr(res)
+
+
+def _log10(values):
+    """``log10``, NaN or -inf (not a warning) for non-positive values."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log10(np.asarray(values, dtype=np.float64))
+
+
+def _interpolate(log_snr, knots, values):
+    """Linear in ``log_snr``, clamped to the knots; NaN / -inf take the first knot's value."""
+    knots = np.asarray(knots, dtype=np.float64)
+    log_snr = np.nan_to_num(log_snr, nan=knots[0], neginf=knots[0], posinf=knots[-1])
+    return np.interp(log_snr, knots, np.asarray(values, dtype=np.float64))
 
 
 def calibrate_sigmas(res, calibration, snr_core=None):
@@ -319,13 +327,11 @@ def calibrate_sigmas(res, calibration, snr_core=None):
     snr_core : (n,) array, optional
         `core_snr` of the stamps, for calibrations in core S/N.
     """
-    key = "log10_core_snr" if "log10_core_snr" in calibration else "log10_snr"
-    knots = np.asarray(calibration[key], dtype=np.float64)
-    variable = np.nan_to_num(calibration_variable(res, calibration, snr_core), nan=knots[0],
-                             neginf=knots[0], posinf=knots[-1])
+    knots = calibration["log10_core_snr" if "log10_core_snr" in calibration else "log10_snr"]
+    variable = calibration_variable(res, calibration, snr_core)
     for target in ("dx", "dy", "flux"):
-        res[f"{target}_err"] = res[f"{target}_err"] * np.interp(
-            variable, knots, np.asarray(calibration[target], dtype=np.float64))
+        res[f"{target}_err"] = res[f"{target}_err"] * _interpolate(variable, knots,
+                                                                   calibration[target])
     return res
 
 

@@ -220,7 +220,8 @@ class MLPhotometry:
         return self._call(data, mask=mask, error=error, init_params=init_params,
                           background=background, gain=gain, saturation=saturation, wcs=wcs)[0]
 
-    def _call(self, data, *, mask, error, init_params, background, gain, saturation, wcs):
+    def _call(self, data, *, mask=None, error=None, init_params=None, background=None, gain=None,
+              saturation=None, wcs=None):
         """`__call__`, also returning the per-source internals (e.g. ``snr_core``)."""
         image, unit, mask, error, wcs = coerce_data(data, mask, error, wcs)
         if init_params is None:

@@ -68,17 +68,23 @@ def _spread(z, clip):
     return float(np.sqrt(np.mean(np.square(np.clip(z, -clip, clip)))))
 
 
-def fit_sigma_calibration(pred, truth, n_bins=12, clip=10.0):
-    """Factors per target at knots in log10 core S/N (equal-count bins)."""
+def _core_snr_bins(snr_core, n_bins, ok=True):
+    """Equal-count bins of log10 core S/N over the ``ok`` rows: (knot, row mask) per bin."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        log_snr = np.log10(pred["snr_core"])
-    ok = np.isfinite(log_snr)
+        log_snr = np.log10(snr_core)
+    ok = ok & np.isfinite(log_snr)
     edges = np.quantile(log_snr[ok], np.linspace(0, 1, n_bins + 1))
-    z = {t: (pred[t] - truth[t]) / pred[f"{t}_err"] for t in TARGETS}
-    knots, factors = [], {t: [] for t in TARGETS}
     for lo, hi in zip(edges[:-1], edges[1:]):
         k = ok & (log_snr >= lo) & (log_snr <= hi)
-        knots.append(float(np.median(log_snr[k])))
+        yield float(np.median(log_snr[k])), k
+
+
+def fit_sigma_calibration(pred, truth, n_bins=12, clip=10.0):
+    """Factors per target at knots in log10 core S/N (equal-count bins)."""
+    z = {t: (pred[t] - truth[t]) / pred[f"{t}_err"] for t in TARGETS}
+    knots, factors = [], {t: [] for t in TARGETS}
+    for knot, k in _core_snr_bins(pred["snr_core"], n_bins):
+        knots.append(knot)
         for t in TARGETS:
             factors[t].append(_spread(z[t][k], clip))
     return {"log10_core_snr": knots, **factors, "n_bins": n_bins, "clip": clip,
@@ -113,8 +119,6 @@ def unselected_stars(model_dir, recipe, n_fields, seed, shape=(1024, 1024), n_st
         x = rng.uniform(16, shape[1] - 17, n_stars)
         y = rng.uniform(16, shape[0] - 17, n_stars)
         psf = simulate._psf_at(cond, x, y, shape)
-        psf["centred_truncation"] = simulate.PRESETS[recipe["preset"]].get(
-            "centred_truncation", False)
         # Flux for a target optimal S/N of a Gaussian-like core: F^2 = S^2 (A var + F).
         snr = 10 ** rng.uniform(np.log10(1.5), np.log10(3000), n_stars)
         area = 4 * np.pi * (psf["fwhm"] / 2.3548) ** 2
@@ -127,8 +131,7 @@ def unselected_stars(model_dir, recipe, n_fields, seed, shape=(1024, 1024), n_st
         init = Table({"x": x + rng.normal(0, 0.3, n_stars), "y": y + rng.normal(0, 0.3, n_stars)})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            tbl, internals = phot._call(image, init_params=init, gain=cond["gain"], mask=None,
-                                        error=None, background=None, saturation=None, wcs=None)
+            tbl, internals = phot._call(image, init_params=init, gain=cond["gain"])
         ok = np.asarray(tbl["flags"]) == 0
         core.append(internals["snr_core"][ok])
         ratio.append(np.asarray(tbl["flux_fit"])[ok] / np.asarray(truth["flux"])[ok])
@@ -137,14 +140,9 @@ def unselected_stars(model_dir, recipe, n_fields, seed, shape=(1024, 1024), n_st
 
 def fit_flux_bias(snr_core, ratio, n_bins=12):
     """Factors (median true / predicted flux) at knots in log10 core S/N (equal-count bins)."""
-    ok = np.isfinite(ratio) & (snr_core > 0)
-    log_snr = np.log10(snr_core[ok])
-    ratio = ratio[ok]
-    edges = np.quantile(log_snr, np.linspace(0, 1, n_bins + 1))
     knots, factors = [], []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        k = (log_snr >= lo) & (log_snr <= hi)
-        knots.append(float(np.median(log_snr[k])))
+    for knot, k in _core_snr_bins(snr_core, n_bins, ok=np.isfinite(ratio)):
+        knots.append(knot)
         factors.append(float(1.0 / np.median(ratio[k])))
     return {"log10_core_snr": knots, "factor": factors, "n_bins": n_bins,
             "method": "per core-S/N bin: 1 / median(predicted / true flux) of stars at known "

@@ -344,8 +344,7 @@ def measure_frame(frame_id, seed, index, methods, phot=None):
                 # _call: the table and the internals, for the core S/N the sigma
                 # calibration is fitted in.
                 ml, internals = phot._call(image, init_params=Table({"x": x_in, "y": y_in}),
-                                           gain=cond["gain"], mask=None, error=None,
-                                           background=None, saturation=None, wcs=None)
+                                           gain=cond["gain"])
             cols.update({
                 "x_ml": np.asarray(ml["x_fit"]), "y_ml": np.asarray(ml["y_fit"]),
                 "flux_ml": np.asarray(ml["flux_fit"]), "x_err_ml": np.asarray(ml["x_err"]),

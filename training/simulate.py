@@ -108,6 +108,9 @@ def _draw_frame(rng, preset, families):
     }
     # Drawn last, and only by presets that set it, so older recipes keep their frames.
     cond["obstruction"] = rng.uniform(*recipe["obstruction"]) if "obstruction" in recipe else 0.0
+    # Newer recipes taper their PSFs around the star's centre (exact first moments for
+    # slowly falling wings such as beta < 2); the generic recipe keeps its hard cut.
+    cond["centred_truncation"] = recipe.get("centred_truncation", False)
     return cond
 
 
@@ -123,6 +126,7 @@ def _psf_at(cond, x, y, shape):
             "halo_fraction": cond["halo_fraction"], "halo_scale": cond["halo_scale"],
             "obstruction": cond["obstruction"], "asym_fraction": cond["asym_fraction"],
             "asym_distance": cond["asym_distance"],
+            "centred_truncation": cond["centred_truncation"],
             "asym_angle": cond["asym_angle"]}
 
 
@@ -162,9 +166,6 @@ def simulate_frame(frame_id, seed, preset="generic", families=None, shape=FRAME_
     # Faint stars do not need their far wings (their truth is the rendered flux anyway).
     approx_snr = flux_e / np.sqrt(sig_area * bg_var_e + flux_e)
     psf["truncation"] = np.where(approx_snr < 2, 2.5, TRUNCATION_FWHM)
-    # Newer recipes taper their PSFs around the star's centre (exact first moments for
-    # slowly falling wings such as beta < 2); the generic recipe keeps its hard cut.
-    psf["centred_truncation"] = PRESETS[preset].get("centred_truncation", False)
     source_e = render_sources(shape, x, y, flux_e, psf)
     if cond["galaxy_density"] > 0:
         n_gal = rng.poisson(cond["galaxy_density"] * nx * ny)
