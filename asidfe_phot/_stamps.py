@@ -25,6 +25,14 @@ depend on the S/N. Multiplying ``data`` and ``error`` by ``k`` multiplies
 ``u``, ``flux`` and ``flux_err`` by ``k`` and leaves positions unchanged
 (exactly, up to float rounding).
 
+Contract version 3 adds a third channel, the image's PSF: rendered with its
+centre at the centre of the reference pixel (the local PSF where it varies
+across the frame), normalised like the data of a bright star (divided by its
+own central 5x5 sum) and compressed by the same asinh, so the network compares
+the star with the profile it should have. An all-zero channel means "PSF not
+known": one network serves both modes. Version 2 models (two channels) remain
+usable without a PSF.
+
 Contract version 1 (asidfe_tsmve_v1) used ``asinh(data / s)``,
 ``log(error / s)`` and an ``asinh(flux / 20 s)`` target; its compressed
 bright profiles limited the flux precision to ~5 % at any S/N.
@@ -35,10 +43,14 @@ import numpy as np
 __all__ = []  # private module
 
 #: Version of this contract; a model card must carry the same.
-CONTRACT_VERSION = 2
+CONTRACT_VERSION = 3
+#: Contract versions this package can run: 2 (no PSF channel) and 3.
+SUPPORTED_CONTRACT_VERSIONS = (2, 3)
 STAMP_SIZE = 32
 STORED_STAMP_SIZE = 34
-N_INPUT_CHANNELS = 2
+#: Side of the stored PSF stamps (odd, centred: flips and transposes keep the centre).
+STORED_PSF_SIZE = 33
+N_INPUT_CHANNELS = 3
 #: Side of the central box whose sum sets the flux unit (px, odd).
 CORE_SIZE = 5
 #: Floor of the flux unit, in units of the noise scale (the core S/N where it takes over).
@@ -164,7 +176,35 @@ def core_snr(data_stamps, error_stamps, valid):
         return total / np.sqrt(variance)
 
 
-def encode_inputs(data_stamps, error_stamps, valid, scale=None):
+def input_channels(contract_version):
+    """Input channels of a model of the given contract version."""
+    return 3 if int(contract_version) >= 3 else 2
+
+
+def encode_psf(psf_stamps, out=None):
+    """
+    The PSF channel: ``asinh(INPUT_GAIN * psf / core sum of psf)``.
+
+    ``psf_stamps`` (n, S, S), each centred on the centre of pixel ``S // 2``
+    (any normalisation; it cancels). A row that is all zero (or has no
+    positive core) stays all zero: "PSF not known".
+    """
+    psf = np.asarray(psf_stamps, dtype=np.float32)
+    c = psf.shape[-1] // 2
+    h = CORE_SIZE // 2
+    core = psf[:, c - h:c + h + 1, c - h:c + h + 1].sum(axis=(1, 2), dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gain = np.where(core > 0, INPUT_GAIN / core, 0.0).astype(np.float32)
+    if out is None:
+        out = np.empty(psf.shape, dtype=np.float32)
+    np.multiply(psf, gain[:, None, None], out=out)
+    np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    np.arcsinh(out, out=out)
+    return out
+
+
+def encode_inputs(data_stamps, error_stamps, valid, scale=None, psf_stamps=None,
+                  n_channels=N_INPUT_CHANNELS):
     """
     Network inputs from background-subtracted data and error stamps.
 
@@ -177,12 +217,17 @@ def encode_inputs(data_stamps, error_stamps, valid, scale=None):
         noise scale as error, so they carry no signal.
     scale : (n,) array, optional
         Noise scale; by default `noise_scale` of the error stamps.
+    psf_stamps : (n, S, S) array, optional
+        The PSF at each stamp's reference pixel (see `encode_psf`); None: not known.
+    n_channels : {2, 3}
+        The model's input channels (`input_channels` of its contract).
 
     Returns
     -------
-    inputs : (n, 2, S, S) float32
+    inputs : (n, n_channels, S, S) float32
         Channel 0: ``asinh(INPUT_GAIN * data / unit)``; channel 1:
-        ``log(error / unit)``, with ``unit`` from `flux_unit`.
+        ``log(error / unit)``, with ``unit`` from `flux_unit`; channel 2: the
+        PSF (`encode_psf`), zero where not known.
     unit : (n,) float64
         The flux unit (NaN where the stamp has no valid pixel).
     """
@@ -192,8 +237,19 @@ def encode_inputs(data_stamps, error_stamps, valid, scale=None):
     # float32 throughout: the network's precision, and 2x faster than float64 here.
     u = np.asarray(unit, dtype=np.float32)[:, None, None]
     s = np.asarray(scale, dtype=np.float32)[:, None, None]
-    inputs = np.empty((data_stamps.shape[0], N_INPUT_CHANNELS) + data_stamps.shape[1:],
+    if n_channels not in (2, 3):
+        msg = f"n_channels must be 2 or 3, got {n_channels!r}"
+        raise ValueError(msg)
+    if psf_stamps is not None and n_channels < 3:
+        msg = "this model has no PSF channel (contract version 2): it cannot use a PSF"
+        raise ValueError(msg)
+    inputs = np.empty((data_stamps.shape[0], n_channels) + data_stamps.shape[1:],
                       dtype=np.float32)
+    if n_channels == 3:
+        if psf_stamps is None:
+            inputs[:, 2] = 0.0
+        else:
+            encode_psf(psf_stamps, out=inputs[:, 2])
     with np.errstate(invalid="ignore", divide="ignore"):
         np.divide(data_stamps, u / INPUT_GAIN, out=inputs[:, 0], casting="unsafe")
         np.maximum(error_stamps, s * _MIN_RELATIVE_ERROR, out=inputs[:, 1], casting="unsafe")
@@ -341,7 +397,9 @@ def contract():
         "version": CONTRACT_VERSION,
         "stamp_size": STAMP_SIZE,
         "stored_stamp_size": STORED_STAMP_SIZE,
-        "input_channels": [f"asinh({INPUT_GAIN} * data / flux_unit)", "log(error / flux_unit)"],
+        "input_channels": [f"asinh({INPUT_GAIN} * data / flux_unit)", "log(error / flux_unit)",
+                           f"asinh({INPUT_GAIN} * psf / central {CORE_SIZE}x{CORE_SIZE} sum of "
+                           "psf), psf centred on the reference pixel; 0 = PSF not known"],
         "scale": "median per-pixel error of the stamp",
         "flux_unit": f"hypot(sum of the central {CORE_SIZE}x{CORE_SIZE} pixels, "
                      f"{CORE_FLOOR} * scale)",

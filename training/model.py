@@ -42,6 +42,21 @@ class Branch(nn.Module):
         return torch.cat([head(z) for head in self.heads], dim=1)
 
 
+def widen_inputs(state, in_channels=_stamps.N_INPUT_CHANNELS):
+    """
+    A state dict whose first convolutions take ``in_channels`` inputs, the added
+    ones with zero weights: a contract-2 network becomes a contract-3 one that
+    computes exactly what it did (the warm start of the PSF-conditioned model).
+    """
+    state = dict(state)
+    for key in ("mean.convs.0.weight", "logvar.convs.0.weight"):
+        w = state[key]
+        if w.shape[1] < in_channels:
+            pad = torch.zeros((w.shape[0], in_channels - w.shape[1], *w.shape[2:]), dtype=w.dtype)
+            state[key] = torch.cat([w, pad], dim=1)
+    return state
+
+
 class TSMVE(nn.Module):
     """
     Two identical branches: means and log-variances.

@@ -11,8 +11,11 @@ stored around each matched *detector* position, so the network learns from
 imperfect input positions. Splits are 60/20/20 by frame.
 
 Output: ``DIR/index.json`` and, per split and shard, ``<split>_<k>.stamps.npy``
-(float32, background-subtracted data in ADU) and ``<split>_<k>.meta.npy``
-(structured array, one row per stamp; fields documented in ``META_FIELDS``).
+(float32, background-subtracted data in ADU), ``<split>_<k>.meta.npy``
+(structured array, one row per stamp; fields documented in ``META_FIELDS``) and
+``<split>_<k>.psf.npy`` (float32, 33x33: the PSF the network is told, centred on
+the stamp's reference pixel and made imperfect as a real ePSF is; see
+`imperfect_psf_stamps`).
 """
 
 import argparse
@@ -27,7 +30,13 @@ from scipy.spatial import cKDTree
 
 from asidfe_phot import _stamps
 from asidfe_phot._background import estimate_background
-from asidfe_phot.datasets import PSF_FAMILIES, TRUNCATION_FWHM, fisher_bounds, render_sources
+from asidfe_phot.datasets import (
+    PSF_FAMILIES,
+    TRUNCATION_FWHM,
+    fisher_bounds,
+    render_psf_stamps,
+    render_sources,
+)
 
 #: One row per stored stamp. Positions in the stored stamp's frame are offsets
 #: from its reference pixel (index 17 of 34), in px.
@@ -130,8 +139,57 @@ def _psf_at(cond, x, y, shape):
             "asym_angle": cond["asym_angle"]}
 
 
+#: How the PSF given to the network departs from the truth, per frame: the ePSF a user
+#: builds is made from a few dozen noisy stars (pixel noise), with small centring and
+#: FWHM errors, and is often one PSF for the whole frame where the truth varies.
+PSF_ERRORS = {
+    "constant_fraction": 0.5,         # one PSF (the frame centre's) for every star
+    "fwhm_error": (0.0, 0.04),        # std of the relative FWHM error, drawn per frame
+    "ellipticity_error": 0.02,        # std, per frame
+    "centring_error": (0.003, 0.05),  # px, log-uniform std of the per-frame offset
+    "photons": (1e5, 1e8),            # electrons summed over the ePSF's stars (log-uniform)
+    "floor": (3e-4, 1e-2),            # background noise, relative to the peak (log-uniform)
+    "truncated_fraction": 0.5,        # the ePSF stops at a radius of 9-16 px
+}
+
+
+def imperfect_psf_stamps(rng, cond, x, y, shape=FRAME_SHAPE, errors=PSF_ERRORS):
+    """
+    The PSF a user would give for stars at ``x, y``: 33x33 stamps, each centred on
+    the centre of the star's reference pixel, sum 1, with the errors of
+    ``errors`` (drawn from ``rng``: one set per frame).
+    """
+    n = np.size(x)
+    size = _stamps.STORED_PSF_SIZE
+    if n == 0:
+        return np.zeros((0, size, size), np.float32)
+    if rng.uniform() < errors["constant_fraction"]:
+        centre = _psf_at(cond, np.array([shape[1] / 2]), np.array([shape[0] / 2]), shape)
+        params = {k: (np.repeat(v, n) if np.ndim(v) else v) for k, v in centre.items()}
+    else:
+        params = _psf_at(cond, np.asarray(x, float), np.asarray(y, float), shape)
+    params = dict(params)
+    params["fwhm"] = params["fwhm"] * (1 + rng.normal(0, rng.uniform(*errors["fwhm_error"])))
+    params["ellipticity"] = np.clip(params["ellipticity"]
+                                    + rng.normal(0, errors["ellipticity_error"]), 0.0, 0.5)
+    params["truncation"] = np.full(n, TRUNCATION_FWHM)
+    offset = rng.normal(0, _loguniform(rng, *errors["centring_error"]), 2)
+    ref_x = _stamps.reference_pixel(x).astype(float)
+    ref_y = _stamps.reference_pixel(y).astype(float)
+    psf, _, _ = render_psf_stamps(params, ref_x + offset[0], ref_y + offset[1],
+                                  half_size=size // 2)
+    peak = psf.max(axis=(1, 2), keepdims=True)
+    photons = _loguniform(rng, *errors["photons"])
+    floor = _loguniform(rng, *errors["floor"]) * peak
+    psf = psf + rng.normal(0, 1, psf.shape) * np.sqrt(np.clip(psf, 0, None) / photons + floor**2)
+    if rng.uniform() < errors["truncated_fraction"]:
+        g = np.arange(size) - size // 2
+        psf = psf * (np.hypot(g[:, None], g[None, :]) <= rng.uniform(9, 16))
+    return (psf / psf.sum(axis=(1, 2), keepdims=True)).astype(np.float32)
+
+
 def simulate_frame(frame_id, seed, preset="generic", families=None, shape=FRAME_SHAPE,
-                   return_frame=False):
+                   return_frame=False, with_psf=False):
     """
     Simulate one frame, detect, match, and cut stamps.
 
@@ -139,6 +197,9 @@ def simulate_frame(frame_id, seed, preset="generic", families=None, shape=FRAME_
     -------
     stamps : (n, 34, 34) float32
     meta : structured array of `META_DTYPE`
+    psf : (n, 33, 33) float32, only with ``with_psf=True``
+        The imperfect PSF given to the network (`imperfect_psf_stamps`), drawn
+        from a second generator so the frames are those made without it.
     frame : dict, only with ``return_frame=True``
         ``image`` (ADU), ``background`` and ``rms`` (the estimates used),
         ``truth`` (x, y, flux in ADU, flux_e, and the per-star PSF parameters
@@ -191,6 +252,9 @@ def simulate_frame(frame_id, seed, preset="generic", families=None, shape=FRAME_
                        "psf": psf},
              "detections": objects}
     empty = np.zeros((0, 34, 34), np.float32), np.zeros(0, META_DTYPE)
+    if with_psf:
+        empty = (*empty, np.zeros((0, _stamps.STORED_PSF_SIZE, _stamps.STORED_PSF_SIZE),
+                                  np.float32))
     if return_frame:
         empty = (*empty, frame)
     if len(objects) == 0:
@@ -260,9 +324,13 @@ def simulate_frame(frame_id, seed, preset="generic", families=None, shape=FRAME_
     meta["ellipticity"] = star_psf["ellipticity"]
     meta["x_frame"] = sx
     meta["y_frame"] = sy
+    out = (stamps.astype(np.float32), meta)
+    if with_psf:
+        psf_rng = np.random.default_rng([seed, 1])
+        out = (*out, imperfect_psf_stamps(psf_rng, cond, det_x[sel], det_y[sel], shape))
     if return_frame:
-        return stamps.astype(np.float32), meta, frame
-    return stamps.astype(np.float32), meta
+        return (*out, frame)
+    return out
 
 
 def frame_seeds(seed, n_frames):
@@ -271,18 +339,20 @@ def frame_seeds(seed, n_frames):
 
 
 def _worker(args):
-    frame_id, seed, preset, families = args
-    return frame_id, simulate_frame(frame_id, seed, preset, families)
+    frame_id, seed, preset, families, with_psf = args
+    return frame_id, simulate_frame(frame_id, seed, preset, families, with_psf=with_psf)
 
 
 class _ShardWriter:
     def __init__(self, out, split, shard_size):
         self.out, self.split, self.shard_size = out, split, shard_size
-        self.stamps, self.meta, self.shards, self.count = [], [], [], 0
+        self.stamps, self.meta, self.psf, self.shards, self.count = [], [], [], [], 0
 
-    def add(self, stamps, meta):
+    def add(self, stamps, meta, psf=None):
         self.stamps.append(stamps)
         self.meta.append(meta)
+        if psf is not None:
+            self.psf.append(psf)
         self.count += len(meta)
         if sum(len(m) for m in self.meta) >= self.shard_size:
             self.flush()
@@ -293,26 +363,27 @@ class _ShardWriter:
         name = f"{self.split}_{len(self.shards):04d}"
         np.save(self.out / f"{name}.stamps.npy", np.concatenate(self.stamps))
         np.save(self.out / f"{name}.meta.npy", np.concatenate(self.meta))
+        if self.psf:
+            np.save(self.out / f"{name}.psf.npy", np.concatenate(self.psf))
         self.shards.append(name)
-        self.stamps, self.meta = [], []
+        self.stamps, self.meta, self.psf = [], [], []
 
 
 def write_dataset(out, n_frames, preset="generic", seed=0, families=None,
-                  processes=None, shard_size=50_000, log=print):
+                  processes=None, shard_size=50_000, with_psf=True, log=print):
     """Simulate ``n_frames`` frames and write the sharded data set; returns the index."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     seeds = frame_seeds(seed, n_frames)
     families = tuple(families or preset_families(preset))
-    tasks = [(i, int(seeds[i]), preset, families) for i in range(n_frames)]
+    tasks = [(i, int(seeds[i]), preset, families, with_psf) for i in range(n_frames)]
     writers = {s: _ShardWriter(out, s, shard_size) for s in SPLITS}
     processes = processes or os.cpu_count()
     start = time.time()
     # Results are written in frame order so the data set is identical for a given seed.
     with mp.get_context("fork").Pool(processes) as pool:
-        for done, (frame_id, (stamps, meta)) in enumerate(
-                pool.imap(_worker, tasks, chunksize=4), 1):
-            writers[split_of(frame_id)].add(stamps, meta)
+        for done, (frame_id, result) in enumerate(pool.imap(_worker, tasks, chunksize=4), 1):
+            writers[split_of(frame_id)].add(*result)
             if done % 100 == 0 or done == n_frames:
                 total = sum(w.count for w in writers.values())
                 rate = total / (time.time() - start)
@@ -324,6 +395,7 @@ def write_dataset(out, n_frames, preset="generic", seed=0, families=None,
         "preset": preset, "seed": seed, "n_frames": n_frames, "frame_shape": FRAME_SHAPE,
         "families": list(families), "stamp_size": _stamps.STORED_STAMP_SIZE,
         "meta_fields": [f for f, _ in META_FIELDS],
+        "psf": bool(with_psf), "psf_errors": PSF_ERRORS if with_psf else None,
         "splits": {s: {"shards": w.shards, "count": w.count} for s, w in writers.items()},
         "seconds": elapsed, "stamps_per_second": sum(w.count for w in writers.values()) / elapsed,
         "processes": processes,
@@ -344,10 +416,12 @@ def main(argv=None):
                              "those and airy)")
     parser.add_argument("--processes", type=int, default=None)
     parser.add_argument("--shard-size", type=int, default=50_000)
+    parser.add_argument("--no-psf", action="store_true",
+                        help="do not store the PSF stamps (contract-2 data sets)")
     args = parser.parse_args(argv)
     index = write_dataset(args.out, args.n_frames, args.preset, args.seed,
                           args.families and args.families.split(","), args.processes,
-                          args.shard_size)
+                          args.shard_size, with_psf=not args.no_psf)
     print(json.dumps({s: v["count"] for s, v in index["splits"].items()}),
           f"{index['stamps_per_second']:.0f} stamps/s")
 

@@ -21,7 +21,15 @@ import numpy as np
 import torch
 
 from training.data import StampSet
-from training.model import LOGVAR_MAX, LOGVAR_MIN, TSMVE, gaussian_nll, huber, sigma_head_parameters
+from training.model import (
+    LOGVAR_MAX,
+    LOGVAR_MIN,
+    TSMVE,
+    gaussian_nll,
+    huber,
+    sigma_head_parameters,
+    widen_inputs,
+)
 
 STAGES = ("step1", "step2", "mve")
 
@@ -36,9 +44,13 @@ def _metrics(outputs, targets, with_variance):
     return out
 
 
-def load_model(weights, device="cpu"):
+def load_model(weights, device="cpu", in_channels=None):
     """
     A `TSMVE` with the given weights, in eval mode.
+
+    ``in_channels``: build the network with this many inputs (default: as the
+    weights have); more than the weights have widens them with zero weights
+    (`widen_inputs`: a contract-2 model warm-starts a PSF-conditioned one).
 
     ``weights``: a training checkpoint (``.pt``, as written by `train`), or
     an exported model (its ``model.onnx`` or model directory): the ONNX
@@ -58,7 +70,11 @@ def load_model(weights, device="cpu"):
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = state.get("model", state)
-    model = TSMVE()
+    stored = int(state["mean.convs.0.weight"].shape[1])
+    in_channels = stored if in_channels is None else int(in_channels)
+    if in_channels > stored:
+        state = widen_inputs(state, in_channels)
+    model = TSMVE(in_channels=in_channels)
     # strict: a renamed or missing parameter must fail loudly, not start from random weights.
     model.load_state_dict(state, strict=True)
     model.eval()
@@ -142,10 +158,11 @@ def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batc
     torch.manual_seed(seed)
     train_set = StampSet(data, "train", limit=train_limit, exclude_families=exclude_families)
     val_set = StampSet(data, "val", limit=val_limit, exclude_families=exclude_families)
-    model = TSMVE().to(device=device, memory_format=torch.channels_last)
+    model = TSMVE(in_channels=train_set.n_channels).to(device=device,
+                                                       memory_format=torch.channels_last)
     init_stage = None
     if init is not None:
-        model.load_state_dict(load_model(init).state_dict())
+        model.load_state_dict(load_model(init, in_channels=train_set.n_channels).state_dict())
         # An exported model is a finished step 2; a checkpoint records its stage.
         init_stage = (torch.load(init, map_location="cpu", weights_only=True).get("stage")
                       if Path(init).suffix == ".pt" else "step2")
