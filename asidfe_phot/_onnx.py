@@ -18,7 +18,7 @@ def default_providers():
     return ["CPUExecutionProvider"]
 
 
-def create_session(path, providers=None, threads=None):
+def create_session(path, providers=None, threads=None, n_channels=_stamps.N_INPUT_CHANNELS):
     """An inference session for ``path``, checked against the stamp contract.
 
     ``threads``: onnxruntime's intra-op threads (None: its default, all cores);
@@ -37,7 +37,7 @@ def create_session(path, providers=None, threads=None):
         msg = f"could not load ONNX model {path}: {exc}"
         raise ModelError(msg) from exc
     inputs, outputs = session.get_inputs(), session.get_outputs()
-    expected = [_stamps.N_INPUT_CHANNELS, _stamps.STAMP_SIZE, _stamps.STAMP_SIZE]
+    expected = [int(n_channels), _stamps.STAMP_SIZE, _stamps.STAMP_SIZE]
     if len(inputs) != 1 or list(inputs[0].shape[1:]) != expected or len(outputs) != 1 \
             or outputs[0].shape[-1] != 2 * len(_stamps.TARGET_NAMES):
         msg = (f"ONNX model {path} does not follow the contract: one input (batch, "
@@ -51,7 +51,7 @@ RUN_CHUNK = 256
 
 
 def run(session, inputs):
-    """Network outputs (n, 6) for inputs (n, 2, 32, 32)."""
+    """Network outputs (n, 6) for inputs (n, channels, 32, 32)."""
     name = session.get_inputs()[0].name
     inputs = np.ascontiguousarray(inputs, dtype=np.float32)
     if len(inputs) <= RUN_CHUNK:

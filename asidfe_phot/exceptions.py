@@ -2,7 +2,8 @@
 
 from astropy.utils.exceptions import AstropyUserWarning
 
-__all__ = ["AsidfePhotWarning", "FlaggedSourcesWarning", "NoSourceNoiseWarning", "ModelError"]
+__all__ = ["AsidfePhotWarning", "FlaggedSourcesWarning", "NoSourceNoiseWarning",
+           "TooFewPSFStarsWarning", "ModelError"]
 
 
 class AsidfePhotWarning(AstropyUserWarning):
@@ -15,6 +16,10 @@ class FlaggedSourcesWarning(AsidfePhotWarning):
 
 class NoSourceNoiseWarning(AsidfePhotWarning):
     """The error map lacks the sources' Poisson noise, so bright sources' errors are too small."""
+
+
+class TooFewPSFStarsWarning(AsidfePhotWarning):
+    """``psf_model="auto"`` found fewer good stars than it wants for an ePSF."""
 
 
 class ModelError(ValueError):

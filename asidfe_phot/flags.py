@@ -9,7 +9,7 @@ import numpy as np
 
 __all__ = ["FLAG_DEFINITIONS", "EDGE", "MASKED", "CORE_MASKED", "NO_OVERLAP", "LARGE_SHIFT",
            "OUTSIDE_TRAINING", "NONPOSITIVE_FLUX", "SATURATED", "NO_SOURCE_NOISE",
-           "COMPACT", "PSF_MISMATCH", "decode_flags", "flag_table"]
+           "COMPACT", "PSF_MISMATCH", "BLENDED", "decode_flags", "flag_table"]
 
 EDGE = 1
 MASKED = 2
@@ -22,6 +22,7 @@ SATURATED = 128
 NO_SOURCE_NOISE = 256
 COMPACT = 512
 PSF_MISMATCH = 1024
+BLENDED = 2048
 
 #: The registry: (bit, name, description); docs and decode_flags derive from it.
 FLAG_DEFINITIONS = (
@@ -46,6 +47,10 @@ FLAG_DEFINITIONS = (
      "the image's PSF is far from any the network was trained on: on its bright isolated "
      "stars a large aperture holds over 1.5x (or under 0.8x) the network's flux, so every "
      "flux of the image is biased (set on all rows; see the aperture_correction meta)"),
+    (BLENDED, "BLENDED",
+     "with a PSF model: another input source overlaps this one so much that their joint "
+     "PSF fit more than doubles the flux variance (flux_err includes it); the fluxes of "
+     "such a pair are held near the network's where the data cannot split them"),
 )
 
 

@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 import numpy as np
 from astropy.table import QTable
 
-from asidfe_phot import _aperture_correction, _onnx, _stamps
+from asidfe_phot import _aperture_correction, _onnx, _psf_fit, _stamps
 from asidfe_phot import flags as _flags
+from asidfe_phot import psf as _psf
 from asidfe_phot._background import estimate_background
 from asidfe_phot._validation import coerce_data, parse_positions, value_in_unit
 from asidfe_phot.exceptions import FlaggedSourcesWarning, NoSourceNoiseWarning
@@ -24,6 +25,10 @@ _WARN_FLAGS = (_flags.NO_OVERLAP | _flags.CORE_MASKED | _flags.SATURATED | _flag
 _CORE_RADIUS = 3
 _SATURATION_RADIUS = 2
 _SNR_RANGE = (2.0, 3e4)
+#: Core S/N from which the PSF fit's flux and centre replace the network's (see Notes).
+PSF_FIT_MIN_SNR = 0.0
+#: Position error (in FWHM) per unit relative PSF-model error.
+_PSF_POSITION_ERROR_PER_EPS = 0.5
 #: Peak / central 3x3 sum above which a source is sharper than any trained PSF (the
 #: narrowest, FWHM 1 px since v4, peak at most ~0.64), checked where the 3x3 sum has
 #: S/N > 10.
@@ -84,6 +89,18 @@ class MLPhotometry:
         CPU threads of the network (onnxruntime's intra-op threads). Default:
         all cores. Use 1 when several processes share the machine (one image
         per process).
+    psf_model : photutils PSF model, str or path-like, optional
+        The image's PSF, as photutils' `~photutils.psf.PSFPhotometry` takes it:
+        any photutils PSF model (`~photutils.psf.ImagePSF`, the ePSF of
+        `~photutils.psf.EPSFBuilder`, `~photutils.psf.GriddedPSFModel` for a PSF
+        that varies across the frame, `~photutils.psf.CircularGaussianPRF`,
+        `~photutils.psf.MoffatPSF`, ...), a PSFEx ``.psf`` file, or ``"auto"``:
+        an ePSF built from each image's own bright, isolated, unsaturated point
+        sources (`asidfe_phot.psf.build_epsf`; the stars used are in ``meta``).
+        A PSF-conditioned model (contract 3) sees it, rendered at each stamp's
+        reference pixel, as an extra input; the fluxes and centres are then
+        refined by a PSF fit started at the network's estimates (see Notes).
+        ``None``: the network alone.
     aperture_correction : {"auto", True, False} or float, optional
         Per-image correction of the fluxes for light beyond the 32x32 stamp
         (PSF wings and halos, PSF shapes the network was not trained on),
@@ -100,6 +117,15 @@ class MLPhotometry:
     -----
     Pixel convention (photutils'): 0-based, integer coordinates are pixel centres.
 
+    With a PSF model, each source is fitted for flux and centre in a box of
+    ``2 ceil(1.5 FWHM) + 1`` px, every other input source's model subtracted,
+    starting from the network's estimates (two passes, as DAOPHOT's ALLSTAR
+    iterates). The fitted values replace the network's where the fit is
+    trusted (see ``PSF_FIT_MIN_SNR``); ``flux_fit`` is then the total flux as
+    the PSF model defines it (unit-flux model), so no aperture correction is
+    measured. ``qfit`` and ``cfit`` are added with photutils' definitions, and
+    `make_model_image` and `make_residual_image` render the last result.
+
     ``flux_err``, ``x_err`` and ``y_err`` are the network's predicted 1-sigma
     uncertainties of the total flux and position. They include background and
     source photon noise, read noise and the effect of neighbours, and are
@@ -113,7 +139,7 @@ class MLPhotometry:
 
     def __init__(self, model=None, *, batch_size=2048, providers=None, progress_bar=False,
                  finder=None, localbkg_estimator=None, background_box_size=64, max_shift=2.0,
-                 threads=None, aperture_correction="auto"):
+                 threads=None, aperture_correction="auto", psf_model=None):
         if int(batch_size) != batch_size or batch_size < 1:
             msg = f"batch_size must be a positive integer, got {batch_size!r}"
             raise ValueError(msg)
@@ -138,10 +164,13 @@ class MLPhotometry:
             msg = ('aperture_correction must be "auto", True, False or a positive number, '
                    f"got {aperture_correction!r}")
             raise ValueError(msg)
+        self.psf_model = _psf.resolve_psf_model(psf_model)
         self._model_dir, self._card = verify_model(model)
+        self._n_channels = _stamps.input_channels(self._card["contract"]["version"])
+        self._last = None
         self._session = _onnx.create_session(self._model_dir / self._card.get("file",
                                                                               "model.onnx"),
-                                             providers, threads)
+                                             providers, threads, self._n_channels)
         self.batch_size = int(batch_size)
         self.progress_bar = bool(progress_bar)
         self.finder = finder
@@ -233,9 +262,85 @@ class MLPhotometry:
             found = self.finder(prepared.subtracted, mask=prepared.bad)
             init_params = found if found is not None else QTable({"x": [], "y": []})
         x, y, ids = parse_positions(init_params, wcs)
-        results = self._measure(prepared, x, y)
-        info.update(self._correct_apertures(prepared, results))
-        return self._assemble(ids, x, y, results, unit, wcs, info), results
+        sampler, psf_info = self._psf_sampler(prepared)
+        info.update(psf_info)
+        results = self._measure(prepared, x, y, sampler)
+        if sampler is not None:
+            info.update(self._fit_psf(prepared, results, sampler))
+        else:
+            info.update(self._correct_apertures(prepared, results))
+        table = self._assemble(ids, x, y, results, unit, wcs, info)
+        self._last = {"sampler": sampler, "x": results["x_fit"], "y": results["y_fit"],
+                      "flux": results["flux_fit"], "unit": unit}
+        return table, results
+
+    def _psf_sampler(self, prepared):
+        """The PSF of this image, tabulated (or None), and what to report in meta."""
+        if self.psf_model is None:
+            return None, {"psf_model": None}
+        if isinstance(self.psf_model, str):  # "auto"
+            noise = prepared.error if prepared.error is not None else prepared.rms
+            model, info = _psf.build_epsf(prepared.subtracted, noise, prepared.bad,
+                                          saturation=None if prepared.saturation is None
+                                          else prepared.saturation - float(
+                                              np.median(prepared.raw - prepared.subtracted)))
+            if model is None:
+                return None, info
+        else:
+            model = self.psf_model
+            info = {"psf_model": type(model).__name__}
+        sampler = _psf.PSFSampler(model)
+        info["psf_fwhm"] = sampler.fwhm
+        return sampler, info
+
+    def _error_boxes(self, prepared):
+        """A function cutting error boxes from the error map or the noise model."""
+        def boxes(cx, cy, size, data_boxes):
+            if prepared.error is not None:
+                return _stamps.cutout_stamps(prepared.error, cx, cy, size, fill=np.inf)[0]
+            rms = _stamps.cutout_stamps(prepared.rms, cx, cy, size, fill=np.inf)[0]
+            return _stamps.total_error(data_boxes, rms, prepared.gain)
+        return boxes
+
+    def _fit_psf(self, prepared, res, sampler):
+        """Refine ``res`` in place by a PSF fit at the network's estimates; meta entries."""
+        ok = np.isfinite(res["x_fit"]) & ((res["flags"] & _flags.NO_OVERLAP) == 0)
+        fitted = _psf_fit.fit_sources(prepared.subtracted, self._error_boxes(prepared),
+                                      prepared.bad, res["x_fit"], res["y_fit"],
+                                      res["flux_fit"], sampler, fit=ok, x_input=res["x_init"],
+                                      y_input=res["y_init"], flux_err=res["flux_err"])
+        res["flags"][fitted["blended"]] |= _flags.BLENDED
+        res["network"] = {k: res[k].copy() for k in ("x_fit", "y_fit", "flux_fit", "x_err",
+                                                     "y_err", "flux_err")}
+        res["psf_fit"] = fitted
+        fitted_ok = ok & np.isfinite(fitted["flux"]) & np.isfinite(fitted["flux_err"])
+        # How well the PSF model describes this image's bright sources; its error adds to the
+        # fit's (a wrong model biases flux and centre alike).
+        eps = _psf_fit.psf_model_error(fitted, fitted_ok & ~fitted["blended"]
+                                       & (res["snr_core"] >= 30))
+        eps_used = 0.0 if not np.isfinite(eps) else eps
+        flux_err = np.hypot(fitted["flux_err"], eps_used * np.abs(fitted["flux"]))
+        pos_floor = eps_used * sampler.fwhm * _PSF_POSITION_ERROR_PER_EPS
+        x_err = np.hypot(fitted["x_err"], pos_floor)
+        y_err = np.hypot(fitted["y_err"], pos_floor)
+        # Each value from whichever estimate is the more precise: the fit (bright sources,
+        # a good model) or the network (faint ones, a poor model, tangled neighbours).
+        use_flux = fitted_ok & ~(flux_err > res["flux_err"]) & (res["snr_core"]
+                                                                 >= PSF_FIT_MIN_SNR)
+        use_pos = fitted_ok & ~(np.hypot(x_err, y_err) > np.hypot(res["x_err"], res["y_err"]))
+        use_pos &= res["snr_core"] >= PSF_FIT_MIN_SNR
+        res["flux_fit"] = np.where(use_flux, fitted["flux"], res["flux_fit"])
+        res["flux_err"] = np.where(use_flux, flux_err, res["flux_err"])
+        for key, err in (("x", x_err), ("y", y_err)):
+            res[f"{key}_fit"] = np.where(use_pos, fitted[key], res[f"{key}_fit"])
+            res[f"{key}_err"] = np.where(use_pos, err, res[f"{key}_err"])
+        res["qfit"], res["cfit"] = fitted["qfit"], fitted["cfit"]
+        return {"aperture_correction": 1.0,
+                "aperture_correction_note": "none needed: fluxes are the PSF model's totals",
+                "psf_model_error": eps,
+                "psf_fit_flux_nsources": int(np.count_nonzero(use_flux)),
+                "psf_fit_position_nsources": int(np.count_nonzero(use_pos)),
+                }
 
     def _prepare(self, image, unit, mask, error, background, gain, saturation):
         bad = ~np.isfinite(image)
@@ -286,12 +391,13 @@ class MLPhotometry:
                                   image, saturation)
         return prepared, info
 
-    def _measure(self, prepared, x, y):
+    def _measure(self, prepared, x, y, sampler=None):
         n = x.size
         out = {k: np.full(n, np.nan) for k in ("x_fit", "y_fit", "flux_fit", "x_err", "y_err",
                                                "flux_err")}
         out["flags"] = np.zeros(n, dtype=np.int32)
         out["snr_core"] = np.full(n, np.nan)
+        out["x_init"], out["y_init"] = x, y
         size = _stamps.STAMP_SIZE
         ref = size // 2
         core = slice(ref - _CORE_RADIUS, ref + _CORE_RADIUS + 1)
@@ -317,7 +423,12 @@ class MLPhotometry:
                 rms, _ = _stamps.cutout_stamps(prepared.rms, bx, by, size, fill=1.0)
                 error = _stamps.total_error(data, rms, prepared.gain)
             scale = _stamps.noise_scale(error, valid)
-            inputs, unit = _stamps.encode_inputs(data, error, valid, scale)
+            psf = None
+            if sampler is not None and self._n_channels == 3:
+                psf = sampler.stamps(_stamps.reference_pixel(bx), _stamps.reference_pixel(by),
+                                     size)
+            inputs, unit = _stamps.encode_inputs(data, error, valid, scale, psf_stamps=psf,
+                                                 n_channels=self._n_channels)
             usable = (valid.any(axis=(1, 2)) & np.isfinite(scale) & (scale > 0)
                       & np.isfinite(unit))
             f = np.zeros(len(scale), dtype=np.int32)
@@ -402,6 +513,9 @@ class MLPhotometry:
         tbl["y_err"] = res["y_err"]
         tbl["flux_err"] = res["flux_err"] if unit is None else res["flux_err"] * unit
         tbl["flags"] = res["flags"]
+        if "qfit" in res:
+            tbl["qfit"] = res["qfit"]
+            tbl["cfit"] = res["cfit"]
         if wcs is not None:
             tbl["sky_centroid"] = wcs.pixel_to_world(tbl["x_fit"], tbl["y_fit"])
         tbl.meta.update(self._meta(info))

@@ -471,17 +471,29 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5,
                         help="independent injections per frame (stars split among them)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--psf", default="none",
+                        help="MLPhotometry's psf_model: none, auto (built from each frame), or "
+                             "true (the injected PSF)")
+    parser.add_argument("--aperture-correction", default="auto",
+                        help="MLPhotometry's aperture_correction: auto, on or off")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    phot = MLPhotometry(args.model, threads=1)
+    apcorr = {"auto": "auto", "on": True, "off": False}[args.aperture_correction]
+    phot = MLPhotometry(args.model, threads=1, aperture_correction=apcorr,
+                        psf_model=None if args.psf == "none" else "auto")
+    phot_psf_mode = args.psf
     start = time.perf_counter()
     tables, info = [], {"model": f"{phot.model_card['name']}_v{phot.model_card['version']}",
-                        "seed": args.seed}
+                        "seed": args.seed, "psf_model": args.psf,
+                        "aperture_correction": args.aperture_correction}
     for name in args.frames.split(","):
         # One generator per frame: a frame's stars do not depend on the other frames run.
         rng = np.random.default_rng([args.seed, list(FRAMES).index(name)])
         n = args.n_stars or FRAMES[name]["n_stars"]
+        if phot_psf_mode == "true":
+            phot = MLPhotometry(args.model, threads=1, aperture_correction=apcorr,
+                                psf_model=load_frame(name)["psf"])
         tbl, finfo = run_frame(name, phot, n, args.rounds, rng)
         tables.append(tbl)
         info.update({f"{name} {k}": v for k, v in finfo.items()})

@@ -1,0 +1,315 @@
+"""
+PSF fitting at the network's positions, vectorised over sources (private).
+
+With the image's PSF known, the best estimates of a bright star's flux and
+centre are those of a weighted least-squares PSF fit; the network's estimates
+start it (and handle what a fit handles badly: faint sources, neighbours).
+Each source is fitted for (flux, x, y) in a small box around its reference
+pixel, after subtracting the model of every other input source (their
+current estimates), by a few Gauss-Newton steps; a second pass refits against
+the refined neighbours, as DAOPHOT's ALLSTAR iterates. The inverse Fisher
+matrix gives the 1-sigma errors.
+"""
+
+import numpy as np
+
+from asidfe_phot import _stamps
+
+__all__ = []  # private module
+
+_MAX_STEP = 0.5    # px per Gauss-Newton step
+_MAX_SHIFT = 1.5   # px from the input position: beyond, the fit has wandered (kept at the start)
+#: Flux-variance inflation by overlapping neighbours beyond which a source is BLENDED.
+BLEND_INFLATION = 2.0
+
+
+def fit_half_size(fwhm):
+    """Half-size of the fit box: ceil(1.5 FWHM), 2 to 8 px."""
+    return int(np.clip(np.ceil(1.5 * fwhm), 2, 8))
+
+
+def paint_half_size(fwhm):
+    """Half-size of a source's model when painted into the image: 4 FWHM, 3 to 16 px."""
+    return int(np.clip(np.ceil(4 * fwhm), 3, 16))
+
+
+def model_image(shape, sampler, x, y, flux, half=None):
+    """Image of sources ``x, y, flux`` rendered with the PSF (pixels beyond ``half`` px: 0)."""
+    half = paint_half_size(sampler.fwhm) if half is None else half
+    out = np.zeros(shape, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux)
+    x, y, flux = np.asarray(x)[ok], np.asarray(y)[ok], np.asarray(flux)[ok]
+    ny, nx = shape
+    size = 2 * half + 1
+    for start in range(0, x.size, 4096):
+        sl = slice(start, start + 4096)
+        x0 = _stamps.reference_pixel(x[sl]) - half
+        y0 = _stamps.reference_pixel(y[sl]) - half
+        values = sampler.render(x[sl], y[sl], x0, y0, size) * flux[sl, None, None]
+        cols = (x0[:, None] + np.arange(size))[:, None, :]
+        rows = (y0[:, None] + np.arange(size))[:, :, None]
+        inside = (cols >= 0) & (cols < nx) & (rows >= 0) & (rows < ny)
+        out += np.bincount((rows * nx + cols)[inside], weights=values[inside],
+                           minlength=ny * nx).reshape(shape)
+    return out
+
+
+def _boxes(image, x0, y0, size, fill):
+    """``size`` boxes of ``image`` starting at (x0, y0) (outside: ``fill``) and inside mask."""
+    centre_x = x0 + size // 2
+    centre_y = y0 + size // 2
+    return _stamps.cutout_stamps(image, centre_x, centre_y, size, fill=fill)
+
+
+def _joint_fluxes(sampler, x, y, flux, solve, pix, weight, data_flat, shape, half,
+                  prior=None, prior_err=None):
+    """
+    Fluxes of the sources ``solve`` at fixed positions, fitted jointly.
+
+    Weighted linear least squares over the unique pixels ``pix`` (flat
+    indices of the fit boxes; ``weight`` and ``data_flat`` alike), every other
+    source held at its ``flux``: blended sources share their light instead
+    of each taking all of it. Returns the fluxes and, per solved source, the
+    factor by which its neighbours inflate its flux variance (1 when isolated).
+
+    ``prior, prior_err`` (per source; NaN: none) add a Gaussian prior on the
+    flux: used for sources the data alone cannot split from a neighbour.
+    """
+    from scipy import sparse
+    from scipy.sparse.linalg import spsolve
+
+    ny, nx = shape
+    known = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux)
+    members = np.flatnonzero(known)
+    size = 2 * half + 1
+    rows, cols, vals = [], [], []
+    for start in range(0, members.size, 4096):
+        m = members[start:start + 4096]
+        x0 = _stamps.reference_pixel(x[m]) - half
+        y0 = _stamps.reference_pixel(y[m]) - half
+        v = sampler.render(x[m], y[m], x0, y0, size)
+        cc = (x0[:, None] + np.arange(size))[:, None, :]
+        rr = (y0[:, None] + np.arange(size))[:, :, None]
+        inside = (cc >= 0) & (cc < nx) & (rr >= 0) & (rr < ny) & (v != 0)
+        flat = (rr * nx + cc)[inside]
+        pos = np.searchsorted(pix, flat)
+        pos = np.clip(pos, 0, pix.size - 1)
+        hit = pix[pos] == flat
+        who = np.broadcast_to(m[:, None, None], v.shape)[inside]
+        rows.append(pos[hit])
+        cols.append(who[hit])
+        vals.append(v[inside][hit])
+    rows, cols, vals = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+    sw = np.sqrt(weight)
+    design = sparse.csr_matrix((vals * sw[rows], (rows, cols)), shape=(pix.size, x.size))
+    rhs_data = data_flat * sw
+    fixed = known & ~solve
+    if fixed.any():
+        rhs_data = rhs_data - design[:, np.flatnonzero(fixed)] @ flux[fixed]
+    unknown = np.flatnonzero(solve & known)
+    a = design[:, unknown].tocsc()
+    normal = (a.T @ a).tocsc()
+    diag = normal.diagonal()
+    ridge = 1e-12 * (diag.max() if diag.size else 1.0)
+    normal = normal + sparse.diags(np.where(diag > 0, 0.0, 1.0) + ridge)
+    out = flux.copy()
+    inflation = np.ones(x.size)
+    if unknown.size == 0:
+        return out, inflation
+    rhs = a.T @ rhs_data
+    system = normal
+    if prior is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pw = np.where(np.isfinite(prior[unknown]) & (prior_err[unknown] > 0),
+                          1.0 / np.square(prior_err[unknown]), 0.0)
+        system = normal + sparse.diags(pw)
+        rhs = rhs + pw * np.nan_to_num(prior[unknown])
+    out[unknown] = spsolve(system.tocsc(), rhs) if unknown.size > 1 else (
+        rhs / system.toarray()[0])
+    # Variance inflation from the neighbours: the source's block of the inverse normal
+    # matrix (itself and the sources it overlaps), against its isolated value.
+    coo = normal.tocoo()
+    d = normal.diagonal()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        corr = np.abs(coo.data) / np.sqrt(d[coo.row] * d[coo.col])
+    strong = (coo.row != coo.col) & (corr > 0.02)
+    csr = normal.tocsr()
+    for i in np.unique(coo.row[strong]):
+        block_ids = np.concatenate([[i], coo.col[strong & (coo.row == i)]])
+        block = csr[block_ids][:, block_ids].toarray()
+        try:
+            inflation[unknown[i]] = np.linalg.inv(block)[0, 0] * d[i]
+        except np.linalg.LinAlgError:
+            inflation[unknown[i]] = np.inf
+    return out, inflation
+
+
+def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes=2, steps=3,
+                x_input=None, y_input=None, flux_err=None):
+    """
+    Fit (flux, x, y) of the sources ``fit`` (default all with finite estimates).
+
+    Each pass solves the fluxes of all sources jointly at their current
+    positions (`_joint_fluxes`), then moves each source by Gauss-Newton steps
+    on its own (flux, x, y), the others held; the final fluxes are the joint
+    solution at the final positions.
+
+    Parameters
+    ----------
+    data : 2-D float array
+        Background-subtracted image (bad pixels any value).
+    error_boxes_fn : callable
+        ``error_boxes_fn(x_centres, y_centres, size, data_boxes)`` -> 1-sigma
+        error boxes (the caller's error map or noise model).
+    bad : 2-D bool array or None
+    x, y, flux : arrays
+        Starting estimates of every input source (NaN: unknown, not modelled).
+    sampler : `asidfe_phot.psf.PSFSampler`
+    x_input, y_input : arrays, optional
+        The input positions: a start further than 1 px from them (drawn to a
+        neighbour) restarts there, and a fit that wanders beyond ``_MAX_SHIFT``
+        of them is undone.
+    flux_err : array, optional
+        The starting fluxes' errors: the prior of blended sources' fluxes.
+
+    Returns
+    -------
+    dict of arrays (NaN where not fitted): ``x, y, flux, x_err, y_err,
+    flux_err`` (the fit), ``flux_lin, flux_lin_err`` (the joint linear PSF
+    flux at the starting positions), ``qfit, cfit`` (photutils'
+    definitions), ``npix``, ``blend_inflation`` (flux variance factor from
+    overlapping neighbours).
+    """
+    x = np.asarray(x, dtype=np.float64).copy()
+    y = np.asarray(y, dtype=np.float64).copy()
+    flux = np.asarray(flux, dtype=np.float64).copy()
+    n = x.size
+    known = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux)
+    fit = known if fit is None else (np.asarray(fit, bool) & known)
+    out = {k: np.full(n, np.nan) for k in ("x", "y", "flux", "x_err", "y_err", "flux_err",
+                                            "flux_lin", "flux_lin_err", "qfit", "cfit",
+                                            "blend_inflation", "chi2")}
+    out["npix"] = np.zeros(n, dtype=np.int64)
+    out["blended"] = np.zeros(n, bool)
+    idx = np.flatnonzero(fit)
+    if idx.size == 0:
+        return out
+    h = fit_half_size(sampler.fwhm)
+    size = 2 * h + 1
+    paint = paint_half_size(sampler.fwhm)
+    ny, nx = data.shape
+    if x_input is not None:
+        x_input = np.asarray(x_input, dtype=np.float64)
+        y_input = np.asarray(y_input, dtype=np.float64)
+        drawn = np.hypot(x - x_input, y - y_input) > 1.0
+        x[drawn & fit], y[drawn & fit] = x_input[drawn & fit], y_input[drawn & fit]
+    start_x, start_y = x.copy(), y.copy()
+    anchor_x = start_x if x_input is None else x_input
+    anchor_y = start_y if y_input is None else y_input
+    prior = flux.copy()
+    prior_err = (np.full(n, np.nan) if flux_err is None
+                 else np.asarray(flux_err, dtype=np.float64))
+    ref_x = _stamps.reference_pixel(start_x[idx])
+    ref_y = _stamps.reference_pixel(start_y[idx])
+    x0, y0 = ref_x - h, ref_y - h
+    dbox, inside = _boxes(data, x0, y0, size, 0.0)
+    valid = inside
+    if bad is not None:
+        badbox, _ = _boxes(bad, x0, y0, size, True)
+        valid = inside & ~badbox
+    ebox = error_boxes_fn(ref_x, ref_y, size, dbox)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weight = np.where(valid & (ebox > 0) & np.isfinite(ebox), 1.0 / np.square(ebox), 0.0)
+    dbox = np.where(valid, dbox, 0.0)
+    out["npix"][idx] = np.count_nonzero(weight, axis=(1, 2))
+    # The unique pixels of all fit boxes, for the joint flux solution.
+    cols = (x0[:, None] + np.arange(size))[:, None, :]
+    rows = (y0[:, None] + np.arange(size))[:, :, None]
+    flat = np.broadcast_to(rows * nx + cols, dbox.shape)
+    use = weight > 0
+    pix, first = np.unique(flat[use], return_index=True)
+    pix_weight = weight[use][first]
+    pix_data = dbox[use][first]
+    solve = np.zeros(n, bool)
+    solve[idx] = True
+
+    blended = np.zeros(n, bool)
+
+    def joint():
+        # Sources the data cannot split from a neighbour keep the network's flux as a prior.
+        held = np.where(blended, prior_err, np.nan)
+        return _joint_fluxes(sampler, x, y, flux, solve, pix, pix_weight, pix_data,
+                             data.shape, paint, prior, held)
+
+    for p in range(passes):
+        flux, inflation = joint()
+        if p == 0 and flux_err is not None:
+            blended = inflation > BLEND_INFLATION
+            if blended.any():
+                flux, inflation = joint()
+        if p == 0:
+            out["flux_lin"][idx] = flux[idx]
+        everyone = model_image(data.shape, sampler, x, y, flux, paint)
+        mbox, _ = _boxes(everyone, x0, y0, size, 0.0)
+        own = sampler.render(x[idx], y[idx], x0, y0, size) * flux[idx, None, None]
+        target = dbox - (mbox - own)          # this source alone, neighbours removed
+        fx, fy, ff = x[idx].copy(), y[idx].copy(), flux[idx].copy()
+        for _ in range(steps):
+            prof, gx, gy = sampler.render(fx, fy, x0, y0, size, derivatives=True)
+            jac = np.stack([prof, ff[:, None, None] * gx, ff[:, None, None] * gy], axis=1)
+            resid = target - ff[:, None, None] * prof
+            jw = jac * weight[:, None]
+            normal = np.einsum("nipq,njpq->nij", jw, jac)
+            grad = np.einsum("nipq,npq->ni", jw, resid)
+            ok = np.isfinite(normal).all(axis=(1, 2)) & (np.abs(np.linalg.det(normal)) > 0)
+            step = np.zeros((idx.size, 3))
+            if ok.any():
+                step[ok] = np.linalg.solve(normal[ok], grad[ok][..., None])[..., 0]
+            step[:, 1:] = np.clip(step[:, 1:], -_MAX_STEP, _MAX_STEP)
+            ff, fx, fy = ff + step[:, 0], fx + step[:, 1], fy + step[:, 2]
+        wandered = np.hypot(fx - anchor_x[idx], fy - anchor_y[idx]) > _MAX_SHIFT
+        fx[wandered], fy[wandered] = start_x[idx][wandered], start_y[idx][wandered]
+        x[idx], y[idx] = fx, fy
+    flux, inflation = joint()
+    ff = flux[idx]
+    prof, gx, gy = sampler.render(fx, fy, x0, y0, size, derivatives=True)
+    jac = np.stack([prof, ff[:, None, None] * gx, ff[:, None, None] * gy], axis=1)
+    normal = np.einsum("nipq,njpq->nij", jac * weight[:, None], jac)
+    cov = np.full((idx.size, 3, 3), np.nan)
+    ok = np.isfinite(normal).all(axis=(1, 2)) & (np.abs(np.linalg.det(normal)) > 0)
+    if ok.any():
+        cov[ok] = np.linalg.inv(normal[ok])
+    with np.errstate(invalid="ignore"):
+        sig = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+    out["x"][idx], out["y"][idx], out["flux"][idx] = fx, fy, ff
+    out["blend_inflation"][idx] = inflation[idx]
+    out["blended"] = blended | (inflation > BLEND_INFLATION)
+    out["flux_err"][idx] = sig[:, 0] * np.sqrt(np.maximum(inflation[idx], 1.0))
+    out["x_err"][idx], out["y_err"][idx] = sig[:, 1], sig[:, 2]
+    # photutils: qfit = sum |residual| / flux over the fit box; cfit = the residual in the
+    # (initial) central pixel / flux. The residual is of the full model (neighbours too).
+    everyone = model_image(data.shape, sampler, x, y, flux, paint)
+    mbox, _ = _boxes(everyone, x0, y0, size, 0.0)
+    resid = np.where(valid, dbox - mbox, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["qfit"][idx] = np.abs(resid).sum(axis=(1, 2)) / ff
+        out["cfit"][idx] = resid[:, h, h] / ff
+    out["chi2"][idx] = (resid**2 * weight).sum(axis=(1, 2))
+    return out
+
+
+def psf_model_error(fitted, bright):
+    """
+    The PSF model's relative error, from the fits' excess chi^2 on bright sources.
+
+    A model wrong by a fraction ``eps`` of each pixel's value leaves a
+    residual whose chi^2 exceeds its degrees of freedom by ``eps^2 S/N^2``;
+    the median over bright, unblended sources estimates ``eps`` for the image
+    (0 when they fit to the noise; NaN with fewer than 5 such sources).
+    """
+    sel = bright & np.isfinite(fitted["chi2"]) & (fitted["flux_err"] > 0)
+    if np.count_nonzero(sel) < 5:
+        return np.nan
+    snr2 = np.square(fitted["flux"][sel] / fitted["flux_err"][sel])
+    excess = fitted["chi2"][sel] - (fitted["npix"][sel] - 3)
+    return float(np.sqrt(max(np.median(excess / snr2), 0.0)))
