@@ -145,7 +145,7 @@ def _joint_fluxes(sampler, x, y, flux, solve, pix, weight, data_flat, shape, hal
 
 
 def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes=2, steps=3,
-                x_input=None, y_input=None, flux_err=None):
+                x_input=None, y_input=None, flux_err=None, profile_error=0.0):
     """
     Fit (flux, x, y) of the sources ``fit`` (default all with finite estimates).
 
@@ -171,6 +171,11 @@ def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes
         of them is undone.
     flux_err : array, optional
         The starting fluxes' errors: the prior of blended sources' fluxes.
+    profile_error : float
+        Relative error of the PSF model, added to each pixel's variance as
+        ``(profile_error * flux * psf)**2`` (DAOPHOT's profile error), at the
+        starting estimates: an imperfect model then does not let the
+        brightest pixels pull the fit.
 
     Returns
     -------
@@ -218,8 +223,13 @@ def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes
         badbox, _ = _boxes(bad, x0, y0, size, True)
         valid = inside & ~badbox
     ebox = error_boxes_fn(ref_x, ref_y, size, dbox)
+    variance = np.square(ebox, dtype=np.float64)
+    if profile_error > 0:
+        start_model = sampler.render(x[idx], y[idx], x0, y0, size) * np.abs(flux[idx])[:, None,
+                                                                                       None]
+        variance = variance + np.square(profile_error * start_model)
     with np.errstate(divide="ignore", invalid="ignore"):
-        weight = np.where(valid & (ebox > 0) & np.isfinite(ebox), 1.0 / np.square(ebox), 0.0)
+        weight = np.where(valid & (variance > 0) & np.isfinite(variance), 1.0 / variance, 0.0)
     dbox = np.where(valid, dbox, 0.0)
     out["npix"][idx] = np.count_nonzero(weight, axis=(1, 2))
     # The unique pixels of all fit boxes, for the joint flux solution.

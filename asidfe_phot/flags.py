@@ -48,9 +48,10 @@ FLAG_DEFINITIONS = (
      "stars a large aperture holds over 1.5x (or under 0.8x) the network's flux, so every "
      "flux of the image is biased (set on all rows; see the aperture_correction meta)"),
     (BLENDED, "BLENDED",
-     "with a PSF model: another input source overlaps this one so much that their joint "
-     "PSF fit more than doubles the flux variance (flux_err includes it); the fluxes of "
-     "such a pair are held near the network's where the data cannot split them"),
+     "another input source lies within 3 px (the stamp's core), or, with a PSF model, "
+     "overlaps this one so much that their joint PSF fit more than doubles the flux "
+     "variance (flux_err includes it; where the data cannot split a pair, their fluxes "
+     "are held near the network's)"),
 )
 
 

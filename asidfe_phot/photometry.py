@@ -27,8 +27,11 @@ _SATURATION_RADIUS = 2
 _SNR_RANGE = (2.0, 3e4)
 #: Core S/N from which the PSF fit's flux and centre replace the network's (see Notes).
 PSF_FIT_MIN_SNR = 0.0
-#: Position error (in FWHM) per unit relative PSF-model error.
-_PSF_POSITION_ERROR_PER_EPS = 0.5
+#: PSF-model error (relative) from which the fit is redone with it in the pixel variances.
+_MIN_PROFILE_ERROR = 0.005
+#: Flux error (relative) and position error (in FWHM) per unit relative PSF-model error.
+_PSF_FLUX_ERROR_PER_EPS = 0.75
+_PSF_POSITION_ERROR_PER_EPS = 0.25
 #: Peak / central 3x3 sum above which a source is sharper than any trained PSF (the
 #: narrowest, FWHM 1 px since v4, peak at most ~0.64), checked where the 3x3 sum has
 #: S/N > 10.
@@ -194,6 +197,61 @@ class MLPhotometry:
                 f"batch_size={self.batch_size}, providers={self.providers}, "
                 f"finder={self.finder!r}, localbkg_estimator={self.localbkg_estimator!r})>")
 
+    def make_model_image(self, shape, table=None):
+        """
+        An image of the measured sources, rendered with the PSF model.
+
+        As photutils' `PSFPhotometry.make_model_image`: each source of the last
+        call (or of ``table``, a result of this instance) at its ``x_fit,
+        y_fit`` with ``flux_fit``, using the PSF of that call (for
+        ``psf_model="auto"``, the ePSF built from that image), within
+        ``RADIUS`` px of its centre.
+
+        Parameters
+        ----------
+        shape : tuple of int
+            Shape of the output image.
+        table : `~astropy.table.QTable`, optional
+            A table returned by this instance; default the last one.
+
+        Raises
+        ------
+        ValueError
+            Before any call, or when the last call used no PSF model.
+        """
+        sampler = self._last_psf_sampler()
+        if table is None:
+            x, y, flux, unit = (self._last[k] for k in ("x", "y", "flux", "unit"))
+        else:
+            x = np.asarray(table["x_fit"], dtype=float)
+            y = np.asarray(table["y_fit"], dtype=float)
+            flux = table["flux_fit"]
+            unit = getattr(flux, "unit", None)
+            flux = np.asarray(getattr(flux, "value", flux), dtype=float)
+        image = _psf_fit.model_image(tuple(shape), sampler, x, y, flux, _psf.RADIUS)
+        return image if unit is None else image * unit
+
+    def make_residual_image(self, data, table=None):
+        """
+        ``data`` minus `make_model_image` (photutils' `make_residual_image`).
+
+        ``data`` is the image as given to the call (its background is not
+        removed here: subtract it first to see the sources' residuals alone).
+        """
+        values = getattr(data, "data", data)
+        model = self.make_model_image(np.shape(values), table)
+        return values - model
+
+    def _last_psf_sampler(self):
+        if self._last is None:
+            msg = "make_model_image needs a measurement first: call the instance on an image"
+            raise ValueError(msg)
+        if self._last["sampler"] is None:
+            msg = ("the last measurement used no PSF model (psf_model=None, or 'auto' found "
+                   "too few stars): nothing to render the sources with")
+            raise ValueError(msg)
+        return self._last["sampler"]
+
     @staticmethod
     def decode_flags(flags):
         """Names of the flags set in ``flags`` (see `asidfe_phot.flags`)."""
@@ -312,14 +370,35 @@ class MLPhotometry:
         res["flags"][fitted["blended"]] |= _flags.BLENDED
         res["network"] = {k: res[k].copy() for k in ("x_fit", "y_fit", "flux_fit", "x_err",
                                                      "y_err", "flux_err")}
+
+        def bright(f):
+            return (ok & np.isfinite(f["flux"]) & np.isfinite(f["flux_err"]) & ~f["blended"]
+                    & (res["snr_core"] >= 30))
+        # How well the PSF model describes this image's bright sources. An imperfect model
+        # is refitted with its error in the pixel variances (DAOPHOT's profile error), and
+        # what remains adds to the fit's errors (a wrong model biases flux and centre alike).
+        profile_error = _psf_fit.psf_model_error(fitted, bright(fitted))
+        if np.isfinite(profile_error) and profile_error > _MIN_PROFILE_ERROR:
+            fitted = _psf_fit.fit_sources(
+                prepared.subtracted, self._error_boxes(prepared), prepared.bad, res["x_fit"],
+                res["y_fit"], res["flux_fit"], sampler, fit=ok, x_input=res["x_init"],
+                y_input=res["y_init"], flux_err=res["flux_err"], profile_error=profile_error)
+            res["flags"][fitted["blended"]] |= _flags.BLENDED
+        else:
+            profile_error = 0.0 if np.isfinite(profile_error) else profile_error
         res["psf_fit"] = fitted
         fitted_ok = ok & np.isfinite(fitted["flux"]) & np.isfinite(fitted["flux_err"])
-        # How well the PSF model describes this image's bright sources; its error adds to the
-        # fit's (a wrong model biases flux and centre alike).
-        eps = _psf_fit.psf_model_error(fitted, fitted_ok & ~fitted["blended"]
-                                       & (res["snr_core"] >= 30))
-        eps_used = 0.0 if not np.isfinite(eps) else eps
-        flux_err = np.hypot(fitted["flux_err"], eps_used * np.abs(fitted["flux"]))
+        if np.isfinite(profile_error):
+            eps_used = profile_error
+        else:
+            # Too few bright sources to judge the model: trust a model the user gave; an
+            # automatic ePSF must prove itself first.
+            eps_used = 0.0 if not isinstance(self.psf_model, str) else np.inf
+        # A model error is coherent over a source's pixels: it biases the flux and centre by
+        # a fraction of itself (measured on the real frames: ~0.75 of eps in flux), which
+        # no number of pixels averages away.
+        flux_err = np.hypot(fitted["flux_err"],
+                            _PSF_FLUX_ERROR_PER_EPS * eps_used * np.abs(fitted["flux"]))
         pos_floor = eps_used * sampler.fwhm * _PSF_POSITION_ERROR_PER_EPS
         x_err = np.hypot(fitted["x_err"], pos_floor)
         y_err = np.hypot(fitted["y_err"], pos_floor)
@@ -337,7 +416,7 @@ class MLPhotometry:
         res["qfit"], res["cfit"] = fitted["qfit"], fitted["cfit"]
         return {"aperture_correction": 1.0,
                 "aperture_correction_note": "none needed: fluxes are the PSF model's totals",
-                "psf_model_error": eps,
+                "psf_profile_error": profile_error,
                 "psf_fit_flux_nsources": int(np.count_nonzero(use_flux)),
                 "psf_fit_position_nsources": int(np.count_nonzero(use_pos)),
                 }
@@ -407,6 +486,7 @@ class MLPhotometry:
             local = np.asarray(self.localbkg_estimator(prepared.subtracted, x, y,
                                                        mask=prepared.bad), dtype=np.float32)
             local = np.nan_to_num(local)
+        out["flags"][_core_neighbours(x, y)] |= _flags.BLENDED
         for start in range(0, n, self.batch_size):
             sl = slice(start, min(start + self.batch_size, n))
             bx, by = x[sl], y[sl]
@@ -464,7 +544,7 @@ class MLPhotometry:
                 snr = res["flux"] / res["flux_err"]
                 f[idx[(snr < _SNR_RANGE[0]) | (snr > _SNR_RANGE[1])]] |= _flags.OUTSIDE_TRAINING
                 f[idx[res["flux"] <= 0]] |= _flags.NONPOSITIVE_FLUX
-            out["flags"][sl] = f
+            out["flags"][sl] |= f
             if self.progress_bar:
                 print(f"\rMLPhotometry: {sl.stop}/{n} sources", end="", file=sys.stderr)
         if self.progress_bar and n:
@@ -549,6 +629,21 @@ class MLPhotometry:
             "max_shift": self.max_shift,
             **info,
         }
+
+
+def _core_neighbours(x, y):
+    """Rows with another input position within ``_CORE_RADIUS`` px on both axes."""
+    from scipy.spatial import cKDTree
+
+    ok = np.isfinite(x) & np.isfinite(y)
+    out = np.zeros(x.size, bool)
+    idx = np.flatnonzero(ok)
+    if idx.size < 2:
+        return out
+    tree = cKDTree(np.column_stack([x[idx], y[idx]]))
+    pairs = tree.query_pairs(_CORE_RADIUS, p=np.inf, output_type="ndarray")
+    out[idx[pairs.ravel()]] = True
+    return out
 
 
 def _compact(data, error, valid, ref):

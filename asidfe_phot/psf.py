@@ -46,7 +46,8 @@ class PSFSampler:
     The model is evaluated once (per ``CELL`` x ``CELL`` px cell when it varies
     across the frame, e.g. `~photutils.psf.GriddedPSFModel`) on a grid of
     ``FINE`` samples per pixel within ``RADIUS`` px of its centre, with
-    ``flux=1``; renderings at any sub-pixel position interpolate that table
+    ``flux=1`` (cells of an eighth of a gridded model's spacing, 16 to
+    ``CELL`` px); renderings at any sub-pixel position interpolate that table
     with a cubic spline.
 
     Parameters
@@ -65,6 +66,13 @@ class PSFSampler:
                 raise TypeError(msg)
         self.model = copy.deepcopy(model)
         self.varies = _is_varying(model)
+        self.cell = CELL
+        if self.varies:
+            # An eighth of the grid's spacing: the tabulated PSF follows the model's variation.
+            xy = np.asarray(model.grid_xypos, dtype=float)
+            steps = [np.diff(np.unique(xy[:, k])) for k in (0, 1)]
+            spacing = min((s.min() for s in steps if s.size), default=4 * CELL)
+            self.cell = int(np.clip(spacing / 8, 16, CELL))
         self._tables = {}
         self._offsets = (np.arange(-RADIUS * FINE, RADIUS * FINE + 1) / FINE)
         self.fwhm = _table_fwhm(self._table((0.0, 0.0) if not self.varies
@@ -79,10 +87,11 @@ class PSFSampler:
         x = np.asarray(x, dtype=float)
         if not self.varies:
             return np.zeros(x.size, dtype=np.int64), [(0.0, 0.0)]
-        cx = np.floor(np.nan_to_num(x) / CELL).astype(np.int64)
-        cy = np.floor(np.nan_to_num(np.asarray(y, dtype=float)) / CELL).astype(np.int64)
+        cell = self.cell
+        cx = np.floor(np.nan_to_num(x) / cell).astype(np.int64)
+        cy = np.floor(np.nan_to_num(np.asarray(y, dtype=float)) / cell).astype(np.int64)
         pairs, inverse = np.unique(np.column_stack([cx, cy]), axis=0, return_inverse=True)
-        centres = [((px + 0.5) * CELL, (py + 0.5) * CELL) for px, py in pairs]
+        centres = [((px + 0.5) * cell, (py + 0.5) * cell) for px, py in pairs]
         return inverse.ravel(), centres
 
     def _table(self, centre):
@@ -240,21 +249,35 @@ def read_psfex(path, oversampling=4, grid_size=3):
 
 # --- ePSF from the image ----------------------------------------------------------------------
 
-def _half_flux_radius(stamps, radius):
-    """Half-flux radius (px) of background-subtracted stamps within ``radius``."""
+def _half_flux_radius(stamps, radius, fraction=0.5):
+    """
+    Half-flux radius (px) of background-subtracted stamps within ``radius``.
+
+    Pixels are taken in order of distance from the central pixel, the k-th
+    standing for the disc of area k (radius ``sqrt(k / pi)``), so the radius
+    is continuous even when the central pixel holds half the light
+    (undersampled images), where pixel-centre distances jump from 0 to 1.
+    """
     n, size, _ = stamps.shape
     c = size // 2
     g = np.arange(size) - c
     r = np.hypot(g[:, None], g[None, :])
-    order = np.argsort(r.ravel())
-    r_sorted = r.ravel()[order]
-    keep = r_sorted <= radius
+    order = np.argsort(r.ravel(), kind="stable")
+    keep = r.ravel()[order] <= radius
     flux = np.clip(stamps.reshape(n, -1)[:, order][:, keep], 0, None)
     cum = np.cumsum(flux, axis=1)
-    total = cum[:, -1:]
     with np.errstate(invalid="ignore", divide="ignore"):
-        k = np.argmax(cum >= 0.5 * total, axis=1)
-    return r_sorted[keep][k]
+        frac = cum / cum[:, -1:]
+    edges = np.sqrt(np.arange(1, frac.shape[1] + 1) / np.pi)
+    k = np.argmax(frac >= fraction, axis=1)
+    prev_frac = np.where(k > 0, frac[np.arange(n), k - 1], 0.0)
+    prev_edge = np.where(k > 0, edges[k - 1], 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = (fraction - prev_frac) / (frac[np.arange(n), k] - prev_frac)
+    # Within the first pixel the enclosed light grows as the area.
+    first = k == 0
+    t = np.where(first, np.sqrt(np.clip(fraction / frac[:, 0], 0, 1)), t)
+    return prev_edge + t * (edges[k] - prev_edge)
 
 
 def select_psf_stars(data, error, bad=None, *, saturation=None, max_stars=80, min_snr=30.0):
@@ -263,17 +286,18 @@ def select_psf_stars(data, error, bad=None, *, saturation=None, max_stars=80, mi
 
     Local maxima of S/N above ``min_snr`` (in the peak pixel) are kept when no
     brighter pixel, masked pixel or frame edge lies near them, their core is
-    not flat (saturated) and not above ``saturation``, and their half-flux
-    radius lies on the point-source locus: the densest narrow range of
-    sizes, which galaxies (broader, scattered) and cosmic rays (sharper) do
-    not form.
+    not flat (saturated) and not above ``saturation``, not sharper than a
+    point source (cosmic rays, hot pixels), and their concentration lies on
+    the point-source locus: the densest narrow range, which galaxies (less
+    concentrated, scattered) do not form.
 
     Returns
     -------
     x, y : arrays
         Peak positions of the chosen stars (brightest first).
     info : dict
-        ``hfr`` (locus half-flux radius, px), ``n_candidates``, ``n_locus``.
+        ``hfr`` (median half-flux radius of the chosen stars, px), ``n_candidates``,
+    ``n_locus``.
     """
     ny, nx = data.shape
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -310,19 +334,31 @@ def select_psf_stars(data, error, bad=None, *, saturation=None, max_stars=80, mi
     neighbours = np.stack([stamps[:, h - 1, h], stamps[:, h + 1, h], stamps[:, h, h - 1],
                            stamps[:, h, h + 1]], axis=1)
     flat = neighbours.min(axis=1) > 0.97 * peak
-    good = isolated & ~flat & ~near_bad & np.isfinite(hfr) & (hfr >= 0.55)
+    # Sharper than a point source: hot pixels and cosmic rays (the peak holds over 70 % of
+    # the central 3x3 sum; a pixel-integrated PSF of FWHM 1 px holds at most ~64 %).
+    sharp = peak > 0.7 * stamps[:, h - 1:h + 2, h - 1:h + 2].sum(axis=(1, 2))
+    good = isolated & ~flat & ~sharp & ~near_bad & np.isfinite(hfr)
     if saturation is not None:
         good &= peak < 0.9 * saturation
     cand = np.flatnonzero(good)
     if cand.size == 0:
         return np.zeros(0), np.zeros(0), info
-    # The point-source locus: the narrowest log-size window holding the most candidates.
-    logs = np.sort(np.log(hfr[cand]))
-    width = np.log(1.15)
+    # The point-source locus in concentration (light in the central 3x3 over the 7x7):
+    # the same for every star whatever its sub-pixel phase, lower for galaxies, higher
+    # for cosmic rays; measured in few pixels, so little affected by noise. The locus is
+    # the narrowest window (10 %) holding the most candidates.
+    conc = (stamps[:, h - 1:h + 2, h - 1:h + 2].sum(axis=(1, 2))
+            / stamps[:, h - 3:h + 4, h - 3:h + 4].sum(axis=(1, 2)))
+    cand = cand[(conc[cand] > 0) & (conc[cand] <= 1)]
+    if cand.size == 0:
+        return np.zeros(0), np.zeros(0), info
+    logs = np.sort(np.log(conc[cand]))
+    width = np.log(1.10)
     counts = np.searchsorted(logs, logs + width, side="right") - np.arange(logs.size)
     start = int(np.argmax(counts))
-    locus = float(np.exp(np.median(logs[start:start + counts[start]])))
-    on_locus = cand[np.abs(np.log(hfr[cand] / locus)) <= width]
+    centre = float(np.median(logs[start:start + counts[start]]))
+    on_locus = cand[np.abs(np.log(conc[cand]) - centre) <= width / 2 * 1.5]
+    locus = float(np.median(hfr[on_locus])) if on_locus.size else np.nan
     info.update(hfr=locus, n_locus=int(on_locus.size))
     chosen = on_locus[:max_stars]  # already brightest first
     return px[chosen].astype(float), py[chosen].astype(float), info
@@ -417,6 +453,9 @@ def _recentred(epsf, fwhm):
             break
         data = ndimage.shift(data, (-cy, -cx), order=3, mode="constant", cval=0.0)
         w = np.clip(data, 0, None) * (r <= max(3 * fwhm, 3.0))
+    # Noise and the spline shift leave negative lobes around sharp (undersampled) cores;
+    # a PSF has none, and a fit weights them heavily where the sky is quiet.
+    data = np.clip(data, 0, None)
     data = data * (o * o) / data.sum()
     return ImagePSF(data, oversampling=o, origin=(ox, oy))
 

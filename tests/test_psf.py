@@ -1,0 +1,295 @@
+"""psf_model=: photutils models, PSFEx files, 'auto', the PSF fit, model and residual images."""
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.nddata import NDData
+from astropy.table import Table
+from photutils.datasets import make_model_image
+from photutils.psf import (
+    CircularGaussianPRF,
+    GriddedPSFModel,
+    ImagePSF,
+    MoffatPSF,
+)
+
+from asidfe_phot import MLPhotometry
+from asidfe_phot import flags as F
+from asidfe_phot._background import estimate_background
+from asidfe_phot.exceptions import TooFewPSFStarsWarning
+from asidfe_phot.psf import PSFSampler, build_epsf, read_psfex, select_psf_stars
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "real"
+NTT = REAL / "eso_ntt_emmi"
+
+
+def _needs_real():
+    if not NTT.exists():
+        pytest.fail(f"the real frames are expected beside the project, at {REAL}")
+
+
+def _field(psf, shape=(120, 120), n=16, noise=3.0, seed=0, flux=(2e3, 3e4), border=15):
+    """Stars rendered with ``psf`` (photutils), white noise; returns image, truth, noise."""
+    rng = np.random.default_rng(seed)
+    # Keep the stars apart so each test checks the PSF, not the blend handling.
+    xs, ys = [], []
+    while len(xs) < n:
+        x, y = rng.uniform(border, shape[1] - border), rng.uniform(border, shape[0] - border)
+        if all(np.hypot(x - a, y - b) > 12 for a, b in zip(xs, ys)):
+            xs.append(x)
+            ys.append(y)
+    truth = Table({"x_0": xs, "y_0": ys, "flux": np.exp(rng.uniform(*np.log(flux), n))})
+    image = make_model_image(shape, psf, truth, x_name="x_0", y_name="y_0",
+                             model_shape=(31, 31))
+    image = image + rng.normal(0, noise, shape)
+    return image, truth, noise
+
+
+def _measure(psf_model, image, truth, noise, **kw):
+    phot = MLPhotometry(psf_model=psf_model, **kw)
+    rng = np.random.default_rng(5)
+    init = Table({"x": truth["x_0"] + rng.normal(0, 0.3, len(truth)),
+                  "y": truth["y_0"] + rng.normal(0, 0.3, len(truth))})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tbl = phot(image, init_params=init, error=np.full(image.shape, noise), background=0)
+    return phot, tbl
+
+
+def _gaussian_image_psf(fwhm=3.0, oversampling=4):
+    """An ImagePSF tabulated from a Gaussian PRF (sum = oversampling^2)."""
+    g = (np.arange(25 * oversampling) - (25 * oversampling - 1) / 2) / oversampling
+    model = CircularGaussianPRF(fwhm=fwhm)
+    data = model(g[None, :], g[:, None])
+    return ImagePSF(data * oversampling**2 / data.sum(), oversampling=oversampling)
+
+
+def test_sampler_renders_the_model():
+    psf = CircularGaussianPRF(fwhm=2.2)
+    sampler = PSFSampler(psf)
+    x, y = np.array([40.3, 10.0]), np.array([41.8, 12.45])
+    x0, y0 = np.array([35, 5]), np.array([36, 7])
+    got = sampler.render(x, y, x0, y0, 11)
+    grid = np.arange(11)
+    for k in range(2):
+        want = psf.evaluate(x0[k] + grid[None, :], y0[k] + grid[:, None], 1.0, x[k], y[k], 2.2)
+        np.testing.assert_allclose(got[k], want, atol=2e-4 * want.max())
+    stamp = sampler.stamps(np.array([50]), np.array([60]))[0]
+    assert np.unravel_index(stamp.argmax(), stamp.shape) == (16, 16)
+    assert abs(sampler.fwhm - 2.2) < 0.3
+
+
+def test_sampler_refuses_a_model_without_position_and_flux():
+    from astropy.modeling.models import Gaussian2D
+
+    with pytest.raises(TypeError, match="x_0, y_0 and flux"):
+        MLPhotometry(psf_model=Gaussian2D())
+    with pytest.raises(FileNotFoundError, match="no file"):
+        MLPhotometry(psf_model="no_such_file.psf")
+
+
+@pytest.mark.parametrize("kind", ["prf", "image", "moffat"])
+def test_each_model_kind_measures_bright_stars_to_the_noise(kind):
+    psf = {"prf": CircularGaussianPRF(fwhm=2.5), "image": _gaussian_image_psf(2.5),
+           "moffat": MoffatPSF(alpha=2.94, beta=3.0)}[kind]
+    image, truth, noise = _field(psf)
+    phot, tbl = _measure(psf, image, truth, noise)
+    ratio = np.asarray(tbl["flux_fit"]) / truth["flux"]
+    # At S/N 100-1000 a fit with the right PSF is good to ~1 %; the network alone is not.
+    assert np.median(np.abs(ratio - 1)) < 0.01
+    dx = np.concatenate([tbl["x_fit"] - truth["x_0"], tbl["y_fit"] - truth["y_0"]])
+    assert np.median(np.abs(dx)) < 0.01
+    # The errors describe the scatter (z-score std near 1, loosely: 16 stars).
+    z = (ratio - 1) * truth["flux"] / np.asarray(tbl["flux_err"])
+    assert 0.4 < np.std(z) < 2.0
+    assert {"qfit", "cfit"} <= set(tbl.colnames)
+    assert np.all(np.abs(tbl["cfit"]) < 0.05)
+    assert tbl.meta["aperture_correction"] == 1.0
+
+
+def test_without_a_psf_the_fit_is_not_run(image, init, error):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tbl = MLPhotometry()(image, init_params=init, error=error)
+    assert "qfit" not in tbl.colnames
+    assert tbl.meta["psf_model"] is None
+
+
+def test_a_wrong_psf_does_not_beat_the_network():
+    """A PSF twice too wide: its error is measured and the network's values are kept."""
+    image, truth, noise = _field(CircularGaussianPRF(fwhm=2.5), seed=3)
+    _, right = _measure(None, image, truth, noise)
+    _, wrong = _measure(CircularGaussianPRF(fwhm=5.0), image, truth, noise)
+    assert wrong.meta["psf_profile_error"] > 0.1
+    err_wrong = np.median(np.abs(np.asarray(wrong["flux_fit"]) / truth["flux"] - 1))
+    err_net = np.median(np.abs(np.asarray(right["flux_fit"]) / truth["flux"] - 1))
+    assert err_wrong < 1.5 * err_net + 0.005
+
+
+def test_a_varying_psf_is_rendered_where_each_star_is():
+    shape = (256, 256)
+    data, xy = [], []
+    for yv in (0, 255):
+        for xv in (0, 255):
+            fwhm = 2.0 if xv == 0 else 4.0
+            data.append(_gaussian_image_psf(fwhm).data)
+            xy.append((xv, yv))
+    gridded = GriddedPSFModel(NDData(np.array(data), meta={"grid_xypos": xy,
+                                                            "oversampling": 4}))
+    sampler = PSFSampler(gridded)
+    assert sampler.varies
+    narrow, wide = sampler.stamps(np.array([20, 235]), np.array([128, 128]))
+    assert narrow.max() > 2 * wide.max()
+    assert sampler.cell <= 64
+    image, truth, noise = _field(gridded, shape=shape, n=20, seed=4)
+    _, tbl = _measure(gridded, image, truth, noise)
+    ratio = np.asarray(tbl["flux_fit"]) / truth["flux"]
+    assert np.median(np.abs(ratio - 1)) < 0.015
+
+
+def test_blended_pair_shares_its_light():
+    psf = CircularGaussianPRF(fwhm=3.0)
+    truth = Table({"x_0": [40.0, 42.6, 20.0], "y_0": [40.0, 41.0, 20.0],
+                   "flux": [2e4, 2e4, 1e4]})
+    rng = np.random.default_rng(2)
+    image = make_model_image((64, 64), psf, truth, x_name="x_0", y_name="y_0",
+                             model_shape=(25, 25)) + rng.normal(0, 3.0, (64, 64))
+    phot = MLPhotometry(psf_model=psf)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tbl = phot(image, init_params=Table({"x": truth["x_0"], "y": truth["y_0"]}),
+                   error=np.full(image.shape, 3.0), background=0)
+    # Each of the pair alone would take both stars' light (2x): together they share it.
+    pair = np.asarray(tbl["flux_fit"][:2])
+    assert abs(pair.sum() / 4e4 - 1) < 0.03
+    assert np.all(np.abs(pair / 2e4 - 1) < 0.25)
+    assert np.all(tbl["flags"][:2] & F.BLENDED)
+    assert not tbl["flags"][2] & F.BLENDED
+    # Their errors cover what the split leaves.
+    assert np.all(np.abs(pair - 2e4) < 5 * np.asarray(tbl["flux_err"][:2]))
+
+
+def test_an_input_source_in_the_core_is_blended_without_a_psf_too(image, init, error):
+    def blended(table):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tbl = MLPhotometry()(image, init_params=table, error=error)
+        return (np.asarray(tbl["flags"]) & F.BLENDED) != 0
+
+    before = blended(init)
+    init = init.copy()
+    k = int(np.flatnonzero(~before)[0])
+    init.add_row({"x_init": init["x_init"][k] + 2.0, "y_init": init["y_init"][k] - 1.0})
+    after = blended(init)
+    assert after[k] and after[-1]
+    others = np.ones(len(before), bool)
+    others[k] = False
+    np.testing.assert_array_equal(after[:-1][others], before[others])
+
+
+def test_model_and_residual_images():
+    psf = CircularGaussianPRF(fwhm=2.5)
+    image, truth, noise = _field(psf, seed=6)
+    phot = MLPhotometry(psf_model=psf)
+    with pytest.raises(ValueError, match="measurement first"):
+        phot.make_model_image(image.shape)
+    _, tbl = _measure(psf, image, truth, noise)
+    phot, tbl = _measure(psf, image, truth, noise)
+    model = phot.make_model_image(image.shape)
+    assert abs(model.sum() / truth["flux"].sum() - 1) < 0.01
+    residual = phot.make_residual_image(image)
+    assert np.std(residual) < 1.2 * noise < 0.2 * np.std(image)
+    np.testing.assert_allclose(phot.make_model_image(image.shape, tbl), model)
+    no_psf = MLPhotometry()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        no_psf(image, init_params=Table({"x": truth["x_0"], "y": truth["y_0"]}), background=0,
+               error=np.full(image.shape, noise))
+    with pytest.raises(ValueError, match="no PSF model"):
+        no_psf.make_model_image(image.shape)
+
+
+def test_psfex_files_become_photutils_models():
+    _needs_real()
+    varying = read_psfex(NTT / "galaxies_psfex_rerun.psf")
+    assert isinstance(varying, GriddedPSFModel)
+    constant = read_psfex(NTT / "astromatic_tests_default.psf")
+    assert isinstance(constant, ImagePSF)
+    for model in (varying, constant):
+        sampler = PSFSampler(model)
+        assert 1.5 < sampler.fwhm < 3.5   # PSFEx says 2.6 px (its own FWHM measure)
+        stamp = sampler.stamps(np.array([500]), np.array([500]))[0]
+        assert 0.95 < stamp.sum() <= 1.01
+    # The NTT PSF varies across the frame: its PSFEx model says so.
+    a, b = PSFSampler(varying).stamps(np.array([100, 900]), np.array([100, 900]))
+    assert abs(a.max() / b.max() - 1) > 0.2
+
+
+def _ntt_image():
+    _needs_real()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # ESO-LOG header cards
+        return fits.getdata(NTT / "galaxies.fits").astype(np.float32)
+
+
+def test_auto_builds_the_epsf_from_the_image_stars_not_its_galaxies():
+    """On the galaxy-rich NTT frame, the stars chosen are point sources (SPREAD_MODEL)."""
+    image = _ntt_image()
+    bkg, rms = estimate_background(image)
+    x, y, info = select_psf_stars(image - bkg, rms)
+    assert x.size >= 15
+    cat = Table.read(NTT / "galaxies_sextractor_psffit_rerun.cat", format="ascii.sextractor")
+    cx, cy = np.asarray(cat["XWIN_IMAGE"]) - 1, np.asarray(cat["YWIN_IMAGE"]) - 1
+    d = np.hypot(x[:, None] - cx[None], y[:, None] - cy[None])
+    nearest = d.argmin(axis=1)
+    matched = d[np.arange(x.size), nearest] < 2
+    # SourceExtractor's SPREAD_MODEL: near 0 for point sources, > 0.005 for galaxies.
+    stellar = np.abs(np.asarray(cat["SPREAD_MODEL"])[nearest]) < 0.005
+    assert np.mean(matched & stellar) > 0.9
+    epsf, info = build_epsf(image - bkg, rms)
+    assert info["psf_oversampling"] in (2, 4) and info["psf_nstars"] == x.size
+    assert 1.8 < PSFSampler(epsf).fwhm < 3.0
+
+
+def test_auto_on_a_real_frame_reports_its_stars_in_meta():
+    image = _ntt_image()
+    cat = Table.read(NTT / "galaxies_sextractor_psffit_rerun.cat", format="ascii.sextractor")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = np.asarray(cat["FLUX_PSF"]) / np.asarray(cat["FLUXERR_PSF"])
+    cat = cat[(np.abs(cat["SPREAD_MODEL"]) < 0.003) & (cat["FLAGS"] == 0) & (snr > 50)]
+    init = Table({"x": np.asarray(cat["XPSF_IMAGE"]) - 1, "y": np.asarray(cat["YPSF_IMAGE"]) - 1})
+    phot = MLPhotometry(psf_model="auto")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tbl = phot(image, init_params=init)
+    meta = tbl.meta
+    assert meta["psf_model"] == "auto" and meta["psf_nstars"] >= 10
+    assert len(meta["psf_stars_x"]) == meta["psf_nstars"]
+    assert np.isfinite(meta["psf_profile_error"])
+    # The fluxes agree with SourceExtractor + PSFEx's to a few per cent (a 16 px
+    # aperture holds 1.3 % more than FLUX_PSF on these stars).
+    ratio = np.asarray(tbl["flux_fit"]) / np.asarray(cat["FLUX_PSF"])
+    assert abs(np.median(ratio) - 1) < 0.04
+
+
+def test_auto_warns_when_the_image_has_too_few_stars():
+    psf = CircularGaussianPRF(fwhm=2.5)
+    image, truth, noise = _field(psf, n=4, seed=8)
+    with pytest.warns(TooFewPSFStarsWarning):
+        phot, tbl = _measure("auto", image, truth, noise)
+        MLPhotometry(psf_model="auto")(image, init_params=Table({"x": truth["x_0"],
+                                                                 "y": truth["y_0"]}),
+                                       error=np.full(image.shape, noise), background=0)
+
+
+def test_auto_picks_oversampling_2_on_undersampled_images():
+    psf = CircularGaussianPRF(fwhm=1.2)
+    image, truth, noise = _field(psf, shape=(200, 200), n=40, seed=9, flux=(3e3, 2e4))
+    epsf, info = build_epsf(image, np.full(image.shape, noise))
+    assert info["psf_hfr"] < 1.2 and info["psf_oversampling"] == 2
+    _, tbl = _measure("auto", image, truth, noise)
+    ratio = np.asarray(tbl["flux_fit"]) / truth["flux"]
+    assert np.median(np.abs(ratio - 1)) < 0.03
