@@ -9,6 +9,13 @@ aperture's flux (radius ``TOTAL_RADIUS_HALF_LIGHT`` half-light radii, a local
 sky annulus around it) to the network's flux, combined over stars as an
 inverse-variance mean with 3-sigma clipping. It is applied only where it is
 measured well.
+
+The big aperture also holds light from sources that are not in the input
+table (galaxies, uncatalogued stars): a star whose aperture or sky annulus
+shows any significant local maximum beyond the star's own core is not used
+(the image decides, not the catalogue), and the ratios are clipped around
+their median by their robust scatter, so a minority of contaminated stars
+cannot pull the factor. Too few clean stars and no factor is applied.
 """
 
 import numpy as np
@@ -27,6 +34,10 @@ MIN_SNR, MAX_STARS = 15.0, 200
 #: A catalogued neighbour inside the aperture with more than this fraction of the
 #: star's flux excludes the star.
 MAX_NEIGHBOUR_FRACTION = 0.02
+#: Contamination: a local maximum (3x3 mean) beyond CLEAN_RADIUS_HALF_LIGHT half-light radii
+#: of the star, within its sky annulus, above CONTAMINATION_SNR times the noise of a 3x3
+#: mean and CONTAMINATION_PEAK of the star's own peak, marks light from another source.
+CLEAN_RADIUS_HALF_LIGHT, CONTAMINATION_SNR, CONTAMINATION_PEAK = 5.0, 5.0, 0.003
 #: Star-to-star scatter of the ratio beyond the pixel noise (PSF variation, faint neighbours).
 STAR_SCATTER = 0.01
 #: Fewer usable stars than this, or a larger standard error, and no correction is applied.
@@ -62,9 +73,49 @@ def _local_sky(image, bad, x, y, r_in, r_out):
     return np.asarray(stats.median, float), np.asarray(stats.std, float)
 
 
+def _contaminated(image, bad, x, y, r_clean, r_out, noise):
+    """
+    Whether another source's light lies between ``r_clean`` and ``r_out`` of each star.
+
+    Looks for local maxima of the 3x3 mean image (5x5 neighbourhood) in that
+    annulus, brighter than `CONTAMINATION_SNR` times the 3x3 mean's noise and
+    `CONTAMINATION_PEAK` of the star's peak. A star's own wings and halo fall
+    monotonically and have none; galaxies and other stars do.
+    """
+    from scipy import ndimage
+
+    half = int(np.ceil(r_out)) + 2
+    size = 2 * half + 1
+    g = np.arange(size) - half
+    out = np.zeros(x.size, bool)
+    for i, (cx, cy, sigma) in enumerate(zip(x, y, noise)):
+        ix, iy = int(round(cx)), int(round(cy))
+        box = image[iy - half:iy + half + 1, ix - half:ix + half + 1].astype(np.float64)
+        if box.shape != (size, size):
+            out[i] = True
+            continue
+        if bad is not None:
+            box = np.where(bad[iy - half:iy + half + 1, ix - half:ix + half + 1], 0.0, box)
+        smooth = ndimage.uniform_filter(box, 3, mode="nearest")
+        peaks = smooth == ndimage.maximum_filter(smooth, 5, mode="nearest")
+        r = np.hypot(g[None, :] - (cx - ix), g[:, None] - (cy - iy))
+        threshold = max(CONTAMINATION_SNR * sigma / 3.0, CONTAMINATION_PEAK * smooth[half, half])
+        out[i] = bool(np.any(peaks & (r > r_clean) & (r < r_out) & (smooth > threshold)))
+    return out
+
+
 def _weighted_clipped_mean(values, errors, sigma=3.0, maxiters=10):
-    """Inverse-variance mean of ``values``, iteratively rejecting > ``sigma`` outliers."""
+    """
+    Inverse-variance mean of ``values``, iteratively rejecting > ``sigma`` outliers.
+
+    Rejection is first around the median by the robust (MAD) scatter, so a
+    minority of outliers with small errors cannot drag the mean.
+    """
     keep = np.isfinite(values) & np.isfinite(errors) & (errors > 0)
+    if keep.sum() >= 3:
+        med = np.median(values[keep])
+        mad = 1.4826 * np.median(np.abs(values[keep] - med))
+        keep &= np.abs(values - med) <= sigma * np.hypot(mad, errors)
     mean = np.nan
     for _ in range(maxiters):
         w = 1.0 / errors[keep] ** 2
@@ -122,10 +173,12 @@ def measure(image, bad, x, y, flux, flux_err, usable, snr=None):
     Returns
     -------
     dict
-        ``factor``, ``error``, ``n_stars``, ``radius`` (px) and ``reason``
-        (``None`` when the factor is measured well, else why it is not).
+        ``factor``, ``error``, ``n_stars``, ``radius`` (px), ``n_contaminated``
+        (stars left out for other sources' light) and ``reason`` (``None`` when
+        the factor is measured well, else why it is not).
     """
-    out = {"factor": 1.0, "error": None, "n_stars": 0, "radius": None, "reason": None}
+    out = {"factor": 1.0, "error": None, "n_stars": 0, "radius": None, "reason": None,
+           "n_contaminated": 0}
     if snr is None:
         with np.errstate(divide="ignore", invalid="ignore"):
             snr = flux / flux_err
@@ -163,6 +216,19 @@ def measure(image, bad, x, y, flux, flux_err, usable, snr=None):
         return out
     sky, sky_std = _local_sky(image, bad, x[stars], y[stars], radius + SKY_GAP,
                               radius + SKY_GAP + SKY_WIDTH)
+    # Light from sources not in the input table (galaxies, uncatalogued stars), seen on the
+    # image itself.
+    dirty = _contaminated(image, bad, x[stars], y[stars],
+                          CLEAN_RADIUS_HALF_LIGHT * np.median(r_half),
+                          radius + SKY_GAP + SKY_WIDTH, sky_std)
+    out["n_contaminated"] = int(dirty.sum())
+    stars, sky, sky_std = stars[~dirty], sky[~dirty], sky_std[~dirty]
+    if stars.size < MIN_STARS:
+        out["n_stars"] = int(stars.size)
+        out["reason"] = (f"{stars.size} bright stars free of other sources' light within their "
+                         f"{radius:.1f} px aperture and sky annulus (need {MIN_STARS}; "
+                         f"{int(dirty.sum())} contaminated)")
+        return out
     area = np.pi * radius**2
     total = _growth(image, bad, x[stars], y[stars], [radius])[:, 0] - sky * area
     ratio = total / flux[stars]

@@ -568,6 +568,7 @@ class MLPhotometry:
             info = {"aperture_correction_measured": measured["factor"],
                     "aperture_correction_measured_err": measured["error"],
                     "aperture_correction_nstars": measured["n_stars"],
+                    "aperture_correction_ncontaminated": measured["n_contaminated"],
                     "aperture_correction_radius": measured["radius"]}
         else:
             factor, error, note, info = float(mode), None, "given", {}

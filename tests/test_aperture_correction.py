@@ -116,3 +116,43 @@ def test_a_network_far_off_flags_every_row():
     res = _measure(sub, truth, 0.33)
     assert res["factor"] == pytest.approx(3.0, rel=0.02)
     assert res["reason"] is not None and apcorr.mismatch(res)
+
+
+def test_galaxies_missing_from_the_catalogue_cannot_bias_the_factor():
+    """Extended sources beside every star, not in the input table: refused or unbiased."""
+    sub, truth, meta = _grid_field(spacing=60)
+    rng = np.random.default_rng(11)
+    # One faint galaxy 8-14 px from each star (inside its big aperture), not catalogued.
+    angle = rng.uniform(0, 2 * np.pi, len(truth))
+    dist = rng.uniform(8, 14, len(truth))
+    gx, gy = truth["x"] + dist * np.cos(angle), truth["y"] + dist * np.sin(angle)
+    gal, _, _ = make_star_field(sub.shape, positions=(gx, gy), fluxes=np.full(len(truth), 2e4),
+                                psf={"family": "moffat", "fwhm": 6.0, "beta": 1.5}, sky=0.0,
+                                read_noise=0.0, seed=12)
+    res = _measure(sub + gal, truth, 1.0)
+    # Without the image-based check (catalogued neighbours only) it measures 1.057 here.
+    assert res["reason"] is not None or abs(res["factor"] - 1) < 0.01
+    assert res["n_contaminated"] > len(truth) // 2
+
+
+def test_the_galaxy_rich_real_frame_gets_no_wrong_factor():
+    """ESO NTT field: the catalogued stars' apertures hold galaxies' light."""
+    import warnings
+    from pathlib import Path
+
+    from astropy.io import fits
+
+    ntt = Path(__file__).resolve().parents[2] / "shared" / "real" / "eso_ntt_emmi"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image = fits.getdata(ntt / "galaxies.fits").astype(np.float32)
+    cat = Table.read(ntt / "galaxies_sextractor_psffit_rerun.cat", format="ascii.sextractor")
+    stars = cat[np.abs(cat["SPREAD_MODEL"]) < 0.003]
+    init = Table({"x": np.asarray(stars["XWIN_IMAGE"]) - 1,
+                  "y": np.asarray(stars["YWIN_IMAGE"]) - 1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tbl = MLPhotometry()(image, init_params=init)
+    # Before the image-based contamination check, "auto" applied 1.3-1.45 on this field.
+    assert 0.97 <= tbl.meta["aperture_correction"] <= 1.06
+    assert tbl.meta["aperture_correction_ncontaminated"] > 10
