@@ -13,14 +13,16 @@ import numpy as np
 from astropy.table import Table
 
 #: All methods, in table and plot order.
-METHODS = ("ml", "sep", "aper", "sex", "psfex", "psf")
+METHODS = ("ml", "mlpsf", "mlauto", "sep", "aper", "sex", "psfex", "psf")
 #: Methods that measure positions.
-POSITION_METHODS = ("ml", "sex", "psfex", "psf")
-LABELS = {"ml": "asidfe_phot TS-MVE", "sep": "sep FLUX_AUTO", "aper": "photutils aperture",
+POSITION_METHODS = ("ml", "mlpsf", "mlauto", "sex", "psfex", "psf")
+LABELS = {"ml": "asidfe_phot TS-MVE", "mlpsf": "asidfe_phot, psf_model=true PSF",
+          "mlauto": 'asidfe_phot, psf_model="auto"',
+          "sep": "sep FLUX_AUTO", "aper": "photutils aperture",
           "sex": "SourceExtractor AUTO / WIN", "psfex": "SourceExtractor + PSFEx",
           "psf": "photutils PSF fit, true PSF", "init": "input positions"}
 #: Short names for table headings.
-SHORT = {"ml": "ML", "sep": "sep AUTO", "aper": "aperture", "sex": "SE AUTO/WIN",
+SHORT = {"ml": "ML", "mlpsf": "ML+PSF", "mlauto": "ML+auto", "sep": "sep AUTO", "aper": "aperture", "sex": "SE AUTO/WIN",
          "psfex": "SE PSFEx", "psf": "true-PSF fit", "init": "input"}
 
 
@@ -127,7 +129,7 @@ def write_method_tables(metrics, stem):
     return paths
 
 
-_STYLE = {"ml": ("C0", "o"), "sep": ("C1", "s"), "aper": ("C2", "^"), "sex": ("C3", "v"),
+_STYLE = {"ml": ("C0", "o"), "mlpsf": ("C6", "*"), "mlauto": ("C7", "h"), "sep": ("C1", "s"), "aper": ("C2", "^"), "sex": ("C3", "v"),
           "psfex": ("C4", "D"), "psf": ("C5", "P"), "init": ("0.5", "x")}
 
 

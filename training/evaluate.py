@@ -204,7 +204,7 @@ def measure_frames(model, data, n_frames=60, log=print, methods=None, jobs=1, sp
     seeds = simulate_mod.frame_seeds(index["seed"], index["n_frames"])
     frames = [f for f in range(index["n_frames"]) if simulate_mod.split_of(f) == split]
     tasks = [(frame_id, int(seeds[frame_id])) for frame_id in frames[:n_frames]]
-    if "ml" in methods:
+    if {"ml", "mlpsf", "mlauto"} & set(methods):
         from asidfe_phot.models import verify_model
 
         # The resolved directory, not a name: a worker process may import asidfe_phot from
@@ -270,7 +270,7 @@ _WORKER = {}
 def _start_worker(model, index, methods, single_threaded, calibrated=True):
     _WORKER.clear()
     _WORKER.update(index=index, methods=methods, phot=None)
-    if "ml" in methods:
+    if {"ml", "mlpsf", "mlauto"} & set(methods):
         from asidfe_phot import MLPhotometry
 
         # None: the packaged default model.
@@ -338,7 +338,37 @@ def measure_frame(frame_id, seed, index, methods, phot=None):
         error = calc_total_error(sub, rms, cond["gain"])
     for m in methods:
         t0 = time.perf_counter()
-        if m == "ml":
+        if m in ("mlpsf", "mlauto"):
+            import copy
+
+            with_psf = copy.copy(phot)
+            with_psf._last = None
+            if m == "mlpsf":
+                from training import reference_tools as rt
+
+                with_psf.psf_model = rt.true_gridded_psf(
+                    lambda gx, gy: simulate_mod._psf_at(cond, gx, gy, shape), shape, nodes=5,
+                    half_size=16)
+            else:
+                with_psf.psf_model = "auto"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ml, internals = with_psf._call(image, init_params=Table({"x": x_in, "y": y_in}),
+                                               gain=cond["gain"])
+            cols.update({
+                f"x_{m}": np.asarray(ml["x_fit"]), f"y_{m}": np.asarray(ml["y_fit"]),
+                f"flux_{m}": np.asarray(ml["flux_fit"]), f"x_err_{m}": np.asarray(ml["x_err"]),
+                f"y_err_{m}": np.asarray(ml["y_err"]),
+                f"flux_err_{m}": np.asarray(ml["flux_err"]),
+                f"flags_{m}": np.asarray(ml["flags"]),
+                f"snr_core_{m}": internals["snr_core"]})
+            network = internals.get("network")
+            if network is not None:
+                # The network's own values with the PSF channel (before the fit), for the
+                # sigma calibration of that mode.
+                cols.update({f"{k.replace('_fit', '')}_{m}_nn": network[k] for k in
+                             ("x_fit", "y_fit", "flux_fit", "x_err", "y_err", "flux_err")})
+        elif m == "ml":
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", AsidfePhotWarning)
                 # _call: the table and the internals, for the core S/N the sigma
