@@ -308,18 +308,34 @@ def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes
     return out
 
 
-def psf_model_error(fitted, bright):
+def psf_model_error(fitted, bright, quantile=0.25):
     """
     The PSF model's relative error, from the fits' excess chi^2 on bright sources.
 
     A model wrong by a fraction ``eps`` of each pixel's value leaves a
-    residual whose chi^2 exceeds its degrees of freedom by ``eps^2 S/N^2``;
-    the median over bright, unblended sources estimates ``eps`` for the image
-    (0 when they fit to the noise; NaN with fewer than 5 such sources).
+    residual whose chi^2 exceeds its degrees of freedom by ``eps^2 S/N^2``.
+    The ``quantile`` (default the lower quartile) over bright, unblended
+    sources estimates ``eps`` for the image's point sources: galaxies among
+    them, which no PSF describes, do not set it (0 when they fit to the noise;
+    NaN with fewer than 5 such sources).
     """
     sel = bright & np.isfinite(fitted["chi2"]) & (fitted["flux_err"] > 0)
     if np.count_nonzero(sel) < 5:
         return np.nan
-    snr2 = np.square(fitted["flux"][sel] / fitted["flux_err"][sel])
-    excess = fitted["chi2"][sel] - (fitted["npix"][sel] - 3)
-    return float(np.sqrt(max(np.median(excess / snr2), 0.0)))
+    return float(np.quantile(source_model_error(fitted)[sel], quantile))
+
+
+def source_model_error(fitted):
+    """
+    Each source's own relative model error (0 where its chi^2 excess is not significant).
+
+    For a galaxy, a blend with an unlisted source or a cosmic ray the PSF is
+    the wrong model; this says by how much, per source.
+    """
+    dof = np.maximum(fitted["npix"] - 3, 1)
+    excess = fitted["chi2"] - dof
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr2 = np.square(fitted["flux"] / fitted["flux_err"])
+        eps = np.sqrt(np.clip(excess, 0, None) / snr2)
+    significant = excess > 3 * np.sqrt(2 * dof)
+    return np.where(significant & np.isfinite(eps), eps, 0.0)

@@ -102,6 +102,10 @@ def _build_parser():
                         type=_aperture_correction,
                         help="auto (default: applied where the image's bright stars show it), "
                              "on, off, or a factor to apply")
+    parser.add_argument("--psf", metavar="auto|none|FILE", default=None,
+                        help="the image's PSF: auto (an ePSF built from the image's own "
+                             "stars), none (the network alone), or a PSFEx .psf file "
+                             "(default: the library's default, psf_model of MLPhotometry)")
     parser.add_argument("--model", metavar="NAME_OR_DIR", default=None,
                         help="shipped model name or model directory (default: the default model)")
     progress = parser.add_mutually_exclusive_group()
@@ -328,8 +332,11 @@ def _run(args, stdout, stderr):
     if progress is None:
         progress = (n_expected > PROGRESS_THRESHOLD if n_expected is not None
                     else image.size > PROGRESS_PIXELS)
+    psf_kw = {}
+    if args.psf is not None:
+        psf_kw["psf_model"] = None if args.psf == "none" else args.psf
     phot = MLPhotometry(args.model, batch_size=args.batch_size, progress_bar=progress,
-                        finder=finder, aperture_correction=args.aperture_correction)
+                        finder=finder, aperture_correction=args.aperture_correction, **psf_kw)
     print(f"  model: {phot.model_card['name']}_v{phot.model_card['version']} on "
           f"{', '.join(phot.providers)}", file=stdout)
 
@@ -355,6 +362,13 @@ def _run(args, stdout, stderr):
     if saturation:
         tbl.meta["saturation"] = saturation
 
+    if tbl.meta.get("psf_used"):
+        used = tbl.meta["psf_model"]
+        if used == "auto":
+            used = (f"auto, ePSF of {tbl.meta.get('psf_nstars', 0)} stars, "
+                    f"{tbl.meta.get('psf_time_s', 0):.2f} s")
+        print(f"  PSF: {used}; FWHM {tbl.meta.get('psf_fwhm', float('nan')):.2f} px, model "
+              f"error {tbl.meta.get('psf_profile_error', float('nan')):.3f}", file=stdout)
     print(f"  aperture correction: {tbl.meta['aperture_correction']:.4g} "
           f"({tbl.meta['aperture_correction_note']})", file=stdout)
     print(_summary(tbl, elapsed), file=stdout)

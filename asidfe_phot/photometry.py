@@ -335,7 +335,7 @@ class MLPhotometry:
     def _psf_sampler(self, prepared):
         """The PSF of this image, tabulated (or None), and what to report in meta."""
         if self.psf_model is None:
-            return None, {"psf_model": None}
+            return None, {"psf_model": None, "psf_used": False}
         if isinstance(self.psf_model, str):  # "auto"
             noise = prepared.error if prepared.error is not None else prepared.rms
             model, info = _psf.build_epsf(prepared.subtracted, noise, prepared.bad,
@@ -343,10 +343,11 @@ class MLPhotometry:
                                           else prepared.saturation - float(
                                               np.median(prepared.raw - prepared.subtracted)))
             if model is None:
-                return None, info
+                return None, {**info, "psf_used": False}
         else:
             model = self.psf_model
             info = {"psf_model": type(model).__name__}
+        info["psf_used"] = True
         sampler = _psf.PSFSampler(model)
         info["psf_fwhm"] = sampler.fwhm
         return sampler, info
@@ -394,6 +395,9 @@ class MLPhotometry:
             # Too few bright sources to judge the model: trust a model the user gave; an
             # automatic ePSF must prove itself first.
             eps_used = 0.0 if not isinstance(self.psf_model, str) else np.inf
+        # A source the PSF does not describe (a galaxy, an unlisted neighbour) has its own,
+        # larger model error.
+        eps_used = np.maximum(eps_used, _psf_fit.source_model_error(fitted))
         # A model error is coherent over a source's pixels: it biases the flux and centre by
         # a fraction of itself (measured on the real frames: ~0.75 of eps in flux), which
         # no number of pixels averages away.

@@ -46,8 +46,8 @@ class PSFSampler:
     The model is evaluated once (per ``CELL`` x ``CELL`` px cell when it varies
     across the frame, e.g. `~photutils.psf.GriddedPSFModel`) on a grid of
     ``FINE`` samples per pixel within ``RADIUS`` px of its centre, with
-    ``flux=1`` (cells of an eighth of a gridded model's spacing, 16 to
-    ``CELL`` px); renderings at any sub-pixel position interpolate that table
+    ``flux=1`` (on a lattice of a quarter of a gridded model's spacing, 16 to
+    ``CELL`` px, interpolated bilinearly); renderings at any sub-pixel position interpolate that table
     with a cubic spline.
 
     Parameters
@@ -68,11 +68,12 @@ class PSFSampler:
         self.varies = _is_varying(model)
         self.cell = CELL
         if self.varies:
-            # An eighth of the grid's spacing: the tabulated PSF follows the model's variation.
+            # A quarter of the grid's spacing (bilinear between nodes follows the model's own
+            # bilinear variation).
             xy = np.asarray(model.grid_xypos, dtype=float)
             steps = [np.diff(np.unique(xy[:, k])) for k in (0, 1)]
             spacing = min((s.min() for s in steps if s.size), default=4 * CELL)
-            self.cell = int(np.clip(spacing / 8, 16, CELL))
+            self.cell = int(np.clip(spacing / 4, 16, CELL))
         self._tables = {}
         self._offsets = (np.arange(-RADIUS * FINE, RADIUS * FINE + 1) / FINE)
         self.fwhm = _table_fwhm(self._table((0.0, 0.0) if not self.varies
@@ -82,17 +83,37 @@ class PSFSampler:
         xy = np.asarray(self.model.grid_xypos, dtype=float)
         return tuple(float(v) for v in np.round(xy.mean(axis=0)))
 
-    def cell_keys(self, x, y):
-        """Per-source key of the table to use: cell centres, or one key when constant."""
-        x = np.asarray(x, dtype=float)
+    def node_weights(self, x, y):
+        """
+        Tables and weights per source: ``keys`` (n, k) into ``centres``, ``weights`` (n, k).
+
+        A constant PSF has one table. A varying one is tabulated on a lattice of
+        ``cell`` px and interpolated bilinearly between the four nodes around each
+        source (as `~photutils.psf.GriddedPSFModel` does between its own nodes).
+        """
+        x = np.nan_to_num(np.asarray(x, dtype=float))
+        y = np.nan_to_num(np.asarray(y, dtype=float))
+        n = x.size
         if not self.varies:
-            return np.zeros(x.size, dtype=np.int64), [(0.0, 0.0)]
-        cell = self.cell
-        cx = np.floor(np.nan_to_num(x) / cell).astype(np.int64)
-        cy = np.floor(np.nan_to_num(np.asarray(y, dtype=float)) / cell).astype(np.int64)
-        pairs, inverse = np.unique(np.column_stack([cx, cy]), axis=0, return_inverse=True)
-        centres = [((px + 0.5) * cell, (py + 0.5) * cell) for px, py in pairs]
-        return inverse.ravel(), centres
+            return np.zeros((n, 1), np.int64), np.ones((n, 1)), [(0.0, 0.0)]
+        fx, fy = x / self.cell, y / self.cell
+        ix, iy = np.floor(fx).astype(np.int64), np.floor(fy).astype(np.int64)
+        tx, ty = fx - ix, fy - iy
+        nodes = np.stack([np.stack([ix, iy], -1), np.stack([ix + 1, iy], -1),
+                          np.stack([ix, iy + 1], -1), np.stack([ix + 1, iy + 1], -1)], 1)
+        weights = np.stack([(1 - tx) * (1 - ty), tx * (1 - ty), (1 - tx) * ty, tx * ty], 1)
+        pairs, inverse = np.unique(nodes.reshape(-1, 2), axis=0, return_inverse=True)
+        centres = [(float(px * self.cell), float(py * self.cell)) for px, py in pairs]
+        return inverse.reshape(n, 4), weights, centres
+
+    def _per_table(self, x, y):
+        """(centre, source indices, weights) for each table the sources use."""
+        keys, weights, centres = self.node_weights(x, y)
+        for k, centre in enumerate(centres):
+            w = np.where(keys == k, weights, 0.0).sum(axis=1)
+            sel = np.flatnonzero(w > 0)
+            if sel.size:
+                yield centre, sel, w[sel]
 
     def _table(self, centre):
         """(table, spline coefficients) of the PSF with flux 1 centred at ``centre``."""
@@ -117,12 +138,11 @@ class PSFSampler:
 
         The network's PSF channel (see ``asidfe_phot._stamps.encode_psf``).
         """
-        keys, centres = self.cell_keys(ref_x, ref_y)
         grid = (np.arange(size) - size // 2 + RADIUS) * FINE
-        out = np.empty((keys.size, size, size), dtype=np.float32)
-        for k, centre in enumerate(centres):
+        out = np.zeros((np.size(ref_x), size, size), dtype=np.float32)
+        for centre, sel, w in self._per_table(ref_x, ref_y):
             table = self._table(centre)[0]
-            out[keys == k] = table[np.ix_(grid, grid)]
+            out[sel] += (w[:, None, None] * table[np.ix_(grid, grid)]).astype(np.float32)
         return out
 
     def render(self, x, y, x0, y0, size, derivatives=False):
@@ -140,24 +160,23 @@ class PSFSampler:
         cols = np.broadcast_to((dx + RADIUS) * FINE, (x.size, size, size))
         rows = np.broadcast_to((dy + RADIUS) * FINE, (x.size, size, size))
         outside = (np.abs(dx) > RADIUS) | (np.abs(dy) > RADIUS)
-        keys, centres = self.cell_keys(x, y)
         values = np.zeros((x.size, size, size))
         grads = (np.zeros_like(values), np.zeros_like(values)) if derivatives else None
         h = 0.5 / FINE
-        for k, centre in enumerate(centres):
-            sel = np.flatnonzero(keys == k) if len(centres) > 1 else slice(None)
+        for centre, sel, w in self._per_table(x, y):
             coeffs = self._table(centre)[1]
             r, c = rows[sel], cols[sel]
+            w = w[:, None, None]
 
             def at(rr, cc, coeffs=coeffs):
                 return ndimage.map_coordinates(coeffs, [rr.ravel(), cc.ravel()], order=3,
                                                prefilter=False, mode="constant",
                                                cval=0.0).reshape(rr.shape)
-            values[sel] = at(r, c)
+            values[sel] += w * at(r, c)
             if derivatives:
                 # The derivative with respect to the source's position is minus the profile's.
-                grads[0][sel] = -(at(r, c + h * FINE) - at(r, c - h * FINE)) / (2 * h)
-                grads[1][sel] = -(at(r + h * FINE, c) - at(r - h * FINE, c)) / (2 * h)
+                grads[0][sel] -= w * (at(r, c + h * FINE) - at(r, c - h * FINE)) / (2 * h)
+                grads[1][sel] -= w * (at(r + h * FINE, c) - at(r - h * FINE, c)) / (2 * h)
         values = np.where(outside, 0.0, values)
         if derivatives:
             return values, np.where(outside, 0.0, grads[0]), np.where(outside, 0.0, grads[1])
@@ -165,11 +184,10 @@ class PSFSampler:
 
     def encircled_energy(self, half_size=RADIUS, x=None, y=None):
         """Fraction of the unit-flux PSF inside a (2 half_size + 1)^2 box around its centre."""
-        centre = (0.0, 0.0) if not self.varies else (
-            self._centre_key() if x is None else self.cell_keys([x], [y])[1][0])
-        table = self._table(centre)[0]
-        g = (np.arange(-half_size, half_size + 1) + RADIUS) * FINE
-        return float(table[np.ix_(g, g)].sum())
+        if x is None:
+            x, y = (0.0, 0.0) if not self.varies else self._centre_key()
+        stamp = self.stamps(np.array([x]), np.array([y]), 2 * half_size + 1)[0]
+        return float(stamp.sum(dtype=np.float64))
 
 
 def _table_fwhm(table):
