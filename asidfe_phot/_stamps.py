@@ -391,15 +391,19 @@ def calibrate_sigmas(res, calibration, snr_core=None):
     return res
 
 
-def contract():
-    """The constants a model file must have been trained with (stored in its card)."""
+def contract(n_channels=N_INPUT_CHANNELS):
+    """The constants a model file must have been trained with (stored in its card).
+
+    ``n_channels=2``: contract version 2 (no PSF channel), which this package also runs.
+    """
+    channels = [f"asinh({INPUT_GAIN} * data / flux_unit)", "log(error / flux_unit)",
+                f"asinh({INPUT_GAIN} * psf / central {CORE_SIZE}x{CORE_SIZE} sum of psf), psf "
+                "centred on the reference pixel; 0 = PSF not known"][:n_channels]
     return {
-        "version": CONTRACT_VERSION,
+        "version": CONTRACT_VERSION if n_channels == 3 else 2,
         "stamp_size": STAMP_SIZE,
         "stored_stamp_size": STORED_STAMP_SIZE,
-        "input_channels": [f"asinh({INPUT_GAIN} * data / flux_unit)", "log(error / flux_unit)",
-                           f"asinh({INPUT_GAIN} * psf / central {CORE_SIZE}x{CORE_SIZE} sum of "
-                           "psf), psf centred on the reference pixel; 0 = PSF not known"],
+        "input_channels": channels,
         "scale": "median per-pixel error of the stamp",
         "flux_unit": f"hypot(sum of the central {CORE_SIZE}x{CORE_SIZE} pixels, "
                      f"{CORE_FLOOR} * scale)",

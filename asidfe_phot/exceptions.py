@@ -3,7 +3,7 @@
 from astropy.utils.exceptions import AstropyUserWarning
 
 __all__ = ["AsidfePhotWarning", "FlaggedSourcesWarning", "NoSourceNoiseWarning",
-           "TooFewPSFStarsWarning", "ModelError"]
+           "TooFewPSFStarsWarning", "PSFModelWarning", "ModelError"]
 
 
 class AsidfePhotWarning(AstropyUserWarning):
@@ -20,6 +20,10 @@ class NoSourceNoiseWarning(AsidfePhotWarning):
 
 class TooFewPSFStarsWarning(AsidfePhotWarning):
     """``psf_model="auto"`` found fewer good stars than it wants for an ePSF."""
+
+
+class PSFModelWarning(AsidfePhotWarning):
+    """The PSF model describes the image's point sources too poorly to be used."""
 
 
 class ModelError(ValueError):

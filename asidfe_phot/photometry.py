@@ -12,7 +12,7 @@ from asidfe_phot import flags as _flags
 from asidfe_phot import psf as _psf
 from asidfe_phot._background import estimate_background
 from asidfe_phot._validation import coerce_data, parse_positions, value_in_unit
-from asidfe_phot.exceptions import FlaggedSourcesWarning, NoSourceNoiseWarning
+from asidfe_phot.exceptions import FlaggedSourcesWarning, NoSourceNoiseWarning, PSFModelWarning
 from asidfe_phot.models import verify_model
 
 __all__ = ["MLPhotometry"]
@@ -27,6 +27,10 @@ _SATURATION_RADIUS = 2
 _SNR_RANGE = (2.0, 3e4)
 #: Core S/N from which the PSF fit's flux and centre replace the network's (see Notes).
 PSF_FIT_MIN_SNR = 0.0
+#: Relative PSF-model error (``psf_profile_error``) beyond which the model is not used.
+UNUSABLE_PSF_ERROR = 0.25
+#: A source's own model error counts from this (and 3x the image's): galaxies, blends.
+_OWN_MODEL_ERROR_MIN = 0.03
 #: PSF-model error (relative) from which the fit is redone with it in the pixel variances.
 _MIN_PROFILE_ERROR = 0.005
 #: Flux error (relative) and position error (in FWHM) per unit relative PSF-model error.
@@ -325,7 +329,17 @@ class MLPhotometry:
         results = self._measure(prepared, x, y, sampler)
         if sampler is not None:
             info.update(self._fit_psf(prepared, results, sampler))
-        else:
+            if info["psf_profile_error"] > UNUSABLE_PSF_ERROR:
+                # The model describes the image's point sources so badly that it would
+                # mislead the network and the fit: measure as without one, and say so.
+                msg = (f"the PSF model describes this image's stars to "
+                       f"{100 * info['psf_profile_error']:.0f} % only (psf_profile_error); "
+                       "it is not used")
+                warnings.warn(msg, PSFModelWarning, stacklevel=3)
+                info["psf_used"] = False
+                sampler = None
+                results = self._measure(prepared, x, y, None)
+        if sampler is None:
             info.update(self._correct_apertures(prepared, results))
         table = self._assemble(ids, x, y, results, unit, wcs, info)
         self._last = {"sampler": sampler, "x": results["x_fit"], "y": results["y_fit"],
@@ -396,8 +410,10 @@ class MLPhotometry:
             # automatic ePSF must prove itself first.
             eps_used = 0.0 if not isinstance(self.psf_model, str) else np.inf
         # A source the PSF does not describe (a galaxy, an unlisted neighbour) has its own,
-        # larger model error.
-        eps_used = np.maximum(eps_used, _psf_fit.source_model_error(fitted))
+        # larger model error: where it stands out from the image's (a bright star's small
+        # excess is the image's model error seen at high S/N, already counted).
+        own = _psf_fit.source_model_error(fitted)
+        eps_used = np.where(own > np.maximum(3 * eps_used, _OWN_MODEL_ERROR_MIN), own, eps_used)
         # A model error is coherent over a source's pixels: it biases the flux and centre by
         # a fraction of itself (measured on the real frames: ~0.75 of eps in flux), which
         # no number of pixels averages away.
@@ -418,6 +434,15 @@ class MLPhotometry:
             res[f"{key}_fit"] = np.where(use_pos, fitted[key], res[f"{key}_fit"])
             res[f"{key}_err"] = np.where(use_pos, err, res[f"{key}_err"])
         res["qfit"], res["cfit"] = fitted["qfit"], fitted["cfit"]
+        calibration = self._card.get("sigma_calibration_psf")
+        if calibration is not None:
+            # The errors of the PSF mode (fit or network, as chosen), calibrated on
+            # simulated frames measured with their true PSF (see the model card).
+            chosen = {"dx_err": res["x_err"], "dy_err": res["y_err"],
+                      "flux_err": res["flux_err"]}
+            _stamps.calibrate_sigmas(chosen, calibration, res["snr_core"])
+            res["x_err"], res["y_err"] = chosen["dx_err"], chosen["dy_err"]
+            res["flux_err"] = chosen["flux_err"]
         return {"aperture_correction": 1.0,
                 "aperture_correction_note": "none needed: fluxes are the PSF model's totals",
                 "psf_profile_error": profile_error,

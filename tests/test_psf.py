@@ -118,15 +118,28 @@ def test_without_a_psf_the_fit_is_not_run(image, init, error):
     assert tbl.meta["psf_model"] is None
 
 
-def test_a_wrong_psf_does_not_beat_the_network():
-    """A PSF twice too wide: its error is measured and the network's values are kept."""
+@pytest.mark.parametrize("fwhm", [3.0, 5.0])
+def test_a_wrong_psf_does_not_beat_the_network(fwhm):
+    """A PSF too wide: its error is measured and the network's values are kept."""
     image, truth, noise = _field(CircularGaussianPRF(fwhm=2.5), seed=3)
     _, right = _measure(None, image, truth, noise)
-    _, wrong = _measure(CircularGaussianPRF(fwhm=5.0), image, truth, noise)
-    assert wrong.meta["psf_profile_error"] > 0.1
+    _, wrong = _measure(CircularGaussianPRF(fwhm=fwhm), image, truth, noise)
+    assert wrong.meta["psf_profile_error"] > 0.05
+    # Far off (2x): not used at all, and said so.
+    assert wrong.meta["psf_used"] == (fwhm < 4)
     err_wrong = np.median(np.abs(np.asarray(wrong["flux_fit"]) / truth["flux"] - 1))
     err_net = np.median(np.abs(np.asarray(right["flux_fit"]) / truth["flux"] - 1))
     assert err_wrong < 1.5 * err_net + 0.005
+
+
+def test_an_unusable_psf_warns():
+    from asidfe_phot.exceptions import PSFModelWarning
+
+    image, truth, noise = _field(CircularGaussianPRF(fwhm=2.5), seed=3)
+    with pytest.warns(PSFModelWarning, match="not used"):
+        MLPhotometry(psf_model=CircularGaussianPRF(fwhm=6.0))(
+            image, init_params=Table({"x": truth["x_0"], "y": truth["y_0"]}),
+            error=np.full(image.shape, noise), background=0)
 
 
 def test_a_varying_psf_is_rendered_where_each_star_is():

@@ -92,6 +92,23 @@ def test_noise_scale_uses_valid_pixels_only():
     assert _stamps.noise_scale(np.zeros((0, 4, 4)), np.zeros((0, 4, 4), bool)).shape == (0,)
 
 
+def test_encode_psf_is_normalised_like_a_bright_star():
+    g = np.arange(32) - 16
+    psf = np.exp(-0.5 * (g[None, :] ** 2 + g[:, None] ** 2) / 1.5**2)
+    stamps = np.stack([psf, 7.0 * psf, np.zeros_like(psf)])
+    channel = _stamps.encode_psf(stamps)
+    # Any normalisation gives the same channel; all-zero stays zero (not known).
+    assert_allclose(channel[0], channel[1], rtol=1e-5, atol=1e-6)
+    assert not channel[2].any()
+    core = psf[14:19, 14:19].sum()
+    assert_allclose(channel[0], np.arcsinh(_stamps.INPUT_GAIN * psf / core), rtol=1e-5, atol=1e-6)
+    # A bright star at the reference pixel's centre has that same data channel.
+    error = np.full((1, 32, 32), 1.0)
+    data_channel = _stamps.encode_inputs(1e7 * psf[None], error, np.ones((1, 32, 32), bool),
+                                         psf_stamps=psf[None])[0]
+    assert_allclose(data_channel[0, 0], data_channel[0, 2], atol=1e-4)
+
+
 def test_encode_inputs():
     rng = np.random.default_rng(2)
     data = rng.normal(0, 3, (5, 32, 32))
@@ -99,8 +116,15 @@ def test_encode_inputs():
     error = rng.uniform(2, 4, (5, 32, 32))
     valid = rng.uniform(size=(5, 32, 32)) > 0.1
     inputs, unit = _stamps.encode_inputs(data, error, valid)
-    assert inputs.shape == (5, 2, 32, 32)
+    assert inputs.shape == (5, 3, 32, 32)
     assert inputs.dtype == np.float32
+    # No PSF given: the PSF channel is zero ("not known"); a contract-2 model gets 2 channels.
+    assert not inputs[:, 2].any()
+    two, _ = _stamps.encode_inputs(data, error, valid, n_channels=2)
+    assert_allclose(two, inputs[:, :2])
+    with pytest.raises(ValueError, match="no PSF channel"):
+        _stamps.encode_inputs(data, error, valid, psf_stamps=np.ones((5, 32, 32)),
+                              n_channels=2)
     scale = np.array([np.median(e[v]) for e, v in zip(error, valid)])
     core = np.where(valid, data, 0)[:, 14:19, 14:19].sum(axis=(1, 2))
     assert_allclose(unit, np.hypot(core, _stamps.CORE_FLOOR * scale))

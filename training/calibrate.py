@@ -40,25 +40,29 @@ import numpy as np
 TARGETS = ("dx", "dy", "flux")
 
 
-def predict_frames(model_dir, data, n_frames=300, jobs=1, log=print):
+def predict_frames(model_dir, data, n_frames=300, jobs=1, log=print, method="ml"):
     """
     Uncalibrated MLPhotometry results and truths on ``n_frames`` validation frames.
+
+    ``method``: ``"ml"`` (the network alone) or ``"mlpsf"`` (with the frame's true PSF
+    as ``psf_model``: the outputs of the PSF mode, fit or network).
 
     Returns ``pred`` (``dx, dy, flux`` and their ``_err``; positions in
     frame pixels, which leaves the residuals unchanged) and ``truth``.
     """
     from training import evaluate
 
-    results = evaluate.measure_frames(model_dir, data, n_frames, log=log, methods=["ml"],
+    results = evaluate.measure_frames(model_dir, data, n_frames, log=log, methods=[method],
                                       jobs=jobs, split="val", calibrated=False)
-    results = results[evaluate.usable(results, "ml")]
+    results = results[evaluate.usable(results, method)]
 
     def column(name):
         return np.asarray(results[name], dtype=float)
 
-    pred = {"dx": column("x_ml"), "dy": column("y_ml"), "flux": column("flux_ml"),
-            "dx_err": column("x_err_ml"), "dy_err": column("y_err_ml"),
-            "flux_err": column("flux_err_ml"), "snr_core": column("snr_core_ml")}
+    m = method
+    pred = {"dx": column(f"x_{m}"), "dy": column(f"y_{m}"), "flux": column(f"flux_{m}"),
+            "dx_err": column(f"x_err_{m}"), "dy_err": column(f"y_err_{m}"),
+            "flux_err": column(f"flux_err_{m}"), "snr_core": column(f"snr_core_{m}")}
     truth = {"dx": column("x_true"), "dy": column("y_true"), "flux": column("flux_true")}
     return pred, truth
 
@@ -149,14 +153,17 @@ def fit_flux_bias(snr_core, ratio, n_bins=12):
                       "positions; linear interpolation in log10 core S/N, clamped"}
 
 
-def calibrate(model_dir, data, n_frames=300, jobs=1, log=print, bias_fields=40, seed=0):
+def calibrate(model_dir, data, n_frames=300, jobs=1, log=print, bias_fields=40, seed=0,
+              with_psf=False):
     """
     Fit the flux-bias correction and the sigma calibration, write them into the card.
 
     ``data``: a data set folder (or None: the card's recipe), or a list of them, which
     share ``n_frames`` validation frames and ``bias_fields`` fields of unselected stars
     (`unselected_stars`) equally. The sigma calibration is fitted on fluxes that are
-    already bias-corrected. Returns the sigma calibration.
+    already bias-corrected. ``with_psf``: also the calibration of the outputs with a
+    PSF model (``sigma_calibration_psf``: fitted on the same frames measured with their
+    true PSF; applied by `MLPhotometry` after its PSF fit). Returns the sigma calibration.
     """
     from training.evaluate import data_recipe
     from training.export import update_card
@@ -182,6 +189,18 @@ def calibrate(model_dir, data, n_frames=300, jobs=1, log=print, bias_fields=40, 
                                 f"({len(data_sets)} recipe(s)), {len(truth['flux'])} sources")
     update_card(model_dir, {"sigma_calibration": calibration})
     log(json.dumps({t: [round(f, 3) for f in calibration[t]] for t in TARGETS}))
+    if with_psf:
+        parts = [predict_frames(model_dir, d, per_set, jobs, log, method="mlpsf")
+                 for d in data_sets]
+        pred = {k: np.concatenate([p[k] for p, _ in parts]) for k in parts[0][0]}
+        truth = {k: np.concatenate([t[k] for _, t in parts]) for k in parts[0][1]}
+        with_psf_cal = fit_sigma_calibration(pred, truth)
+        with_psf_cal["fitted_on"] = (
+            f"MLPhotometry with the true PSF (psf_model) on {per_set * len(data_sets)} "
+            f"validation frames, {len(truth['flux'])} sources")
+        update_card(model_dir, {"sigma_calibration_psf": with_psf_cal})
+        log("with PSF: " + json.dumps({t: [round(f, 3) for f in with_psf_cal[t]]
+                                       for t in TARGETS}))
     return calibration
 
 

@@ -276,7 +276,9 @@ def _start_worker(model, index, methods, single_threaded, calibrated=True):
         # None: the packaged default model.
         phot = MLPhotometry(model, threads=1 if single_threaded else None)
         if not calibrated:
-            phot._card = {k: v for k, v in phot._card.items() if k != "sigma_calibration"}
+            # The calibration being fitted: of the network alone, or of the outputs with a PSF.
+            drop = "sigma_calibration" if "ml" in methods else "sigma_calibration_psf"
+            phot._card = {k: v for k, v in phot._card.items() if k != drop}
         _WORKER["phot"] = phot
 
 

@@ -31,10 +31,14 @@ def _git_commit():
         return None
 
 
+def _channels(model):
+    return int(model.mean.convs[0].in_channels)
+
+
 def export_onnx(model, path):
     """Write ``model`` as an opset-17 ONNX graph with a dynamic batch axis."""
     model = model.eval().to(memory_format=torch.contiguous_format)
-    dummy = torch.zeros(2, _stamps.N_INPUT_CHANNELS, _stamps.STAMP_SIZE, _stamps.STAMP_SIZE)
+    dummy = torch.zeros(2, _channels(model), _stamps.STAMP_SIZE, _stamps.STAMP_SIZE)
     # The legacy exporter is chosen on purpose: it writes a clean opset-17 graph, where
     # dynamo silently writes opset 18. Its deprecation notices (torch's own and those of
     # the TorchScript internals it calls) are expected.
@@ -124,7 +128,7 @@ def parity(model, path, n=64, seed=0):
     import onnxruntime as ort
 
     rng = np.random.default_rng(seed)
-    x = rng.normal(0, 1, (n, _stamps.N_INPUT_CHANNELS, _stamps.STAMP_SIZE,
+    x = rng.normal(0, 1, (n, _channels(model), _stamps.STAMP_SIZE,
                           _stamps.STAMP_SIZE)).astype(np.float32)
     x[:, 0] += 3 * np.exp(-0.5 * ((np.arange(32) - 16) ** 2)[None, :] / 4)[None]
     with torch.no_grad():
@@ -140,9 +144,11 @@ def export(weights, out, name, version, card_extra=None):
     """Export ``weights`` into the model directory ``out``; returns the card."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model = TSMVE()
     state = torch.load(weights, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"] if "model" in state else state)
+    state = state["model"] if "model" in state else state
+    channels = int(state["mean.convs.0.weight"].shape[1])
+    model = TSMVE(in_channels=channels)
+    model.load_state_dict(state)
     onnx_path = out / "model.onnx"
     export_onnx(model, onnx_path)
     fuse_pad_into_conv(onnx_path)
@@ -153,10 +159,10 @@ def export(weights, out, name, version, card_extra=None):
     card = {
         "name": name, "version": int(version), "file": "model.onnx",
         "sha256": file_sha256(onnx_path), "opset": OPSET,
-        "input": {"name": INPUT_NAME, "shape": ["batch", _stamps.N_INPUT_CHANNELS,
+        "input": {"name": INPUT_NAME, "shape": ["batch", channels,
                                                 _stamps.STAMP_SIZE, _stamps.STAMP_SIZE]},
         "output": {"name": OUTPUT_NAME, "shape": ["batch", 6]},
-        "contract": _stamps.contract(),
+        "contract": _stamps.contract(channels),
         "logvar_bounds": [LOGVAR_MIN, LOGVAR_MAX],
         "parity": check,
         "training_commit": _git_commit(),

@@ -7,6 +7,10 @@ both] -> export -> flux-bias correction and sigma calibration -> evaluate (both 
     python -m training.pipeline --out runs/v3 --model-dir models/asidfe_tsmve_v4
     python -m training.pipeline --quick --out /tmp/quick        # minutes, tiny data (CI)
 
+The PSF-conditioned model (contract 3) continues the shipped v4 (`PSF_STAGE`):
+
+    python -m training.pipeline --psf-stage --out runs/v5 --model-dir models/asidfe_tsmve_v5
+
 Every stage is resumable: rerunning the command skips finished stages
 (their ``DONE`` markers) and continues an interrupted training from its
 last checkpoint. The shipped recipe is the default configuration below.
@@ -55,6 +59,78 @@ QUICK = {
     "eval_every": 1024, "eval_frames": 2, "calibration_frames": 2, "bias_fields": 2,
     "eval_methods": "ml,sep,aper",
 }
+
+
+#: The PSF-conditioned model (asidfe_tsmve_v5): v4's weights widened by a PSF input channel
+#: with zero weights (so it starts as v4), then both TS-MVE steps on data sets that carry
+#: each stamp's imperfect PSF (training.simulate.PSF_ERRORS), a quarter shown without it.
+PSF_STAGE = {
+    "init": "asidfe_tsmve_v4",
+    "data": [{"preset": "generic", "n_frames": 1200, "seed": 11,
+              "families": ["gaussian", "moffat", "double_gaussian"]},
+             {"preset": "broad", "n_frames": 800, "seed": 12,
+              "families": ["gaussian", "moffat", "double_gaussian", "airy"]}],
+    "step1_samples": 800_000, "step1_lr": 5e-4, "step1_seed": 5,
+    "step2_samples": 1_200_000, "step2_lr": 5e-4, "step2_seed": 6,
+    "eval_every": 200_000, "calibration_frames": 150, "bias_fields": 20,
+}
+QUICK_PSF_STAGE = {
+    **PSF_STAGE,
+    "data": [{**d, "n_frames": 6} for d in PSF_STAGE["data"]],
+    "step1_samples": 1024, "step2_samples": 1024, "eval_every": 512,
+    "calibration_frames": 2, "bias_fields": 2,
+}
+
+
+def run_psf_stage(out, config, model_dir=None, name="asidfe_tsmve", version=5, log=print):
+    """The PSF-conditioned model from the shipped v4, in one resumable command."""
+    from asidfe_phot.models import model_path
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    t0 = time.time()
+    data_sets = []
+    for d in config["data"]:
+        folder = out / f"data_{d['preset']}"
+        if not (folder / "index.json").exists():
+            log(f"== simulate ({d['preset']}, with PSF stamps)")
+            simulate_mod.write_dataset(folder, d["n_frames"], d["preset"], d["seed"],
+                                       families=d["families"], with_psf=True, log=log)
+        data_sets.append(folder)
+    init = model_path(config["init"])
+    common = {"eval_every": config["eval_every"], "log": log}
+    if not _stage_done(out / "step1"):
+        log("== step 1 (Huber, mean branch), from v4 widened by the PSF channel")
+        train_mod.train(data_sets, "step1", out / "step1", config["step1_samples"], init=init,
+                        lr=config["step1_lr"], seed=config["step1_seed"], **common)
+    if not _stage_done(out / "step2"):
+        log("== step 2 (Gaussian NLL, both branches)")
+        train_mod.train(data_sets, "step2", out / "step2", config["step2_samples"],
+                        init=out / "step1" / "best.pt", lr=config["step2_lr"],
+                        seed=config["step2_seed"], **common)
+    stages = {k: json.loads((out / k / "history.json").read_text()) for k in ("step1", "step2")
+              if (out / k / "history.json").exists()}
+    from training import curves
+
+    curves.plot_curves(stages, out / "training_curves.png", consecutive=True,
+                       title=f"{name}_v{version}: PSF-conditioned stages")
+    indexes = [json.loads((d / "index.json").read_text()) for d in data_sets]
+    card_extra = {"training_data": [_recipe(i) | {"psf_errors": i.get("psf_errors")}
+                                    for i in indexes],
+                  "training_config": config, "history": stages,
+                  "parent_model": config["init"]}
+    model_dir = Path(model_dir) if model_dir else out / "model" / f"{name}_v{version}"
+    log("== export")
+    card = export_mod.export(out / "step2" / "best.pt", model_dir, name, version, card_extra)
+    log("== calibrate (validation frames, without and with the PSF)")
+    from training import calibrate as calibrate_mod
+
+    calibrate_mod.calibrate(model_dir, data_sets, n_frames=config["calibration_frames"],
+                            jobs=os.cpu_count(), log=log, bias_fields=config["bias_fields"],
+                            with_psf=True)
+    log(f"== done in {time.time() - t0:.0f} s: {model_dir}")
+    return export_mod.update_card(model_dir, {})
 
 
 def _recipe(index):
@@ -232,7 +308,13 @@ def main(argv=None):
     parser.add_argument("--model-dir", default=None, help="where to write the exported model")
     parser.add_argument("--version", type=int, default=4)
     parser.add_argument("--no-evaluate", action="store_true")
+    parser.add_argument("--psf-stage", action="store_true",
+                        help="make the PSF-conditioned model from the shipped v4 (PSF_STAGE)")
     args = parser.parse_args(argv)
+    if args.psf_stage:
+        run_psf_stage(args.out, QUICK_PSF_STAGE if args.quick else PSF_STAGE, args.model_dir,
+                      version=5 if args.version == 4 else args.version)
+        return
     config = dict(QUICK if args.quick else FULL)
     if args.preset:
         config["preset"] = args.preset
