@@ -13,6 +13,7 @@ a PSF-fitted flux is the source's total flux as the model defines it (its
 light beyond the stamp included).
 """
 
+import contextlib
 import copy
 import os
 import time
@@ -454,7 +455,7 @@ def build_epsf(data, error, bad=None, *, saturation=None, max_stars=80, min_star
     builder = EPSFBuilder(oversampling=oversampling, maxiters=maxiters, progress_bar=False,
                           smoothing_kernel="quartic",
                           recentering_boxsize=(5, 5) if fwhm < 4 else (7, 7))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _nearest_fill_of_empty_subpixels():
         warnings.simplefilter("ignore")
         epsf = builder(stars).epsf
     epsf = _recentred(epsf, fwhm)
@@ -471,6 +472,40 @@ def build_epsf(data, error, bad=None, *, saturation=None, max_stars=80, min_star
                 psf_stars_x=x.tolist(), psf_stars_y=y.tolist(),
                 psf_time_s=round(time.perf_counter() - t0, 3))
     return epsf, info
+
+
+@contextlib.contextmanager
+def _nearest_fill_of_empty_subpixels():
+    """
+    EPSFBuilder with empty ePSF sub-pixels filled from their nearest neighbour.
+
+    A star's cutout never covers the ePSF grid's outermost sub-pixels at every
+    sub-pixel phase, so each iteration fills them, by default with a 2-D
+    cubic (Clough-Tocher) interpolation over the whole grid: 90 % of the build
+    time (8 s of 9 for a 33 px footprint). They lie at the footprint's rim,
+    where the nearest value is as good. Private photutils API: left alone if
+    absent.
+    """
+    from photutils.psf import epsf_builder
+
+    original = getattr(epsf_builder, "_interpolate_missing_data", None)
+    if original is None:
+        yield
+        return
+
+    def nearest(data, mask, method="cubic"):
+        data = np.array(data, dtype=float)
+        if not mask.any() or mask.all():
+            return original(data, mask, method=method)
+        index = ndimage.distance_transform_edt(mask, return_distances=False,
+                                               return_indices=True)
+        return data[tuple(index)]
+
+    epsf_builder._interpolate_missing_data = nearest
+    try:
+        yield
+    finally:
+        epsf_builder._interpolate_missing_data = original
 
 
 def _clipped_median(values, sigma=3.0, iters=5):
