@@ -30,11 +30,11 @@ PSF_FIT_MIN_SNR = 0.0
 #: Relative PSF-model error (``psf_profile_error``) beyond which the model is not used.
 UNUSABLE_PSF_ERROR = 0.25
 #: A source's own model error counts from this (and 3x the image's): galaxies, blends.
-_OWN_MODEL_ERROR_MIN = 0.03
+_OWN_MODEL_ERROR_MIN = 0.1
 #: PSF-model error (relative) from which the fit is redone with it in the pixel variances.
 _MIN_PROFILE_ERROR = 0.005
 #: Flux error (relative) and position error (in FWHM) per unit relative PSF-model error.
-_PSF_FLUX_ERROR_PER_EPS = 0.75
+_PSF_FLUX_ERROR_PER_EPS = 0.5
 _PSF_POSITION_ERROR_PER_EPS = 0.25
 #: Peak / central 3x3 sum above which a source is sharper than any trained PSF (the
 #: narrowest, FWHM 1 px since v4, peak at most ~0.64), checked where the 3x3 sum has
@@ -420,6 +420,10 @@ class MLPhotometry:
         flux_err = np.hypot(fitted["flux_err"],
                             _PSF_FLUX_ERROR_PER_EPS * eps_used * np.abs(fitted["flux"]))
         pos_floor = eps_used * sampler.fwhm * _PSF_POSITION_ERROR_PER_EPS
+        # The model's centre against the network's on bright, unblended sources: reported,
+        # not corrected (the model defines the centre, as in photutils; on fields whose
+        # model is exact, the network's own offsets of ~0.01 px were the larger).
+        offset, scatter, n_ref = _centre_offset(res, fitted, bright(fitted))
         x_err = np.hypot(fitted["x_err"], pos_floor)
         y_err = np.hypot(fitted["y_err"], pos_floor)
         # Each value from whichever estimate is the more precise: the fit (bright sources,
@@ -434,10 +438,12 @@ class MLPhotometry:
             res[f"{key}_fit"] = np.where(use_pos, fitted[key], res[f"{key}_fit"])
             res[f"{key}_err"] = np.where(use_pos, err, res[f"{key}_err"])
         res["qfit"], res["cfit"] = fitted["qfit"], fitted["cfit"]
-        calibration = self._card.get("sigma_calibration_psf")
+        calibration = self._card.get("sigma_calibration_auto" if isinstance(self.psf_model, str)
+                                     else "sigma_calibration_psf")
         if calibration is not None:
             # The errors of the PSF mode (fit or network, as chosen), calibrated on
-            # simulated frames measured with their true PSF (see the model card).
+            # simulated frames measured with their true PSF, or with psf_model="auto" (an
+            # ePSF's own errors are larger), per the model card.
             chosen = {"dx_err": res["x_err"], "dy_err": res["y_err"],
                       "flux_err": res["flux_err"]}
             _stamps.calibrate_sigmas(chosen, calibration, res["snr_core"])
@@ -446,6 +452,8 @@ class MLPhotometry:
         return {"aperture_correction": 1.0,
                 "aperture_correction_note": "none needed: fluxes are the PSF model's totals",
                 "psf_profile_error": profile_error,
+                "psf_centre_offset": [float(offset[0]), float(offset[1])],
+                "psf_centre_scatter": float(scatter), "psf_centre_nsources": n_ref,
                 "psf_fit_flux_nsources": int(np.count_nonzero(use_flux)),
                 "psf_fit_position_nsources": int(np.count_nonzero(use_pos)),
                 }
@@ -659,6 +667,30 @@ class MLPhotometry:
             "max_shift": self.max_shift,
             **info,
         }
+
+
+def _centre_offset(res, fitted, bright, min_sources=10):
+    """
+    Median offset (x, y) of the fitted centres from the network's, the scatter of
+    their differences that the two errors do not explain, and the sources used.
+
+    Zero offset and scatter with fewer than ``min_sources`` bright sources, or an
+    offset within 3 standard errors of zero.
+    """
+    sel = bright & np.isfinite(res["x_fit"]) & np.isfinite(fitted["x"])
+    n = int(np.count_nonzero(sel))
+    if n < min_sources:
+        return np.zeros(2), 0.0, n
+    d = np.stack([fitted["x"][sel] - res["x_fit"][sel], fitted["y"][sel] - res["y_fit"][sel]])
+    med = np.median(d, axis=1)
+    mad = 1.4826 * np.median(np.abs(d - med[:, None]), axis=1)
+    err = 1.2533 * mad / np.sqrt(n)
+    offset = np.where(np.abs(med) > 3 * err, med, 0.0)
+    explained = np.median(np.concatenate([
+        np.hypot(fitted["x_err"][sel], res["x_err"][sel]),
+        np.hypot(fitted["y_err"][sel], res["y_err"][sel])]))
+    scatter = float(np.sqrt(max(np.mean(mad**2) - explained**2, 0.0)))
+    return offset, scatter, n
 
 
 def _core_neighbours(x, y):

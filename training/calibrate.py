@@ -161,9 +161,10 @@ def calibrate(model_dir, data, n_frames=300, jobs=1, log=print, bias_fields=40, 
     ``data``: a data set folder (or None: the card's recipe), or a list of them, which
     share ``n_frames`` validation frames and ``bias_fields`` fields of unselected stars
     (`unselected_stars`) equally. The sigma calibration is fitted on fluxes that are
-    already bias-corrected. ``with_psf``: also the calibration of the outputs with a
+    already bias-corrected. ``with_psf``: also the calibrations of the outputs with a
     PSF model (``sigma_calibration_psf``: fitted on the same frames measured with their
-    true PSF; applied by `MLPhotometry` after its PSF fit). Returns the sigma calibration.
+    true PSF; ``sigma_calibration_auto``: with ``psf_model="auto"``), applied by
+    `MLPhotometry` after its PSF fit. Returns the sigma calibration.
     """
     from training.evaluate import data_recipe
     from training.export import update_card
@@ -190,17 +191,17 @@ def calibrate(model_dir, data, n_frames=300, jobs=1, log=print, bias_fields=40, 
     update_card(model_dir, {"sigma_calibration": calibration})
     log(json.dumps({t: [round(f, 3) for f in calibration[t]] for t in TARGETS}))
     if with_psf:
-        parts = [predict_frames(model_dir, d, per_set, jobs, log, method="mlpsf")
-                 for d in data_sets]
-        pred = {k: np.concatenate([p[k] for p, _ in parts]) for k in parts[0][0]}
-        truth = {k: np.concatenate([t[k] for _, t in parts]) for k in parts[0][1]}
-        with_psf_cal = fit_sigma_calibration(pred, truth)
-        with_psf_cal["fitted_on"] = (
-            f"MLPhotometry with the true PSF (psf_model) on {per_set * len(data_sets)} "
-            f"validation frames, {len(truth['flux'])} sources")
-        update_card(model_dir, {"sigma_calibration_psf": with_psf_cal})
-        log("with PSF: " + json.dumps({t: [round(f, 3) for f in with_psf_cal[t]]
-                                       for t in TARGETS}))
+        for method, key, what in (("mlpsf", "sigma_calibration_psf", "the true PSF"),
+                                  ("mlauto", "sigma_calibration_auto", 'psf_model="auto"')):
+            parts = [predict_frames(model_dir, d, per_set, jobs, log, method=method)
+                     for d in data_sets]
+            pred = {k: np.concatenate([p[k] for p, _ in parts]) for k in parts[0][0]}
+            truth = {k: np.concatenate([t[k] for _, t in parts]) for k in parts[0][1]}
+            cal = fit_sigma_calibration(pred, truth)
+            cal["fitted_on"] = (f"MLPhotometry with {what} on {per_set * len(data_sets)} "
+                                f"validation frames, {len(truth['flux'])} sources")
+            update_card(model_dir, {key: cal})
+            log(f"{method}: " + json.dumps({t: [round(f, 3) for f in cal[t]] for t in TARGETS}))
     return calibration
 
 

@@ -277,8 +277,10 @@ def _start_worker(model, index, methods, single_threaded, calibrated=True):
         phot = MLPhotometry(model, threads=1 if single_threaded else None)
         if not calibrated:
             # The calibration being fitted: of the network alone, or of the outputs with a PSF.
-            drop = "sigma_calibration" if "ml" in methods else "sigma_calibration_psf"
-            phot._card = {k: v for k, v in phot._card.items() if k != drop}
+            drop = {"ml": "sigma_calibration", "mlpsf": "sigma_calibration_psf",
+                    "mlauto": "sigma_calibration_auto"}
+            drop = {drop[m] for m in methods if m in drop}
+            phot._card = {k: v for k, v in phot._card.items() if k not in drop}
         _WORKER["phot"] = phot
 
 

@@ -2,7 +2,8 @@
 Artificial-star injection benchmark on real frames: MLPhotometry against the true-PSF fit.
 
     python -m training.inject_real --out runs/inject_real [--model DIR] [--frames ntt,m51,eyuma]
-        [--n-stars N] [--seed S]
+        [--n-stars N] [--seed S] [--psf none|auto|true] [--aperture-correction auto|on|off]
+    python -m training.inject_real --compare v4=runs/a,v5=runs/b --out table.rst
 
 Stars of known PSF, flux and position are added to real frames (``shared/real``), which
 keep their sky, noise, galaxies and neighbours. Per frame:
@@ -458,6 +459,40 @@ def run_frame(name, phot, n_stars, rounds, rng, cutout=None, log=print):
     return out, info
 
 
+def compare(runs, subset="all"):
+    """
+    One RST table of several runs side by side (e.g. v4 and v5, without and with a PSF).
+
+    ``runs``: ``{label: output folder of a run}``. Per S/N bin over all frames: flux
+    MARE, median flux ratio - 1, position MAE and flux / x z-score std of each run's
+    ML, then the true-PSF fit and sep FLUX_AUTO of the first run (the same stars).
+    """
+    tables = {label: Table.read(Path(folder) / "inject_metrics.ecsv")
+              for label, folder in runs.items()}
+    first = next(iter(tables.values()))
+    rows = first[(first["frame"] == "all") & (first["subset"] == subset)]
+    head = ["S/N", "N"]
+    for label in tables:
+        head += [f"{label} MARE", f"{label} bias", f"{label} pos", f"{label} z f/x"]
+    head += ["true-PSF MARE", "true-PSF pos", "FLUX_AUTO MARE"]
+    body = []
+    for row in rows:
+        line = [row["snr_bin"], str(row["n"])]
+        for tbl in tables.values():
+            r = tbl[(tbl["frame"] == "all") & (tbl["subset"] == subset)
+                    & (tbl["snr_bin"] == row["snr_bin"])][0]
+            line += [f"{r['mare_ml']:.3f}", f"{r['bias_ml']:+.3f}", f"{r['pos_mae_ml']:.3f}",
+                     f"{r['zstd_flux_ml']:.2f}/{r['zstd_x_ml']:.2f}"]
+        line += [f"{row['mare_psf']:.3f}", f"{row['pos_mae_psf']:.3f}",
+                 "n/a" if not np.isfinite(row["mare_auto"]) else f"{row['mare_auto']:.3f}"]
+        body.append(line)
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    rule = "  ".join("=" * w for w in widths)
+    out = [rule, "  ".join(h.ljust(w) for h, w in zip(head, widths)), rule]
+    out += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
+    return "\n".join([*out, rule, ""])
+
+
 def main(argv=None):
     from asidfe_phot import MLPhotometry
 
@@ -471,6 +506,9 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5,
                         help="independent injections per frame (stars split among them)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--compare", default=None,
+                        help="LABEL=DIR,...: print the runs in DIRs side by side (RST) and exit")
+    parser.add_argument("--subset", default="all", help="with --compare: all or clean")
     parser.add_argument("--psf", default="none",
                         help="MLPhotometry's psf_model: none, auto (built from each frame), or "
                              "true (the injected PSF)")
@@ -478,6 +516,13 @@ def main(argv=None):
                         help="MLPhotometry's aperture_correction: auto, on or off")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    if args.compare:
+        runs = dict(item.split("=", 1) for item in args.compare.split(","))
+        text = compare(runs, args.subset)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(text)
+        return
     out.mkdir(parents=True, exist_ok=True)
     apcorr = {"auto": "auto", "on": True, "off": False}[args.aperture_correction]
     phot = MLPhotometry(args.model, threads=1, aperture_correction=apcorr,

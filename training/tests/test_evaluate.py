@@ -54,13 +54,14 @@ def fixture_results(data):
 
 
 def test_all_methods_present(results):
-    expected = ["ml", "sep", "aper", "psf"]
+    expected = ["ml", "mlpsf", "mlauto", "sep", "aper", "psf"]
     if HAS_SEX:
-        expected.insert(3, "sex")
+        expected.insert(5, "sex")
     if HAS_PSFEX:
-        expected.insert(4, "psfex")
+        expected.insert(6, "psfex")
     if ML_ERROR is not None:
-        expected.remove("ml")
+        for m in ("ml", "mlpsf", "mlauto"):
+            expected.remove(m)
     assert ev.methods_in(results) == expected
     assert results.meta["methods"] == expected
     assert set(results.meta["timings"]) == set(expected)

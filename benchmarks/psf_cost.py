@@ -1,0 +1,84 @@
+"""
+What knowing the PSF costs: the ePSF build of ``psf_model="auto"`` and the PSF channel.
+
+    python benchmarks/psf_cost.py [--size 4096] [--n-sources 20000] [--model NAME]
+
+On a simulated frame (Moffat stars, FWHM 2.5 px, sky 300, gain 2) prints:
+
+* the time to choose the PSF stars and build the ePSF (`asidfe_phot.psf.build_epsf`),
+  with the stars used;
+* end-to-end MLPhotometry rates (sources/s) without a PSF, with the PSF channel only
+  (the network fed the PSF, the fit skipped: the channel's own cost), and with
+  ``psf_model`` given (channel + PSF fit) and ``"auto"`` (+ the build), in one run.
+
+Not a test: numbers depend on the machine.
+"""
+
+import argparse
+import time
+import warnings
+
+import numpy as np
+from astropy.table import Table
+
+
+def _rate(phot, image, init, repeat):
+    best = np.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            phot(image, init_params=init, gain=2.0)
+        best = min(best, time.perf_counter() - t0)
+    return len(init) / best, best
+
+
+def main(argv=None):
+    from photutils.psf import MoffatPSF
+
+    from asidfe_phot import MLPhotometry
+    from asidfe_phot._background import estimate_background
+    from asidfe_phot.datasets import make_star_field
+    from asidfe_phot.psf import build_epsf
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--n-sources", type=int, default=20_000)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args(argv)
+    shape = (args.size, args.size)
+    image, truth, _ = make_star_field(shape, args.n_sources, flux_range=(300, 3e5),
+                                      psf={"family": "moffat", "fwhm": 2.5, "beta": 3.0},
+                                      sky=300.0, gain=2.0, read_noise=5.0, border=20, seed=1)
+    init = Table({"x": np.asarray(truth["x"]), "y": np.asarray(truth["y"])})
+    bkg, rms = estimate_background(image)
+    t0 = time.perf_counter()
+    epsf, info = build_epsf(image - bkg, rms)
+    build = time.perf_counter() - t0
+    print(f"frame {args.size}x{args.size}, {args.n_sources} sources")
+    print(f"ePSF build (star choice + EPSFBuilder): {build:.2f} s, {info['psf_nstars']} stars, "
+          f"oversampling {info.get('psf_oversampling')}, footprint {info.get('psf_footprint')} "
+          f"px")
+    alpha = 2.5 / (2 * np.sqrt(2 ** (1 / 3.0) - 1))
+    true_psf = MoffatPSF(alpha=alpha, beta=3.0)
+    base = MLPhotometry(args.model, aperture_correction=False)
+    rows = [("no PSF (network alone)", base)]
+    if base.model_card["contract"]["version"] >= 3:
+        channel_only = MLPhotometry(args.model, aperture_correction=False, psf_model=true_psf)
+        # The channel's own cost: the network fed the PSF, no fit afterwards.
+        channel_only._fit_psf = lambda prepared, res, sampler: {"psf_profile_error": 0.0}
+        rows.append(("PSF channel only (no fit)", channel_only))
+    rows += [("psf_model=true PSF (channel + fit)",
+              MLPhotometry(args.model, aperture_correction=False, psf_model=true_psf)),
+             ('psf_model="auto" (+ ePSF build)',
+              MLPhotometry(args.model, aperture_correction=False, psf_model="auto"))]
+    ref = None
+    for label, phot in rows:
+        rate, seconds = _rate(phot, image, init, args.repeat)
+        ref = ref or rate
+        print(f"  {label:38s} {rate:8.0f} sources/s  ({seconds:.2f} s, {rate / ref:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
