@@ -27,6 +27,9 @@ _SATURATION_RADIUS = 2
 _SNR_RANGE = (2.0, 3e4)
 #: Core S/N from which the PSF fit's flux and centre replace the network's (see Notes).
 PSF_FIT_MIN_SNR = 0.0
+#: Offset (px) of an automatic ePSF's centre from the network's that is removed (see
+#: `_fit_psf`).
+AUTO_CENTRE_TOLERANCE = 0.02
 #: Relative PSF-model error (``psf_profile_error``) beyond which the model is not used.
 UNUSABLE_PSF_ERROR = 0.25
 #: A source's own model error counts from this (and 3x the image's): galaxies, blends.
@@ -420,10 +423,20 @@ class MLPhotometry:
         flux_err = np.hypot(fitted["flux_err"],
                             _PSF_FLUX_ERROR_PER_EPS * eps_used * np.abs(fitted["flux"]))
         pos_floor = eps_used * sampler.fwhm * _PSF_POSITION_ERROR_PER_EPS
-        # The model's centre against the network's on bright, unblended sources: reported,
-        # not corrected (the model defines the centre, as in photutils; on fields whose
-        # model is exact, the network's own offsets of ~0.01 px were the larger).
+        # The model's centre against the network's (trained on first moments) on bright,
+        # unblended sources. A given model defines the centre, as in photutils (where the
+        # model is exact, the network's own offsets of ~0.01 px were the larger). An ePSF
+        # built here has no authority on its centre: an offset beyond AUTO_CENTRE_TOLERANCE
+        # is removed, and the scatter the two estimates do not explain becomes a floor of
+        # the fitted centres' errors (a shifted model fits as well: chi^2 cannot see it).
         offset, scatter, n_ref = _centre_offset(res, fitted, bright(fitted))
+        if isinstance(self.psf_model, str):
+            offset = np.where(np.abs(offset) > AUTO_CENTRE_TOLERANCE, offset, 0.0)
+            fitted["x"] = fitted["x"] - offset[0]
+            fitted["y"] = fitted["y"] - offset[1]
+            pos_floor = np.hypot(pos_floor, scatter)
+        else:
+            offset = np.zeros(2)
         x_err = np.hypot(fitted["x_err"], pos_floor)
         y_err = np.hypot(fitted["y_err"], pos_floor)
         # Each value from whichever estimate is the more precise: the fit (bright sources,

@@ -50,7 +50,8 @@ class PSFSampler:
     across the frame, e.g. `~photutils.psf.GriddedPSFModel`) on a grid of
     ``FINE`` samples per pixel within ``RADIUS`` px of its centre, with
     ``flux=1`` (on a lattice of a quarter of a gridded model's spacing, 16 to
-    ``CELL`` px, interpolated bilinearly); renderings at any sub-pixel position interpolate that table
+    ``CELL`` px, interpolated bilinearly); renderings at any sub-pixel
+    position interpolate that table
     with a cubic spline.
 
     Parameters

@@ -22,7 +22,8 @@ LABELS = {"ml": "asidfe_phot TS-MVE", "mlpsf": "asidfe_phot, psf_model=true PSF"
           "sex": "SourceExtractor AUTO / WIN", "psfex": "SourceExtractor + PSFEx",
           "psf": "photutils PSF fit, true PSF", "init": "input positions"}
 #: Short names for table headings.
-SHORT = {"ml": "ML", "mlpsf": "ML+PSF", "mlauto": "ML+auto", "sep": "sep AUTO", "aper": "aperture", "sex": "SE AUTO/WIN",
+SHORT = {"ml": "ML", "mlpsf": "ML+PSF", "mlauto": "ML+auto", "sep": "sep AUTO",
+         "aper": "aperture", "sex": "SE AUTO/WIN",
          "psfex": "SE PSFEx", "psf": "true-PSF fit", "init": "input"}
 
 
@@ -129,7 +130,8 @@ def write_method_tables(metrics, stem):
     return paths
 
 
-_STYLE = {"ml": ("C0", "o"), "mlpsf": ("C6", "*"), "mlauto": ("C7", "h"), "sep": ("C1", "s"), "aper": ("C2", "^"), "sex": ("C3", "v"),
+_STYLE = {"ml": ("C0", "o"), "mlpsf": ("C6", "*"), "mlauto": ("C7", "h"), "sep": ("C1", "s"),
+          "aper": ("C2", "^"), "sex": ("C3", "v"),
           "psfex": ("C4", "D"), "psf": ("C5", "P"), "init": ("0.5", "x")}
 
 

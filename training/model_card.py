@@ -88,10 +88,32 @@ def generalisation_lines(gen):
     return lines + [""]
 
 
+def _data_lines(card):
+    """The training data sets: one dict (v4 and older, plus ``training_data_broad``) or a list."""
+    sets = card.get("training_data", {})
+    if isinstance(sets, dict):
+        sets = [sets] + ([card["training_data_broad"]] if card.get("training_data_broad")
+                         else [])
+    lines = []
+    for d in sets:
+        lines.append(f"- simulator preset `{d.get('preset')}`, seed {d.get('seed')}, "
+                     f"{d.get('n_frames')} frames of {d.get('frame_shape')} px, PSF families "
+                     f"{d.get('families')}; stamps per split: {d.get('counts')}")
+        if d.get("psf_errors"):
+            lines.append(f"  - with each stamp's imperfect PSF (the PSF channel): "
+                         f"`{json.dumps(d['psf_errors'])}`")
+    return lines
+
+
 def render(card):
     data = card.get("training_data", {})
-    broad = card.get("training_data_broad")
+    broad = card.get("training_data_broad") or (isinstance(data, list) and len(data) > 1)
     config = card.get("training_config", {})
+    psf_stage = "parent_model" in card
+    regenerate = (f"python -m training.pipeline --psf-stage --out runs/v{card['version']} "
+                  f"--model-dir models/{card['name']}_v{card['version']}" if psf_stage else
+                  f"python -m training.pipeline --out runs/v{card['version']} "
+                  f"--model-dir models/{card['name']}_v{card['version']}")
     lines = [
         f"# {card['name']} v{card['version']}",
         "",
@@ -112,16 +134,10 @@ def render(card):
         "",
         "## Training data and recipe",
         "",
-        f"- simulator preset `{data.get('preset')}`, seed {data.get('seed')}, "
-        f"{data.get('n_frames')} frames of {data.get('frame_shape')} px, PSF families "
-        f"{data.get('families')}",
-        f"- stamps per split: {data.get('counts')}",
-        *([f"- and a second data set of broader PSF shapes: preset "
-           f"`{broad.get('preset')}`, seed {broad.get('seed')}, {broad.get('n_frames')} "
-           f"frames, PSF families {broad.get('families')}, stamps per split "
-           f"{broad.get('counts')}"] if broad else []),
-        f"- regenerate: `python -m training.pipeline --out runs/v{card['version']} "
-        f"--model-dir models/{card['name']}_v{card['version']}`",
+        *_data_lines(card),
+        *([f"- parent model: `{card['parent_model']}` (its weights, widened by the PSF "
+           "channel with zero weights, start the training)"] if psf_stage else []),
+        f"- regenerate: `{regenerate}`",
         f"- configuration: `{json.dumps(config)}`",
         "",
     ]
@@ -155,6 +171,12 @@ def render(card):
                   ""]
     if "sigma_calibration" in card:
         lines += calibration_lines(card["sigma_calibration"])
+    for key, what in (("sigma_calibration_psf", "with `psf_model` (a given PSF)"),
+                      ("sigma_calibration_auto", 'with `psf_model="auto"`')):
+        if key in card:
+            cal = calibration_lines(card[key])
+            cal[0] = f"## Sigma calibration {what}"
+            lines += cal
     if "generalisation" in card:
         lines += generalisation_lines(card["generalisation"])
     if "ensemble_comparison" in card:

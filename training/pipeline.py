@@ -122,7 +122,7 @@ def run_psf_stage(out, config, model_dir=None, name="asidfe_tsmve", version=5, l
                   "parent_model": config["init"]}
     model_dir = Path(model_dir) if model_dir else out / "model" / f"{name}_v{version}"
     log("== export")
-    card = export_mod.export(out / "step2" / "best.pt", model_dir, name, version, card_extra)
+    export_mod.export(out / "step2" / "best.pt", model_dir, name, version, card_extra)
     log("== calibrate (validation frames, without and with the PSF)")
     from training import calibrate as calibrate_mod
 

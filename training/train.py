@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from asidfe_phot import _stamps
 from training.data import StampSet
 from training.model import (
     LOGVAR_MAX,
@@ -70,7 +71,10 @@ def load_model(weights, device="cpu", in_channels=None):
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = state.get("model", state)
-    stored = int(state["mean.convs.0.weight"].shape[1])
+    first = state.get("mean.convs.0.weight")
+    # A state of another architecture keeps the default and fails in the strict load below.
+    stored = (int(first.shape[1]) if first is not None and first.ndim == 4
+              else _stamps.N_INPUT_CHANNELS)
     in_channels = stored if in_channels is None else int(in_channels)
     if in_channels > stored:
         state = widen_inputs(state, in_channels)

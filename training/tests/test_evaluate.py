@@ -203,7 +203,8 @@ def test_parallel_frames_with_a_bad_model_fail_at_once(data, tmp_path):
 def test_missing_source_extractor_is_skipped_unless_asked(monkeypatch):
     monkeypatch.setattr(rt.shutil, "which", lambda name: None)
     messages = []
-    assert ev.resolve_methods(None, log=messages.append) == ["ml", "sep", "aper", "psf"]
+    assert ev.resolve_methods(None, log=messages.append) == ["ml", "mlpsf", "mlauto", "sep",
+                                                             "aper", "psf"]
     assert "skipping sex, psfex" in messages[0]
     with pytest.raises(rt.ToolNotFoundError):
         ev.resolve_methods("ml,sex")

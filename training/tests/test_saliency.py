@@ -39,7 +39,7 @@ def test_smoothgrad_tsmve_shapes_finite_and_deterministic():
     inputs = simulated_stamps(2, seed=1)
     a = smoothgrad(model, inputs, 3, n_samples=3, seed=5)
     b = smoothgrad(model, inputs, 3, n_samples=3, seed=5)
-    assert a.shape == (2, 2, 32, 32)
+    assert a.shape == (2, 3, 32, 32)
     assert np.all(np.isfinite(a)) and np.all(a >= 0)
     np.testing.assert_array_equal(a, b)
     signed = smoothgrad(model, inputs, 0, n_samples=2, magnitude=False, noise_level=0.0)
@@ -51,7 +51,7 @@ def test_smoothgrad_bad_input():
     with pytest.raises(ValueError, match="shape"):
         smoothgrad(model, np.zeros((2, 32, 32)), 0)
     with pytest.raises(ValueError, match="output_index"):
-        smoothgrad(model, np.zeros((1, 2, 32, 32)), 9, n_samples=1)
+        smoothgrad(model, np.zeros((1, 3, 32, 32)), 9, n_samples=1)
 
 
 def test_plot_saliency(tmp_path):

@@ -113,7 +113,7 @@ def test_load_model_from_exported_onnx(tmp_path):
     for name, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
     torch.save({"model": model.state_dict(), "stage": "step2"}, tmp_path / "best.pt")
-    x = torch.randn(4, 2, 32, 32)
+    x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(load_model(tmp_path / "best.pt")(x), model.eval()(x))
     # A state from another architecture fails instead of leaving random weights.
