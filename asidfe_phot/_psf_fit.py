@@ -305,6 +305,15 @@ def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes
         out["qfit"][idx] = np.abs(resid).sum(axis=(1, 2)) / ff
         out["cfit"][idx] = resid[:, h, h] / ff
     out["chi2"][idx] = (resid**2 * weight).sum(axis=(1, 2))
+    # Light the model does not explain (an unlisted neighbour, a galaxy, the PSF's own
+    # errors) leaves chi^2 above its degrees of freedom: the errors grow by the root of
+    # the reduced chi^2 (as a fit without absolute sigmas would), source by source.
+    dof = np.maximum(out["npix"][idx] - 3, 1)
+    scale = np.sqrt(np.maximum(out["chi2"][idx] / dof, 1.0))
+    for key in ("flux_err", "x_err", "y_err"):
+        out[key][idx] *= scale
+    out["chi2_scale"] = np.full(n, np.nan)
+    out["chi2_scale"][idx] = scale
     return out
 
 
@@ -334,8 +343,11 @@ def source_model_error(fitted):
     """
     dof = np.maximum(fitted["npix"] - 3, 1)
     excess = fitted["chi2"] - dof
+    # The S/N of the fit before its errors were scaled by the reduced chi^2.
+    scale = np.where(np.isfinite(fitted.get("chi2_scale", np.nan)), fitted.get("chi2_scale"),
+                     1.0) if "chi2_scale" in fitted else 1.0
     with np.errstate(divide="ignore", invalid="ignore"):
-        snr2 = np.square(fitted["flux"] / fitted["flux_err"])
+        snr2 = np.square(fitted["flux"] * scale / fitted["flux_err"])
         eps = np.sqrt(np.clip(excess, 0, None) / snr2)
     significant = excess > 3 * np.sqrt(2 * dof)
     return np.where(significant & np.isfinite(eps), eps, 0.0)

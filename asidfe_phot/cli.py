@@ -223,6 +223,8 @@ def _write_table(tbl, path, fmt):
                 value = tbl.meta[key] = ", ".join(str(v) for v in value)
             elif value is None:
                 value = tbl.meta[key] = "none"
+            elif isinstance(value, float) and not np.isfinite(value):
+                value = tbl.meta[key] = str(value)     # FITS cards hold no NaN or inf
             # A long key with a long value overflows a HIERARCH card (astropy < 7 refuses
             # it): keep it whole as a COMMENT card instead.
             if len(key) > 8 and len(key) + len(str(value)) > 60:

@@ -19,7 +19,7 @@ __all__ = ["DEFAULT_MODEL", "list_models", "model_path", "load_model_card", "ver
            "file_sha256"]
 
 #: The model used when none is named.
-DEFAULT_MODEL = "asidfe_tsmve_v4"
+DEFAULT_MODEL = "asidfe_tsmve_v5"
 
 _CONTRACT_KEYS = ("version", "stamp_size", "core_size", "core_floor", "input_gain")
 

@@ -110,7 +110,9 @@ class MLPhotometry:
         A PSF-conditioned model (contract 3) sees it, rendered at each stamp's
         reference pixel, as an extra input; the fluxes and centres are then
         refined by a PSF fit started at the network's estimates (see Notes).
-        ``None``: the network alone.
+        ``None``: the network alone. Default ``"auto"``, quietly: an image
+        with fewer than 10 good stars is measured as with ``None`` (``meta``
+        says ``psf_used``); pass ``"auto"`` to be warned instead.
     aperture_correction : {"auto", True, False} or float, optional
         Per-image correction of the fluxes for light beyond the 32x32 stamp
         (PSF wings and halos, PSF shapes the network was not trained on),
@@ -149,7 +151,8 @@ class MLPhotometry:
 
     def __init__(self, model=None, *, batch_size=2048, providers=None, progress_bar=False,
                  finder=None, localbkg_estimator=None, background_box_size=64, max_shift=2.0,
-                 threads=None, aperture_correction="auto", psf_model=None):
+                 threads=None, aperture_correction="auto",
+                 psf_model=_psf.DEFAULT_PSF_MODEL):
         if int(batch_size) != batch_size or batch_size < 1:
             msg = f"batch_size must be a positive integer, got {batch_size!r}"
             raise ValueError(msg)
@@ -358,7 +361,8 @@ class MLPhotometry:
             model, info = _psf.build_epsf(prepared.subtracted, noise, prepared.bad,
                                           saturation=None if prepared.saturation is None
                                           else prepared.saturation - float(
-                                              np.median(prepared.raw - prepared.subtracted)))
+                                              np.median(prepared.raw - prepared.subtracted)),
+                                          quiet=self.psf_model is _psf.DEFAULT_PSF_MODEL)
             if model is None:
                 return None, {**info, "psf_used": False}
         else:

@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from asidfe_phot.exceptions import TooFewPSFStarsWarning
 
-__all__ = ["PSFSampler", "build_epsf", "read_psfex", "select_psf_stars"]
+__all__ = ["DEFAULT_PSF_MODEL", "PSFSampler", "build_epsf", "read_psfex", "select_psf_stars"]
 
 #: Fine-grid samples per pixel of the tabulated PSF (cubic-spline interpolated between).
 FINE = 4
@@ -386,8 +386,19 @@ def select_psf_stars(data, error, bad=None, *, saturation=None, max_stars=80, mi
     return px[chosen].astype(float), py[chosen].astype(float), info
 
 
+class _DefaultAuto(str):
+    """``"auto"`` as MLPhotometry's default: an ePSF only with enough stars, and silently."""
+
+    __slots__ = ()
+
+
+#: MLPhotometry's default ``psf_model``: ``"auto"``, except that an image with fewer than
+#: 10 good stars is measured without a PSF and without a warning (see `build_epsf`).
+DEFAULT_PSF_MODEL = _DefaultAuto("auto")
+
+
 def build_epsf(data, error, bad=None, *, saturation=None, max_stars=80, min_stars=10,
-               maxiters=6):
+               maxiters=6, quiet=False):
     """
     The image's ePSF, built with photutils' `~photutils.psf.EPSFBuilder` from stars
     chosen on the image (`select_psf_stars`).
@@ -411,10 +422,14 @@ def build_epsf(data, error, bad=None, *, saturation=None, max_stars=80, min_star
     bad : 2-D bool array, optional
         Pixels to ignore.
 
+    quiet : bool
+        MLPhotometry's default mode: build only from ``min_stars`` stars, without a
+        warning (an image without enough stars is measured without a PSF).
+
     Returns
     -------
     epsf : `~photutils.psf.ImagePSF` or None
-        None when fewer than 3 stars qualify.
+        None when fewer than 3 stars qualify (``min_stars`` when ``quiet``).
     info : dict
         Stars used (``psf_stars_x``, ``psf_stars_y``), their number, the locus
         half-flux radius, the oversampling, the footprint and the build time.
@@ -425,12 +440,12 @@ def build_epsf(data, error, bad=None, *, saturation=None, max_stars=80, min_star
     x, y, sel = select_psf_stars(data, error, bad, saturation=saturation, max_stars=max_stars)
     info = {"psf_model": "auto", "psf_nstars": int(x.size), "psf_hfr": sel["hfr"],
             "psf_candidates": sel["n_candidates"]}
-    if x.size < min_stars:
+    if x.size < min_stars and not quiet:
         msg = (f'psf_model="auto" found {x.size} isolated, unsaturated point sources '
                f"(wants {min_stars}); " + ("the ePSF may be noisy" if x.size >= 3 else
                                            "no PSF is used"))
         warnings.warn(msg, TooFewPSFStarsWarning, stacklevel=3)
-    if x.size < 3:
+    if x.size < (min_stars if quiet else 3):
         info["psf_time_s"] = time.perf_counter() - t0
         return None, info
     # 2: on undersampled images 4 leaves sub-pixels without data and distorts the core; on

@@ -14,7 +14,7 @@ from asidfe_phot import MLPhotometry
 from asidfe_phot.exceptions import ModelError
 from asidfe_phot.models import DEFAULT_MODEL, list_models, load_model_card, model_path, verify_model
 
-MODEL = "asidfe_tsmve_v4"
+MODEL = "asidfe_tsmve_v5"
 REPO_MODELS = Path(__file__).resolve().parents[1] / "models"
 
 

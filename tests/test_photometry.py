@@ -90,7 +90,7 @@ def test_model_card_is_a_copy(phot):
 def test_repr(phot):
     text = repr(phot)
     assert text.startswith("<MLPhotometry(")
-    assert "asidfe_tsmve_v4" in text
+    assert "asidfe_tsmve_v5" in text
     assert "batch_size=2048" in text
 
 

@@ -113,9 +113,22 @@ def test_each_model_kind_measures_bright_stars_to_the_noise(kind):
 def test_without_a_psf_the_fit_is_not_run(image, init, error):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tbl = MLPhotometry()(image, init_params=init, error=error)
+        tbl = MLPhotometry(psf_model=None)(image, init_params=init, error=error)
     assert "qfit" not in tbl.colnames
     assert tbl.meta["psf_model"] is None
+
+
+def test_the_default_builds_an_epsf_only_from_enough_stars_and_quietly():
+    psf = CircularGaussianPRF(fwhm=2.5)
+    few, truth, noise = _field(psf, n=5, seed=12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")     # no TooFewPSFStarsWarning from the default
+        tbl = MLPhotometry()(few, init_params=Table({"x": truth["x_0"], "y": truth["y_0"]}),
+                             error=np.full(few.shape, noise), background=0)
+    assert tbl.meta["psf_model"] == "auto" and not tbl.meta["psf_used"]
+    many, truth, noise = _field(psf, shape=(200, 200), n=40, seed=13)
+    _, tbl = _measure(MLPhotometry().psf_model, many, truth, noise)
+    assert tbl.meta["psf_used"] and tbl.meta["psf_nstars"] >= 10
 
 
 @pytest.mark.parametrize("fwhm", [3.0, 5.0])
@@ -306,3 +319,29 @@ def test_auto_picks_oversampling_2_on_undersampled_images():
     _, tbl = _measure("auto", image, truth, noise)
     ratio = np.asarray(tbl["flux_fit"]) / truth["flux"]
     assert np.median(np.abs(ratio - 1)) < 0.03
+
+
+def test_a_contract_2_model_uses_the_psf_in_its_fit_only():
+    """v4 (no PSF channel) still runs, with or without a PSF; the fit refines it."""
+    psf = CircularGaussianPRF(fwhm=2.5)
+    image, truth, noise = _field(psf, seed=10)
+    phot, tbl = _measure(psf, image, truth, noise, model="asidfe_tsmve_v4")
+    assert phot.model_card["contract"]["version"] == 2
+    ratio = np.asarray(tbl["flux_fit"]) / truth["flux"]
+    assert np.median(np.abs(ratio - 1)) < 0.01
+
+
+def test_the_default_model_sees_the_psf():
+    """The shipped default is PSF-conditioned: the PSF channel changes its outputs."""
+    psf = CircularGaussianPRF(fwhm=2.5)
+    image, truth, noise = _field(psf, seed=11)
+    phot = MLPhotometry(psf_model=psf)
+    assert phot.model_card["contract"]["version"] == 3
+    init = Table({"x": truth["x_0"], "y": truth["y_0"]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, with_psf = phot._call(image, init_params=init, error=np.full(image.shape, noise),
+                                 background=0)
+        _, without = MLPhotometry()._call(image, init_params=init,
+                                          error=np.full(image.shape, noise), background=0)
+    assert not np.allclose(with_psf["network"]["flux_fit"], without["flux_fit"])

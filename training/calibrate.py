@@ -191,18 +191,35 @@ def calibrate(model_dir, data, n_frames=300, jobs=1, log=print, bias_fields=40, 
     update_card(model_dir, {"sigma_calibration": calibration})
     log(json.dumps({t: [round(f, 3) for f in calibration[t]] for t in TARGETS}))
     if with_psf:
-        for method, key, what in (("mlpsf", "sigma_calibration_psf", "the true PSF"),
-                                  ("mlauto", "sigma_calibration_auto", 'psf_model="auto"')):
-            parts = [predict_frames(model_dir, d, per_set, jobs, log, method=method)
-                     for d in data_sets]
-            pred = {k: np.concatenate([p[k] for p, _ in parts]) for k in parts[0][0]}
-            truth = {k: np.concatenate([t[k] for _, t in parts]) for k in parts[0][1]}
-            cal = fit_sigma_calibration(pred, truth)
-            cal["fitted_on"] = (f"MLPhotometry with {what} on {per_set * len(data_sets)} "
-                                f"validation frames, {len(truth['flux'])} sources")
-            update_card(model_dir, {key: cal})
-            log(f"{method}: " + json.dumps({t: [round(f, 3) for f in cal[t]] for t in TARGETS}))
+        calibrate_psf(model_dir, data_sets, per_set * len(data_sets), jobs, log)
     return calibration
+
+
+def calibrate_psf(model_dir, data, n_frames=300, jobs=1, log=print):
+    """
+    The calibrations of the PSF mode: ``sigma_calibration_psf`` (validation frames
+    measured with their true PSF as ``psf_model``) and ``sigma_calibration_auto`` (with
+    ``psf_model="auto"``), fitted as `fit_sigma_calibration` on the outputs as chosen
+    (PSF fit or network) and written into the card.
+    """
+    from training.export import update_card
+
+    data_sets = data if isinstance(data, (list, tuple)) else [data]
+    per_set = max(1, n_frames // len(data_sets))
+    out = {}
+    for method, key, what in (("mlpsf", "sigma_calibration_psf", "the true PSF"),
+                              ("mlauto", "sigma_calibration_auto", 'psf_model="auto"')):
+        parts = [predict_frames(model_dir, d, per_set, jobs, log, method=method)
+                 for d in data_sets]
+        pred = {k: np.concatenate([p[k] for p, _ in parts]) for k in parts[0][0]}
+        truth = {k: np.concatenate([t[k] for _, t in parts]) for k in parts[0][1]}
+        cal = fit_sigma_calibration(pred, truth)
+        cal["fitted_on"] = (f"MLPhotometry with {what} on {per_set * len(data_sets)} "
+                            f"validation frames, {len(truth['flux'])} sources")
+        update_card(model_dir, {key: cal})
+        out[key] = cal
+        log(f"{method}: " + json.dumps({t: [round(f, 3) for f in cal[t]] for t in TARGETS}))
+    return out
 
 
 def main(argv=None):
@@ -216,9 +233,17 @@ def main(argv=None):
                         help="fields of stars at known positions for the flux-bias correction "
                              "(0: keep the card's)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count())
+    parser.add_argument("--with-psf", action="store_true",
+                        help="also the PSF mode's calibrations (true PSF and psf_model='auto')")
+    parser.add_argument("--psf-only", action="store_true",
+                        help="only the PSF mode's calibrations (e.g. after a change of the fit)")
     args = parser.parse_args(argv)
     data = None if args.data is None else args.data.split(",")
-    calibrate(Path(args.model), data, args.n_frames, args.jobs, bias_fields=args.bias_fields)
+    if args.psf_only:
+        calibrate_psf(Path(args.model), data, args.n_frames, args.jobs)
+        return
+    calibrate(Path(args.model), data, args.n_frames, args.jobs, bias_fields=args.bias_fields,
+              with_psf=args.with_psf)
 
 
 if __name__ == "__main__":
