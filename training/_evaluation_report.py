@@ -227,3 +227,28 @@ def _win_counts(bins):
                     per[m] = (won + int(v), total + 1)
         counts[kind] = {m: f"{w}/{t}" for m, (w, t) in per.items()}
     return counts
+
+
+def modes_rst(columns, metrics):
+    """
+    An RST table of chosen metric columns side by side, one row per S/N bin.
+
+    ``columns``: ``[(heading, table label, column), ...]``; ``metrics``: ``{label:
+    bin_metrics table}`` (e.g. v4 and v5, each with several methods).
+    """
+    first = next(iter(metrics.values()))
+    head = ["S/N", "N", *(h for h, _, _ in columns)]
+    body = []
+    for i, label in enumerate(_snr_labels(first)):
+        line = [label, str(int(first["n"][i]))]
+        for _, key, col in columns:
+            tbl = metrics[key]
+            value = float(tbl[col][i]) if col in tbl.colnames else np.nan
+            line.append("n/a" if not np.isfinite(value) else
+                        (f"{value:.2f}" if "zstd" in col else f"{value:.4f}"))
+        body.append(line)
+    widths = [max(len(h), *(len(b[k]) for b in body)) for k, h in enumerate(head)]
+    rule = "  ".join("=" * w for w in widths)
+    lines = [rule, "  ".join(h.ljust(w) for h, w in zip(head, widths)), rule,
+             *("  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body), rule, ""]
+    return "\n".join(lines)

@@ -588,6 +588,33 @@ def evaluate_model(model, data, n_frames=60, out=None, log=print, methods=None,
             for row in all_metrics.as_array().tolist()]
 
 
+def compare_psf_modes(runs):
+    """
+    Flux MARE, position MAE and flux z-std of the PSF modes, side by side.
+
+    ``runs``: ``{label: folder of an evaluation}``; the first holds ``ml`` (no PSF),
+    ``mlpsf`` (the true PSF given), ``mlauto`` (``psf_model="auto"``) and ``psf`` (the
+    photutils fit with the true PSF); the others (e.g. the previous model) their ``ml``.
+    """
+    from astropy.table import QTable
+
+    from training._evaluation_report import modes_rst
+
+    tables = {label: QTable.read(Path(folder) / "metrics.ecsv") for label, folder in runs.items()}
+    labels = list(tables)
+    head, others = labels[0], labels[1:]
+    columns = []
+    for metric, name in (("flux_mare", "flux MARE"), ("pos_mae", "pos MAE"),
+                         ("flux_zstd", "flux z-std")):
+        for other in others:
+            columns.append((f"{other} {name}", other, f"{metric}_ml"))
+        for m, short in (("ml", "none"), ("mlpsf", "true PSF"), ("mlauto", "auto")):
+            columns.append((f"{head} {short} {name}", head, f"{metric}_{m}"))
+        if metric != "flux_zstd":
+            columns.append((f"true-PSF fit {name}", head, f"{metric}_psf"))
+    return modes_rst(columns, tables)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None,
@@ -608,7 +635,16 @@ def main(argv=None):
     parser.add_argument("--write-card", action="store_true",
                         help="record the per-bin metrics in the model's card (test_metrics), "
                              "as training.pipeline does")
+    parser.add_argument("--compare", default=None,
+                        help="LABEL=DIR,...: write (to --out) and print an RST table of the "
+                             "PSF modes of earlier runs side by side, and exit")
     args = parser.parse_args(argv)
+    if args.compare:
+        runs = dict(item.split("=", 1) for item in args.compare.split(","))
+        text = compare_psf_modes(runs)
+        Path(args.out).write_text(text)
+        print(text)
+        return
     metrics = evaluate_model(args.model, args.data, args.n_frames, args.out,
                              methods=args.methods, crowding_threshold=args.crowding_threshold,
                              jobs=args.jobs)
