@@ -201,7 +201,11 @@ def render(card):
                  "domain."]),
               "- Light beyond the 32x32 stamp: `MLPhotometry(aperture_correction=\"auto\")` "
               "measures and applies a per-image correction on the image's bright isolated "
-              "stars.",
+              "stars (without a PSF model); with one, the model's own normalisation counts.",
+              *(["- The PSF channel was trained with ePSF-like errors (FWHM up to 4 %, centring "
+                 "up to 0.05 px, one PSF for a varying frame); a PSF much further off is caught "
+                 "by the fit's chi^2 (`psf_profile_error` > 0.25: not used)."]
+                if psf_stage else []),
               "- The sigma is calibrated only if the sources' Poisson noise is known to the "
               "network (error map, gain, or an unsubtracted sky); see the NO_SOURCE_NOISE flag.",
               ""]
