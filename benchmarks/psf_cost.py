@@ -62,7 +62,7 @@ def main(argv=None):
           f"px")
     alpha = 2.5 / (2 * np.sqrt(2 ** (1 / 3.0) - 1))
     true_psf = MoffatPSF(alpha=alpha, beta=3.0)
-    base = MLPhotometry(args.model, aperture_correction=False)
+    base = MLPhotometry(args.model, aperture_correction=False, psf_model=None)
     rows = [("no PSF (network alone)", base)]
     if base.model_card["contract"]["version"] >= 3:
         channel_only = MLPhotometry(args.model, aperture_correction=False, psf_model=true_psf)

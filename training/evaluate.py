@@ -165,8 +165,8 @@ def data_recipe(data, model=None):
     The simulator recipe of the test frames: ``data`` itself when it is a recipe (a
     dict, e.g. a card's ``training_data_broad``), ``data/index.json`` when the data
     set is there, else the model card's ``training_data`` (preset, seed, frame count,
-    families, frame shape): test frames are re-simulated from their seeds, so the
-    evaluation needs no stored stamps.
+    families, frame shape; the first of a list): test frames are re-simulated from their
+    seeds, so the evaluation needs no stored stamps.
     """
     if isinstance(data, dict):
         return data
@@ -175,6 +175,8 @@ def data_recipe(data, model=None):
     from asidfe_phot.models import load_model_card
 
     recipe = load_model_card(model).get("training_data")
+    if isinstance(recipe, list):   # several data sets (asidfe_tsmve_v5): the first, generic
+        recipe = recipe[0] if recipe else None
     if not recipe:
         msg = (f"no {Path(data) / 'index.json' if data is not None else 'data set'} and no "
                "training_data in the model card: cannot tell which frames to simulate")
