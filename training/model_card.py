@@ -11,6 +11,8 @@ from pathlib import Path
 _BIN_COLUMNS = (
     ("n", "N", "{:d}"),
     ("flux_mare_ml", "flux MARE ML", "{:.4f}"),
+    ("flux_mare_mlpsf", "flux MARE ML, true PSF given", "{:.4f}"),
+    ("flux_mare_mlauto", "flux MARE ML, psf_model=auto", "{:.4f}"),
     ("flux_mare_sep", "flux MARE sep AUTO", "{:.4f}"),
     ("flux_mare_aper", "flux MARE aperture", "{:.4f}"),
     ("flux_mare_sex", "flux MARE SExtractor AUTO", "{:.4f}"),
