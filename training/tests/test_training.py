@@ -273,3 +273,30 @@ def test_training_curves_from_histories(tmp_path):
     # Consecutive runs: the second starts where the first ended.
     assert [list(line.get_xdata()) for line in nll_axis.lines] == [[100, 200], [300, 400]]
     assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_quick_psf_stage_end_to_end(tmp_path):
+    """The PSF-conditioned stage: v4 widened -> steps 1, 2 on data with PSF stamps -> export
+    (contract 3) -> calibrations without and with a PSF."""
+    import warnings
+
+    from photutils.psf import CircularGaussianPRF
+
+    from asidfe_phot import MLPhotometry
+    from asidfe_phot.datasets import make_test_image
+    from training import pipeline
+
+    card = pipeline.run_psf_stage(tmp_path / "run", dict(pipeline.QUICK_PSF_STAGE),
+                                  log=lambda *a: None)
+    assert card["contract"]["version"] == 3 and card["input"]["shape"][1] == 3
+    assert card["parent_model"] == "asidfe_tsmve_v4"
+    assert all(d.get("psf_errors") for d in card["training_data"])
+    for key in ("sigma_calibration", "sigma_calibration_psf", "sigma_calibration_auto"):
+        assert all(f > 0 for f in card[key]["flux"]), key
+    model_dir = tmp_path / "run" / "model" / "asidfe_tsmve_v5"
+    image, truth = make_test_image(shape=(64, 64), n_sources=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tbl = MLPhotometry(model_dir, psf_model=CircularGaussianPRF(fwhm=3.0))(
+            image, init_params=truth, gain=2.0)
+    assert len(tbl) == 4 and np.all(np.isfinite(tbl["flux_fit"]))
