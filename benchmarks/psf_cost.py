@@ -7,7 +7,8 @@ On a simulated frame (Moffat stars, FWHM 2.5 px, sky 300, gain 2) prints:
 
 * the time to choose the PSF stars and build the ePSF (`asidfe_phot.psf.build_epsf`),
   with the stars used;
-* end-to-end MLPhotometry rates (sources/s) without a PSF, with the PSF channel only
+* end-to-end MLPhotometry rates (sources/s) without a PSF (and v4's, two channels, for
+  the channel's cost in the network), with the PSF channel only
   (the network fed the PSF, the fit skipped: the channel's own cost), and with
   ``psf_model`` given (channel + PSF fit) and ``"auto"`` (+ the build), in one run.
 
@@ -63,7 +64,9 @@ def main(argv=None):
     alpha = 2.5 / (2 * np.sqrt(2 ** (1 / 3.0) - 1))
     true_psf = MoffatPSF(alpha=alpha, beta=3.0)
     base = MLPhotometry(args.model, aperture_correction=False, psf_model=None)
-    rows = [("no PSF (network alone)", base)]
+    rows = [("no PSF (network alone)", base),
+            ("v4, no PSF (2 input channels)",
+             MLPhotometry("asidfe_tsmve_v4", aperture_correction=False, psf_model=None))]
     if base.model_card["contract"]["version"] >= 3:
         channel_only = MLPhotometry(args.model, aperture_correction=False, psf_model=true_psf)
         # The channel's own cost: the network fed the PSF, no fit afterwards.
