@@ -660,9 +660,9 @@ def test_accuracy_on_simulated_field(phot):
     def spread(z):
         return 1.4826 * np.median(np.abs(z - np.median(z)))
 
-    # The calibration makes the z std 1 on crowded simulated frames, whose blends widen it:
-    # on a sparse field the bulk is conservative (v5: 0.48), not overconfident.
     z = np.asarray((tbl["flux_fit"] - truth["flux"]) / tbl["flux_err"])[ok]
-    assert 0.4 < spread(z) < 2.0
+    assert 0.5 < spread(z) < 2.0
+    # The calibration makes the z std 1 on crowded simulated frames, whose blends widen it:
+    # on a sparse field the bulk of the position errors is conservative (v5: 0.48).
     zx = np.asarray((tbl["x_fit"] - truth["x"]) / tbl["x_err"])[ok]
-    assert 0.5 < spread(zx) < 2.0
+    assert 0.4 < spread(zx) < 2.0
