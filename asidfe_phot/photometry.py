@@ -385,11 +385,17 @@ class MLPhotometry:
     def _fit_psf(self, prepared, res, sampler):
         """Refine ``res`` in place by a PSF fit at the network's estimates; meta entries."""
         ok = np.isfinite(res["x_fit"]) & ((res["flags"] & _flags.NO_OVERLAP) == 0)
-        fitted = _psf_fit.fit_sources(prepared.subtracted, self._error_boxes(prepared),
-                                      prepared.bad, res["x_fit"], res["y_fit"],
-                                      res["flux_fit"], sampler, fit=ok, x_input=res["x_init"],
-                                      y_input=res["y_init"], flux_err=res["flux_err"])
-        res["flags"][fitted["blended"]] |= _flags.BLENDED
+
+        def fit(profile_error=0.0):
+            out = _psf_fit.fit_sources(prepared.subtracted, self._error_boxes(prepared),
+                                       prepared.bad, res["x_fit"], res["y_fit"],
+                                       res["flux_fit"], sampler, fit=ok,
+                                       x_input=res["x_init"], y_input=res["y_init"],
+                                       flux_err=res["flux_err"], profile_error=profile_error)
+            res["flags"][out["blended"]] |= _flags.BLENDED
+            return out
+
+        fitted = fit()
         res["network"] = {k: res[k].copy() for k in ("x_fit", "y_fit", "flux_fit", "x_err",
                                                      "y_err", "flux_err")}
 
@@ -401,11 +407,7 @@ class MLPhotometry:
         # what remains adds to the fit's errors (a wrong model biases flux and centre alike).
         profile_error = _psf_fit.psf_model_error(fitted, bright(fitted))
         if np.isfinite(profile_error) and profile_error > _MIN_PROFILE_ERROR:
-            fitted = _psf_fit.fit_sources(
-                prepared.subtracted, self._error_boxes(prepared), prepared.bad, res["x_fit"],
-                res["y_fit"], res["flux_fit"], sampler, fit=ok, x_input=res["x_init"],
-                y_input=res["y_init"], flux_err=res["flux_err"], profile_error=profile_error)
-            res["flags"][fitted["blended"]] |= _flags.BLENDED
+            fitted = fit(profile_error)
         else:
             profile_error = 0.0 if np.isfinite(profile_error) else profile_error
         res["psf_fit"] = fitted

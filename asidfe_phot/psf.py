@@ -186,12 +186,6 @@ class PSFSampler:
             return values, np.where(outside, 0.0, grads[0]), np.where(outside, 0.0, grads[1])
         return values
 
-    def encircled_energy(self, half_size=RADIUS, x=None, y=None):
-        """Fraction of the unit-flux PSF inside a (2 half_size + 1)^2 box around its centre."""
-        if x is None:
-            x, y = (0.0, 0.0) if not self.varies else self._centre_key()
-        stamp = self.stamps(np.array([x]), np.array([y]), 2 * half_size + 1)[0]
-        return float(stamp.sum(dtype=np.float64))
 
 
 def _table_fwhm(table):

@@ -247,8 +247,16 @@ def modes_rst(columns, metrics):
             line.append("n/a" if not np.isfinite(value) else
                         (f"{value:.2f}" if "zstd" in col else f"{value:.4f}"))
         body.append(line)
-    widths = [max(len(h), *(len(b[k]) for b in body)) for k, h in enumerate(head)]
-    rule = "  ".join("=" * w for w in widths)
-    lines = [rule, "  ".join(h.ljust(w) for h, w in zip(head, widths)), rule,
-             *("  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body), rule, ""]
-    return "\n".join(lines)
+    return rst_text(head, body)
+
+
+def rst_text(head, body):
+    """An RST simple table (astropy's ``ascii.rst``) of string cells: ``head``, rows ``body``."""
+    import io
+
+    from astropy.table import Table
+
+    tbl = Table(rows=body, names=head, dtype=[str] * len(head)) if body else Table(names=head)
+    buf = io.StringIO()
+    tbl.write(buf, format="ascii.rst")
+    return buf.getvalue()

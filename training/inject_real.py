@@ -62,6 +62,7 @@ from asidfe_phot._background import estimate_background
 from asidfe_phot._fitsio import header_float, read_image
 from asidfe_phot.datasets import render_psf_stamps
 from training._classical_methods import _sep_flux_auto, segmentation_ids
+from training._evaluation_report import rst_text
 from training.reference_tools import true_image_psf
 
 REAL = Path(__file__).resolve().parents[1] / "shared" / "real"
@@ -486,11 +487,7 @@ def compare(runs, subset="all"):
         line += [f"{row['mare_psf']:.3f}", f"{row['pos_mae_psf']:.3f}",
                  "n/a" if not np.isfinite(row["mare_auto"]) else f"{row['mare_auto']:.3f}"]
         body.append(line)
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    rule = "  ".join("=" * w for w in widths)
-    out = [rule, "  ".join(h.ljust(w) for h, w in zip(head, widths)), rule]
-    out += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
-    return "\n".join([*out, rule, ""])
+    return rst_text(head, body)
 
 
 def main(argv=None):
