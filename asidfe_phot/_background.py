@@ -88,7 +88,8 @@ def estimate_background(data, mask=None, box_size=64, filter_size=3, subsample=2
     if mask is not None:
         bad[:ny, :nx] |= np.asarray(mask, dtype=bool)
     padded[bad] = np.nan
-    step = max(1, int(subsample))
+    # Tiny images (under 16 px) are used whole: subsampling would leave too few pixels.
+    step = max(1, int(subsample)) if box >= 16 else 1
     meshes = padded.reshape(nby, box, nbx, box)[:, ::step, :, ::step]
     meshes = meshes.transpose(0, 2, 1, 3).reshape(nby * nbx, -1)
     good = np.isfinite(meshes).sum(axis=1) >= max(10, meshes.shape[1] // 4)

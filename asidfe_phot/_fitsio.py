@@ -89,7 +89,13 @@ def read_image(path, hdu=None):
                     raise FITSReadError(msg)
                 index %= len(hdul)
             selected = hdul[index]
-            data = selected.data if selected.is_image else None
+            try:
+                data = selected.data if selected.is_image else None
+            except (ValueError, TypeError, OSError) as exc:
+                # astropy reports a short data block as e.g. "cannot reshape array".
+                msg = (f"HDU {index} of {path} cannot be read: the file is truncated or "
+                       f"corrupt ({type(exc).__name__}: {exc})")
+                raise FITSReadError(msg) from exc
             if data is None or data.ndim != 2:
                 shape = "no data" if data is None else f"a {data.ndim}-D array"
                 msg = (f"HDU {index} of {path} holds {shape}, not a 2-D image; choose another "

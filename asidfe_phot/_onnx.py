@@ -26,7 +26,19 @@ def create_session(path, providers=None, threads=None, n_channels=_stamps.N_INPU
     """
     import onnxruntime as ort
 
-    providers = default_providers() if providers is None else list(providers)
+    if providers is None:
+        providers = default_providers()
+    elif isinstance(providers, str):    # one provider's name, not its letters
+        providers = [providers]
+    else:
+        providers = list(providers)
+    names = [p[0] if isinstance(p, tuple) else p for p in providers]
+    unknown = [n for n in names if n not in ort.get_all_providers()]
+    if unknown or not set(names) & set(ort.get_available_providers()):
+        what = f"unknown onnxruntime providers {unknown}" if unknown else (
+            f"none of the providers {names} is available here")
+        msg = f"{what}; available: {ort.get_available_providers()}"
+        raise ModelError(msg)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads is not None:

@@ -17,7 +17,9 @@ Exit status: 0 on success, 2 for a usage or input error (message on stderr).
 """
 
 import argparse
+import os
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -192,20 +194,46 @@ def _make_finder(image, fwhm, nsigma):
     return DAOStarFinder(threshold=threshold, fwhm=fwhm), threshold
 
 
-def _output_path(args, image_name):
-    if args.output is None:
-        out = Path(f"{Path(image_name).name.split('.')[0]}_asidfe.ecsv")
-    else:
-        out = Path(args.output)
+#: Image suffixes dropped from the default output name (the rest of the name is kept,
+#: so field.r.fits and field.g.fits give different tables).
+_IMAGE_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.fz",
+                   ".fz", ".gz")
+
+
+def default_output_name(image_name):
+    """``IMAGE_asidfe.ecsv`` for ``IMAGE.fits`` (in the current directory)."""
+    name = Path(image_name).name
+    for suffix in sorted(_IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            name = name[:-len(suffix)]
+            break
+    return f"{name}_asidfe.ecsv"
+
+
+def _output_path(args, image_name, inputs):
+    default = "demo_asidfe.ecsv" if args.demo else default_output_name(image_name)
+    out = Path(args.output if args.output is not None else default)
     suffix = out.suffix.lower()
     if suffix not in _OUTPUT_FORMATS:
         msg = f"--output must end in .ecsv or .fits, got {out}"
         raise CLIError(msg)
-    _check_writable(out, args.overwrite, "--output")
+    _check_writable(out, args.overwrite, "--output", inputs)
     return out, _OUTPUT_FORMATS[suffix]
 
 
-def _check_writable(path, overwrite, option):
+def _same_file(a, b):
+    try:
+        return a.resolve() == Path(b).resolve() or (a.exists() and Path(b).exists()
+                                                     and a.samefile(b))
+    except OSError:
+        return False
+
+
+def _check_writable(path, overwrite, option, inputs=()):
+    clash = next((p for p in inputs if p is not None and _same_file(path, p)), None)
+    if clash is not None:
+        msg = f"{option} {path} is an input file ({clash}); choose another name"
+        raise CLIError(msg)
     if path.exists() and not overwrite:
         msg = f"{option} file {path} exists; pass --overwrite to replace it"
         raise CLIError(msg)
@@ -214,7 +242,53 @@ def _check_writable(path, overwrite, option):
         raise CLIError(msg)
 
 
-def _write_table(tbl, path, fmt):
+def _write_atomically(path, overwrite, write):
+    """
+    ``write(tmp)`` to a temporary file next to ``path``, then move it into place.
+
+    An interrupted write never leaves a partial file at ``path`` nor destroys the
+    one there. Without ``overwrite`` the move fails if ``path`` appeared meanwhile
+    (e.g. a parallel run that chose the same name): nothing is replaced.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)     # atomic, and refuses an existing path
+            except FileExistsError as exc:
+                msg = f"{path} was created while this run was working; pass --overwrite"
+                raise CLIError(msg) from exc
+            except OSError:            # a file system without hard links
+                if path.exists():
+                    msg = f"{path} was created while this run was working; pass --overwrite"
+                    raise CLIError(msg) from None
+                os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _check_plot_name(path):
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix.lower().lstrip(".") not in formats:
+        msg = (f"--plot {path}: unknown figure format {path.suffix!r}; use one of "
+               f"{', '.join('.' + f for f in sorted(formats))}")
+        raise CLIError(msg)
+
+
+def _write_table(tbl, path, fmt, overwrite=False):
+    """Write ``tbl`` to ``path`` atomically (see `_write_atomically`)."""
+    _write_atomically(path, overwrite, lambda tmp: _write_table_to(tbl, tmp, fmt))
+
+
+def _write_table_to(tbl, path, fmt):
     if fmt == "fits":
         tbl = tbl.copy(copy_data=False)
         comments = list(tbl.meta.pop("comments", []))
@@ -295,9 +369,16 @@ def _run(args, stdout, stderr):
             raise CLIError(msg)
         image, header, hdu = read_image(args.image, args.hdu)
         image_name, demo_catalog = args.image, None
-    out_path, out_format = _output_path(args, image_name)
+    inputs = [] if args.demo else [args.image, args.catalog]
+    out_path, out_format = _output_path(args, image_name, inputs)
     if args.plot is not None:
-        _check_writable(Path(args.plot), args.overwrite, "--plot")
+        _check_plot_name(Path(args.plot))
+        _check_writable(Path(args.plot), args.overwrite, "--plot", [*inputs, out_path])
+    for option in ("gain", "saturation"):
+        value = getattr(args, option)
+        if value is not None and not 0 < value < float("inf"):
+            msg = f"--{option} must be a positive number, got {value}"
+            raise CLIError(msg)
 
     unit = header_unit(header)
     wcs = header_wcs(header)
@@ -380,7 +461,7 @@ def _run(args, stdout, stderr):
               file=stdout)
         if len(tbl) > args.rows:
             print(f"... {len(tbl) - args.rows} more row(s)", file=stdout)
-    _write_table(tbl, out_path, out_format)
+    _write_table(tbl, out_path, out_format, args.overwrite)
     print(f"\nwrote {out_path} ({len(tbl)} rows)", file=stdout)
     if args.plot is not None:
         from matplotlib.figure import Figure
@@ -388,7 +469,8 @@ def _run(args, stdout, stderr):
         from asidfe_phot.visualization import plot_stamps
 
         fig = plot_stamps(data, tbl, n=16, fig=Figure(figsize=(9, 10)))
-        fig.savefig(args.plot, dpi=110)
+        _write_atomically(Path(args.plot), args.overwrite,
+                          lambda tmp: fig.savefig(tmp, dpi=110, format=Path(args.plot).suffix[1:]))
         print(f"wrote {args.plot}", file=stdout)
     return 0
 
@@ -415,7 +497,7 @@ def main(argv=None):
         return exc.code if isinstance(exc.code, int) else 2
     try:
         return _run(args, sys.stdout, sys.stderr)
-    except (CLIError, FITSReadError, ValueError, u.UnitsError, OSError) as exc:
+    except (CLIError, FITSReadError, ValueError, TypeError, u.UnitsError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -9,7 +9,7 @@ import numpy as np
 
 __all__ = ["FLAG_DEFINITIONS", "EDGE", "MASKED", "CORE_MASKED", "NO_OVERLAP", "LARGE_SHIFT",
            "OUTSIDE_TRAINING", "NONPOSITIVE_FLUX", "SATURATED", "NO_SOURCE_NOISE",
-           "COMPACT", "PSF_MISMATCH", "BLENDED", "decode_flags", "flag_table"]
+           "COMPACT", "PSF_MISMATCH", "BLENDED", "NO_POSITION", "decode_flags", "flag_table"]
 
 EDGE = 1
 MASKED = 2
@@ -23,6 +23,7 @@ NO_SOURCE_NOISE = 256
 COMPACT = 512
 PSF_MISMATCH = 1024
 BLENDED = 2048
+NO_POSITION = 4096
 
 #: The registry: (bit, name, description); docs and decode_flags derive from it.
 FLAG_DEFINITIONS = (
@@ -52,6 +53,8 @@ FLAG_DEFINITIONS = (
      "overlaps this one so much that their joint PSF fit more than doubles the flux "
      "variance (flux_err includes it; where the data cannot split a pair, their fluxes "
      "are held near the network's)"),
+    (NO_POSITION, "NO_POSITION",
+     "the input position is blank (a masked catalogue cell) or not finite: results are NaN"),
 )
 
 

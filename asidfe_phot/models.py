@@ -9,6 +9,7 @@ incompatible file fails loudly instead of giving wrong numbers.
 
 import hashlib
 import json
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -45,16 +46,21 @@ def model_path(model=None):
     """
     if model is None:
         model = DEFAULT_MODEL
-    candidate = Path(model)
-    if candidate.is_dir():
-        directory = candidate
+    if not isinstance(model, (str, os.PathLike)):
+        msg = (f"model must be a shipped model name or a model directory, got "
+               f"{type(model).__name__} {model!r}; shipped models: {list_models()}")
+        raise ModelError(msg)
+    # A shipped name always means the shipped model, whatever the current directory
+    # holds; a directory of the same name is used only when given as a path
+    # (``pathlib.Path`` or a string with a separator, e.g. "./asidfe_tsmve_v5").
+    if isinstance(model, str) and model in list_models():
+        directory = Path(str(_registry_root() / model))
     else:
-        entry = _registry_root() / str(model)
-        if not entry.is_dir():
-            msg = (f"model {model!r} is neither a model directory nor a shipped model; "
+        directory = Path(model)
+        if not directory.is_dir():
+            msg = (f"model {str(model)!r} is neither a model directory nor a shipped model; "
                    f"shipped models: {list_models()}")
             raise ModelError(msg)
-        directory = Path(str(entry))
     for name in ("config.json", "model.onnx"):
         if not (directory / name).is_file():
             msg = f"model directory {directory} has no {name}"

@@ -7,11 +7,17 @@ from datetime import UTC, datetime
 import numpy as np
 from astropy.table import QTable
 
-from asidfe_phot import _aperture_correction, _onnx, _psf_fit, _stamps
+from asidfe_phot import _aperture_correction, _blends, _onnx, _psf_fit, _stamps, _validation
 from asidfe_phot import flags as _flags
 from asidfe_phot import psf as _psf
 from asidfe_phot._background import estimate_background
-from asidfe_phot._validation import coerce_data, parse_positions, value_in_unit
+from asidfe_phot._validation import (
+    coerce_data,
+    gain_value,
+    parse_positions,
+    saturation_value,
+    value_in_unit,
+)
 from asidfe_phot.exceptions import FlaggedSourcesWarning, NoSourceNoiseWarning, PSFModelWarning
 from asidfe_phot.models import verify_model
 
@@ -21,7 +27,7 @@ OUTPUT_COLUMNS = ("id", "x_init", "y_init", "x_fit", "y_fit", "flux_fit", "x_err
                   "flux_err", "flags")
 #: Flags serious enough for a (single, summary) warning.
 _WARN_FLAGS = (_flags.NO_OVERLAP | _flags.CORE_MASKED | _flags.SATURATED | _flags.COMPACT
-               | _flags.PSF_MISMATCH)
+               | _flags.PSF_MISMATCH | _flags.NO_POSITION)
 _CORE_RADIUS = 3
 _SATURATION_RADIUS = 2
 _SNR_RANGE = (2.0, 3e4)
@@ -34,6 +40,9 @@ AUTO_CENTRE_TOLERANCE = 0.02
 UNUSABLE_PSF_ERROR = 0.25
 #: A source's own model error counts from this (and 3x the image's): galaxies, blends.
 _OWN_MODEL_ERROR_MIN = 0.1
+#: A source's own model error (relative) above which its light is not one point source's
+#: (and above 3x the image's): BLENDED, with errors that cover a neighbour's share.
+_UNEXPLAINED_MIN = 0.05
 #: PSF-model error (relative) from which the fit is redone with it in the pixel variances.
 _MIN_PROFILE_ERROR = 0.005
 #: Flux error (relative) and position error (in FWHM) per unit relative PSF-model error.
@@ -320,14 +329,18 @@ class MLPhotometry:
     def _call(self, data, *, mask=None, error=None, init_params=None, background=None, gain=None,
               saturation=None, wcs=None):
         """`__call__`, also returning the per-source internals (e.g. ``snr_core``)."""
-        image, unit, mask, error, wcs = coerce_data(data, mask, error, wcs)
+        coerced = coerce_data(data, mask, error, wcs)
+        unit, wcs, scale = coerced.unit, coerced.wcs, coerced.scale
         if init_params is None:
             if self.finder is None:
                 msg = "give init_params (a table of positions) or construct with a finder"
                 raise ValueError(msg)
-        prepared, info = self._prepare(image, unit, mask, error, background, gain, saturation)
+        prepared, info = self._prepare(coerced, background, gain, saturation)
         if init_params is None:
-            found = self.finder(prepared.subtracted, mask=prepared.bad)
+            # The finder's thresholds are in the data's units: it sees the data's values.
+            subtracted = (prepared.subtracted if scale == 1 else
+                          np.ldexp(prepared.subtracted, coerced.exponent))
+            found = self.finder(subtracted, mask=prepared.bad)
             init_params = found if found is not None else QTable({"x": [], "y": []})
         x, y, ids = parse_positions(init_params, wcs)
         sampler, psf_info = self._psf_sampler(prepared)
@@ -347,6 +360,12 @@ class MLPhotometry:
                 results = self._measure(prepared, x, y, None)
         if sampler is None:
             info.update(self._correct_apertures(prepared, results))
+        _cover_shared_light(results, x, y)
+        if scale != 1:
+            # Back from the internal scale (see _validation.scale_exponent) to the data's.
+            for key in ("flux_fit", "flux_err"):
+                results[key] = results[key] * scale
+            info["internal_scale"] = scale
         table = self._assemble(ids, x, y, results, unit, wcs, info)
         self._last = {"sampler": sampler, "x": results["x_fit"], "y": results["y_fit"],
                       "flux": results["flux_fit"], "unit": unit}
@@ -422,6 +441,7 @@ class MLPhotometry:
         # larger model error: where it stands out from the image's (a bright star's small
         # excess is the image's model error seen at high S/N, already counted).
         own = _psf_fit.source_model_error(fitted)
+        unexplained = fitted_ok & (own > np.maximum(3 * eps_used, _UNEXPLAINED_MIN))
         eps_used = np.where(own > np.maximum(3 * eps_used, _OWN_MODEL_ERROR_MIN), own, eps_used)
         # A model error is coherent over a source's pixels: it biases the flux and centre by
         # a fraction of itself (measured on the real frames: ~0.75 of eps in flux), which
@@ -457,6 +477,7 @@ class MLPhotometry:
             res[f"{key}_fit"] = np.where(use_pos, fitted[key], res[f"{key}_fit"])
             res[f"{key}_err"] = np.where(use_pos, err, res[f"{key}_err"])
         res["qfit"], res["cfit"] = fitted["qfit"], fitted["cfit"]
+        res["split"] = use_flux & ~fitted["blended"]
         calibration = self._card.get("sigma_calibration_auto" if isinstance(self.psf_model, str)
                                      else "sigma_calibration_psf")
         if calibration is not None:
@@ -468,6 +489,14 @@ class MLPhotometry:
             _stamps.calibrate_sigmas(chosen, calibration, res["snr_core"])
             res["x_err"], res["y_err"] = chosen["dx_err"], chosen["dy_err"]
             res["flux_err"] = chosen["flux_err"]
+        # Light the PSF does not explain (an unlisted neighbour, a galaxy, a cosmic ray)
+        # may belong to another source: up to half the flux, the centre to half a FWHM.
+        res["flags"][unexplained] |= _flags.BLENDED
+        res["flux_err"] = np.where(unexplained, np.hypot(res["flux_err"],
+                                                         0.5 * np.abs(res["flux_fit"])),
+                                   res["flux_err"])
+        for key in ("x_err", "y_err"):
+            res[key] = np.where(unexplained, np.hypot(res[key], 0.5 * sampler.fwhm), res[key])
         return {"aperture_correction": 1.0,
                 "aperture_correction_note": "none needed: fluxes are the PSF model's totals",
                 "psf_profile_error": profile_error,
@@ -477,10 +506,12 @@ class MLPhotometry:
                 "psf_fit_position_nsources": int(np.count_nonzero(use_pos)),
                 }
 
-    def _prepare(self, image, unit, mask, error, background, gain, saturation):
+    def _prepare(self, coerced, background, gain, saturation):
+        image, unit, error = coerced.image, coerced.unit, coerced.error
+        internal = 1.0 / coerced.scale
         bad = ~np.isfinite(image)
-        if mask is not None:
-            bad |= mask
+        if coerced.mask is not None:
+            bad |= coerced.mask
         if error is not None:
             bad |= ~np.isfinite(error) | (error <= 0)
         if bad.all():
@@ -492,41 +523,79 @@ class MLPhotometry:
             info["background"] = f"mesh {self.background_box_size} px"
         else:
             if hasattr(background, "background") and hasattr(background, "background_rms"):
-                bkg = value_in_unit(background.background, unit, "background")
-                rms = value_in_unit(background.background_rms, unit, "background")
+                bkg = self._background_map(background.background, unit, image.shape,
+                                           coerced.exponent)
+                rms = self._background_map(background.background_rms, unit, image.shape,
+                                           coerced.exponent, "background_rms")
                 info["background"] = type(background).__name__
             else:
-                bkg = value_in_unit(background, unit, "background")
+                bkg = self._background_map(background, unit, image.shape, coerced.exponent)
                 rms = None
                 info["background"] = "user"
-            bkg = np.broadcast_to(np.asarray(bkg, dtype=np.float32), image.shape)
+            # Pixels without a background value cannot be used (as masked ones).
+            bad |= ~np.isfinite(bkg)
             if rms is None and error is None:
                 _, rms = estimate_background(image - bkg, bad, self.background_box_size)
-            elif rms is not None:
-                rms = np.broadcast_to(np.asarray(rms, dtype=np.float32), image.shape)
-        subtracted = np.where(bad, np.float32(0), image - bkg).astype(np.float32, copy=False)
-        if gain is not None:
-            gain = float(value_in_unit(gain, None if unit is None else 1 / unit, "gain"))
-            if not gain > 0:
-                msg = f"gain must be positive (electrons per data unit), got {gain}"
+            if bad.all():
+                msg = "no pixel has both a usable value and a finite background"
                 raise ValueError(msg)
+        with np.errstate(invalid="ignore", over="ignore"):
+            subtracted = np.where(bad, np.float32(0), image - bkg).astype(np.float32, copy=False)
+        if gain is not None:
+            gain = gain_value(gain, unit)
             info["gain"] = gain
+            gain = gain * coerced.scale        # electrons per internal unit
         elif error is None:
             level = float(np.median(bkg[~bad]))
             noise = float(np.median(rms[~bad]))
             # A sky that was not subtracted reveals the effective gain: sky / rms^2.
             if noise > 0 and level > 3 * noise:
                 gain = level / noise**2
-                info["gain"] = f"{gain:.6g} (sky / rms^2)"
+                info["gain"] = f"{gain / coerced.scale:.6g} (sky / rms^2)"
             else:
                 info["gain"] = None
         if saturation is not None:
-            saturation = float(value_in_unit(saturation, unit, "saturation"))
+            saturation = saturation_value(saturation, unit) * internal
         prepared = _PreparedImage(subtracted, bad if bad.any() else None, error, rms, gain,
                                   image, saturation)
         return prepared, info
 
+    @staticmethod
+    def _background_map(value, unit, shape, exponent, name="background"):
+        """A background (or its rms) as a float32 map in internal units."""
+        value, mask = _validation.split_mask(value_in_unit(value, unit, name))
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "iufb":
+            msg = f"{name} must be a number or a 2-D array of numbers, got dtype {arr.dtype}"
+            raise TypeError(msg)
+        if arr.ndim == 0 and not np.isfinite(arr):
+            msg = f"{name} must be finite, got {arr}"
+            raise ValueError(msg)
+        if arr.ndim not in (0, 2) or (arr.ndim == 2 and arr.shape != shape):
+            msg = f"{name} must be a number or an array of the data's shape {shape}, got shape "
+            raise ValueError(msg + f"{arr.shape}")
+        arr = np.ldexp(np.asarray(arr, dtype=np.float64), -exponent).astype(np.float32)
+        if mask is not None:
+            arr = np.where(mask, np.float32(np.nan), arr)
+        return np.broadcast_to(arr, shape)
+
     def _measure(self, prepared, x, y, sampler=None):
+        """Per-source results; rows without a usable position are NaN and NO_POSITION."""
+        located = np.isfinite(x) & np.isfinite(y)
+        if located.all():
+            return self._measure_located(prepared, x, y, sampler)
+        inner = self._measure_located(prepared, x[located], y[located], sampler)
+        out = {}
+        for key, values in inner.items():
+            full = np.full(x.size, np.nan) if values.dtype.kind == "f" else np.zeros(
+                x.size, values.dtype)
+            full[located] = values
+            out[key] = full
+        out["x_init"], out["y_init"] = x, y
+        out["flags"][~located] |= _flags.NO_POSITION
+        return out
+
+    def _measure_located(self, prepared, x, y, sampler=None):
         n = x.size
         out = {k: np.full(n, np.nan) for k in ("x_fit", "y_fit", "flux_fit", "x_err", "y_err",
                                                "flux_err")}
@@ -542,7 +611,9 @@ class MLPhotometry:
             local = np.asarray(self.localbkg_estimator(prepared.subtracted, x, y,
                                                        mask=prepared.bad), dtype=np.float32)
             local = np.nan_to_num(local)
-        out["flags"][_core_neighbours(x, y)] |= _flags.BLENDED
+        out["flags"][_blends.core_neighbours(x, y)] |= _flags.BLENDED
+        interactive = self.progress_bar and _is_terminal(sys.stderr)
+        report = _progress_reporter(n, interactive)
         for start in range(0, n, self.batch_size):
             sl = slice(start, min(start + self.batch_size, n))
             bx, by = x[sl], y[sl]
@@ -602,8 +673,8 @@ class MLPhotometry:
                 f[idx[res["flux"] <= 0]] |= _flags.NONPOSITIVE_FLUX
             out["flags"][sl] |= f
             if self.progress_bar:
-                print(f"\rMLPhotometry: {sl.stop}/{n} sources", end="", file=sys.stderr)
-        if self.progress_bar and n:
+                report(sl.stop)
+        if self.progress_bar and n and interactive:
             print(file=sys.stderr)
         return out
 
@@ -712,21 +783,6 @@ def _centre_offset(res, fitted, bright, min_sources=10):
     return offset, scatter, n
 
 
-def _core_neighbours(x, y):
-    """Rows with another input position within ``_CORE_RADIUS`` px on both axes."""
-    from scipy.spatial import cKDTree
-
-    ok = np.isfinite(x) & np.isfinite(y)
-    out = np.zeros(x.size, bool)
-    idx = np.flatnonzero(ok)
-    if idx.size < 2:
-        return out
-    tree = cKDTree(np.column_stack([x[idx], y[idx]]))
-    pairs = tree.query_pairs(_CORE_RADIUS, p=np.inf, output_type="ndarray")
-    out[idx[pairs.ravel()]] = True
-    return out
-
-
 def _compact(data, error, valid, ref):
     """Rows whose central 3x3 pixels are dominated by one pixel at a significant S/N."""
     box = (slice(None), slice(ref - 1, ref + 2), slice(ref - 1, ref + 2))
@@ -737,3 +793,40 @@ def _compact(data, error, valid, ref):
     with np.errstate(divide="ignore", invalid="ignore"):
         return ((total > _COMPACT_MIN_SNR * noise)
                 & (d.max(axis=(1, 2)) > _COMPACT_PEAK_FRACTION * total))
+
+
+def _is_terminal(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _progress_reporter(n, interactive):
+    """
+    Progress to stderr: one updated line on a terminal; in a log (redirected stderr),
+    whole lines at each tenth, so no carriage returns land in files.
+    """
+    state = {"tenth": 0}
+
+    def report(done):
+        if interactive:
+            print(f"\rMLPhotometry: {done}/{n} sources", end="", file=sys.stderr)
+            return
+        tenth = 10 * done // max(n, 1)
+        if tenth > state["tenth"] or done == n:
+            state["tenth"] = tenth
+            print(f"MLPhotometry: {done}/{n} sources", file=sys.stderr)
+    return report
+
+
+def _cover_shared_light(res, x, y):
+    """
+    Widen the errors of core neighbours that no PSF fit split (see `_blends`), in place.
+    """
+    core = (res["flags"] & _flags.BLENDED) != 0
+    unsplit = core & ~res.get("split", np.zeros(core.shape, bool))
+    flux_extra, position_extra = _blends.shared_light(x, y, res["flux_fit"], unsplit)
+    res["flux_err"] = np.hypot(res["flux_err"], flux_extra)
+    res["x_err"] = np.hypot(res["x_err"], position_extra)
+    res["y_err"] = np.hypot(res["y_err"], position_extra)

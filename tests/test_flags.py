@@ -10,7 +10,8 @@ from asidfe_phot import flags as F
 # The documented, never-renumbered bits.
 DOCUMENTED = {"EDGE": 1, "MASKED": 2, "CORE_MASKED": 4, "NO_OVERLAP": 8, "LARGE_SHIFT": 16,
               "OUTSIDE_TRAINING": 32, "NONPOSITIVE_FLUX": 64, "SATURATED": 128,
-              "NO_SOURCE_NOISE": 256, "COMPACT": 512, "PSF_MISMATCH": 1024, "BLENDED": 2048}
+              "NO_SOURCE_NOISE": 256, "COMPACT": 512, "PSF_MISMATCH": 1024, "BLENDED": 2048,
+              "NO_POSITION": 4096}
 
 
 def test_bits_are_distinct_powers_of_two():

@@ -237,10 +237,16 @@ def test_only_x_column(phot, image):
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_nonfinite_positions(phot, image, init, bad):
+def test_nonfinite_positions_are_flagged_rows(phot, image, init, bad):
     init["y_init"][4] = bad
-    with pytest.raises(ValueError, match=r"non-finite positions \(rows \[4\]"):
-        phot(image, init_params=init)
+    with pytest.warns(FlaggedSourcesWarning):
+        tbl = phot(image, init_params=init, gain=2.0)
+    assert len(tbl) == len(init)
+    assert tbl["flags"][4] & F.NO_POSITION
+    assert np.isnan(tbl["flux_fit"][4]) and np.isnan(tbl["x_fit"][4])
+    others = np.delete(np.arange(len(tbl)), 4)
+    assert not np.any(tbl["flags"][others] & F.NO_POSITION)
+    assert np.all(np.isfinite(tbl["flux_fit"][others]))
 
 
 @pytest.mark.parametrize("init_params", [{"x": [1.0], "y": [2.0]}, np.ones((3, 2)), [(1, 2)]])
