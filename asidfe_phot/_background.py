@@ -29,11 +29,27 @@ def _clipped_stats(samples, nsigma=3.0, maxiters=4):
     statistics of every iteration come from cumulative sums, not new medians.
     """
     s = np.sort(samples.astype(np.float64), axis=1)  # NaNs sort last
+    # The cumulative sums below lose all precision next to an extreme value (one
+    # -2**31 pixel makes every variance 0 or garbage): values beyond 50 interquartile
+    # ranges (~70 sigma) of the median, which clipping would remove anyway, are dropped
+    # first, and the sums are taken about the median.
+    count = np.isfinite(s).sum(axis=1)
+    rows = np.arange(s.shape[0])
+
+    def quantile(q):
+        return s[rows, np.clip(((count - 1) * q).astype(np.int64), 0, s.shape[1] - 1)]
+
+    centre = quantile(0.5)
+    reach = 50.0 * (quantile(0.75) - quantile(0.25))
+    with np.errstate(invalid="ignore"):
+        far = (np.abs(s - centre[:, None]) > reach[:, None]) & (reach[:, None] > 0)
+    if far.any():
+        s = np.sort(np.where(far, np.nan, s), axis=1)
+    s = s - np.where(np.isfinite(centre), centre, 0.0)[:, None]
     zero = np.nan_to_num(s)
     pad = np.zeros((s.shape[0], 1))
     cs = np.concatenate([pad, np.cumsum(zero, axis=1)], axis=1)
     cs2 = np.concatenate([pad, np.cumsum(zero**2, axis=1)], axis=1)
-    rows = np.arange(s.shape[0])
     lo = np.zeros(s.shape[0], dtype=np.int64)
     hi = np.isfinite(s).sum(axis=1)
 
@@ -52,6 +68,8 @@ def _clipped_stats(samples, nsigma=3.0, maxiters=4):
             break
         lo, hi = new_lo, new_hi
     med, mean, std = stats(lo, hi)
+    shift = np.where(np.isfinite(centre), centre, 0.0)
+    med, mean = med + shift, mean + shift
     # SourceExtractor's mode estimate, falling back to the median in skewed meshes.
     mode = 2.5 * med - 1.5 * mean
     skewed = np.abs(mean - med) > 0.3 * std
