@@ -21,6 +21,8 @@ _MAX_STEP = 0.5    # px per Gauss-Newton step
 _MAX_SHIFT = 1.5   # px from the input position: beyond, the fit has wandered (kept at the start)
 #: Flux-variance inflation by overlapping neighbours beyond which a source is BLENDED.
 BLEND_INFLATION = 2.0
+#: Smallest radius (px) of the core whose chi^2 tells unexplained light in the core.
+_MIN_CORE_RADIUS = 1.5
 
 
 def fit_half_size(fwhm):
@@ -305,6 +307,16 @@ def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes
         out["qfit"][idx] = np.abs(resid).sum(axis=(1, 2)) / ff
         out["cfit"][idx] = resid[:, h, h] / ff
     out["chi2"][idx] = (resid**2 * weight).sum(axis=(1, 2))
+    # The same within a FWHM of the centre: where another source's light biases the fit
+    # (a neighbour in the wings raises chi^2 but hardly the flux).
+    grid = np.arange(size)
+    core = (np.hypot((x0[:, None, None] + grid[None, None, :]) - fx[:, None, None],
+                     (y0[:, None, None] + grid[None, :, None]) - fy[:, None, None])
+            <= max(sampler.fwhm, _MIN_CORE_RADIUS)) & (weight > 0)
+    out["chi2_core"] = np.full(n, np.nan)
+    out["chi2_core"][idx] = (resid**2 * weight * core).sum(axis=(1, 2))
+    out["npix_core"] = np.zeros(n, dtype=np.int64)
+    out["npix_core"][idx] = np.count_nonzero(core, axis=(1, 2))
     # Light the model does not explain (an unlisted neighbour, a galaxy, the PSF's own
     # errors) leaves chi^2 above its degrees of freedom: the errors grow by the root of
     # the reduced chi^2 (as a fit without absolute sigmas would), source by source.
@@ -334,15 +346,20 @@ def psf_model_error(fitted, bright, quantile=0.25):
     return float(np.quantile(source_model_error(fitted)[sel], quantile))
 
 
-def source_model_error(fitted):
+def source_model_error(fitted, core=False):
     """
     Each source's own relative model error (0 where its chi^2 excess is not significant).
 
     For a galaxy, a blend with an unlisted source or a cosmic ray the PSF is
-    the wrong model; this says by how much, per source.
+    the wrong model; this says by how much, per source. ``core``: from the
+    pixels within a FWHM of the centre only.
     """
-    dof = np.maximum(fitted["npix"] - 3, 1)
-    excess = fitted["chi2"] - dof
+    if core:
+        dof = np.maximum(fitted["npix_core"], 1)
+        excess = fitted["chi2_core"] - dof
+    else:
+        dof = np.maximum(fitted["npix"] - 3, 1)
+        excess = fitted["chi2"] - dof
     # The S/N of the fit before its errors were scaled by the reduced chi^2.
     scale = np.where(np.isfinite(fitted.get("chi2_scale", np.nan)), fitted.get("chi2_scale"),
                      1.0) if "chi2_scale" in fitted else 1.0

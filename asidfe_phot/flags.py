@@ -49,10 +49,11 @@ FLAG_DEFINITIONS = (
      "stars a large aperture holds over 1.5x (or under 0.8x) the network's flux, so every "
      "flux of the image is biased (set on all rows; see the aperture_correction meta)"),
     (BLENDED, "BLENDED",
-     "another input source lies within 3 px (the stamp's core), or, with a PSF model, "
+     "another input source lies within 3 px (the stamp's core); or, with a PSF model, "
      "overlaps this one so much that their joint PSF fit more than doubles the flux "
-     "variance (flux_err includes it; where the data cannot split a pair, their fluxes "
-     "are held near the network's)"),
+     "variance, or holds light the PSF does not explain (an unlisted neighbour, a "
+     "galaxy). The errors include what is not split: half the unsplit neighbours' "
+     "flux, or half the flux where the light is unexplained"),
     (NO_POSITION, "NO_POSITION",
      "the input position is blank (a masked catalogue cell) or not finite: results are NaN"),
 )

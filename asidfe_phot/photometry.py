@@ -40,9 +40,9 @@ AUTO_CENTRE_TOLERANCE = 0.02
 UNUSABLE_PSF_ERROR = 0.25
 #: A source's own model error counts from this (and 3x the image's): galaxies, blends.
 _OWN_MODEL_ERROR_MIN = 0.1
-#: A source's own model error (relative) above which its light is not one point source's
-#: (and above 3x the image's): BLENDED, with errors that cover a neighbour's share.
-_UNEXPLAINED_MIN = 0.05
+#: Flux error (relative) and position error (in FWHM) per unit of a source's own core
+#: model error, where its core holds light the PSF does not explain (BLENDED).
+_UNEXPLAINED_ERROR_PER_EPS = 2.0
 #: PSF-model error (relative) from which the fit is redone with it in the pixel variances.
 _MIN_PROFILE_ERROR = 0.005
 #: Flux error (relative) and position error (in FWHM) per unit relative PSF-model error.
@@ -441,7 +441,8 @@ class MLPhotometry:
         # larger model error: where it stands out from the image's (a bright star's small
         # excess is the image's model error seen at high S/N, already counted).
         own = _psf_fit.source_model_error(fitted)
-        unexplained = fitted_ok & (own > np.maximum(3 * eps_used, _UNEXPLAINED_MIN))
+        own_core = _psf_fit.source_model_error(fitted, core=True)
+        unexplained = fitted_ok & (own_core > np.maximum(3 * eps_used, _OWN_MODEL_ERROR_MIN))
         eps_used = np.where(own > np.maximum(3 * eps_used, _OWN_MODEL_ERROR_MIN), own, eps_used)
         # A model error is coherent over a source's pixels: it biases the flux and centre by
         # a fraction of itself (measured on the real frames: ~0.75 of eps in flux), which
@@ -489,14 +490,20 @@ class MLPhotometry:
             _stamps.calibrate_sigmas(chosen, calibration, res["snr_core"])
             res["x_err"], res["y_err"] = chosen["dx_err"], chosen["dy_err"]
             res["flux_err"] = chosen["flux_err"]
-        # Light the PSF does not explain (an unlisted neighbour, a galaxy, a cosmic ray)
-        # may belong to another source: up to half the flux, the centre to half a FWHM.
+        # Light the PSF does not explain within a FWHM of the centre (an unlisted
+        # neighbour, a galaxy, a cosmic ray) may belong to another source; how much is not
+        # known. The core's model error measures the unexplained fraction; the flux bias
+        # it leaves is 0.5-4x that (an unlisted equal neighbour at 2, 3, 4 px, FWHM 3:
+        # core error 0.22, 0.46, 0.38, flux +86 %, +52 %, +20 %): the errors are at least
+        # 2x that. A floor, not a sum: on real frames the whole-box model error already
+        # covers most such stars (61 of 1350 injected stars flagged, z std 0.7-1.3).
         res["flags"][unexplained] |= _flags.BLENDED
-        res["flux_err"] = np.where(unexplained, np.hypot(res["flux_err"],
-                                                         0.5 * np.abs(res["flux_fit"])),
+        unexplained_flux = _UNEXPLAINED_ERROR_PER_EPS * own_core * np.abs(res["flux_fit"])
+        res["flux_err"] = np.where(unexplained, np.fmax(res["flux_err"], unexplained_flux),
                                    res["flux_err"])
+        unexplained_pos = _UNEXPLAINED_ERROR_PER_EPS * own_core * sampler.fwhm
         for key in ("x_err", "y_err"):
-            res[key] = np.where(unexplained, np.hypot(res[key], 0.5 * sampler.fwhm), res[key])
+            res[key] = np.where(unexplained, np.fmax(res[key], unexplained_pos), res[key])
         return {"aperture_correction": 1.0,
                 "aperture_correction_note": "none needed: fluxes are the PSF model's totals",
                 "psf_profile_error": profile_error,
