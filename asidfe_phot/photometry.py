@@ -43,6 +43,8 @@ _OWN_MODEL_ERROR_MIN = 0.1
 #: Flux error (relative) and position error (in FWHM) per unit of a source's own core
 #: model error, where its core holds light the PSF does not explain (BLENDED).
 _UNEXPLAINED_ERROR_PER_EPS = 2.0
+#: Pixels this many sigma below the background are bad (DAOPHOT's low good datum is 7).
+LOW_BAD_SIGMA = 10.0
 #: PSF-model error (relative) from which the fit is redone with it in the pixel variances.
 _MIN_PROFILE_ERROR = 0.005
 #: Flux error (relative) and position error (in FWHM) per unit relative PSF-model error.
@@ -548,6 +550,14 @@ class MLPhotometry:
                 raise ValueError(msg)
         with np.errstate(invalid="ignore", over="ignore"):
             subtracted = np.where(bad, np.float32(0), image - bkg).astype(np.float32, copy=False)
+            # DAOPHOT's "low good datum": far below the sky is a dead pixel or a blank
+            # value (-2**31 in integer images), not light; it would swamp any flux.
+            noise = error if error is not None else rms
+            low = subtracted < -LOW_BAD_SIGMA * noise
+        if low.any():
+            bad |= low
+            subtracted[low] = 0
+            info["low_bad_pixels"] = int(np.count_nonzero(low))
         if gain is not None:
             gain = gain_value(gain, unit)
             info["gain"] = gain

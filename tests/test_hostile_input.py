@@ -405,3 +405,16 @@ def test_progress_in_a_log_has_no_carriage_returns(image, init, capsys):
     err = capsys.readouterr().err
     assert "\r" not in err
     assert "MLPhotometry: 12/12 sources" in err
+
+
+@pytest.mark.parametrize("dtype", ["<i4", "<f4"])
+def test_blank_value_pixel_is_masked(net, image, init, star0, dtype):
+    """A -2**31 pixel (an integer image's blank value) in a stamp is masked, not measured."""
+    corrupted = np.asarray(image, dtype=np.float64).round().astype(dtype)
+    rows, cols = np.nonzero(star0)
+    corrupted[rows[0] + 6, cols[0]] = np.iinfo(np.int32).min
+    ref = _quiet(net, np.asarray(image).round(), init_params=init, gain=2.0)
+    tbl = _quiet(net, corrupted, init_params=init, gain=2.0)
+    assert tbl["flags"][0] & F.MASKED
+    assert tbl.meta["low_bad_pixels"] == 1
+    assert abs(tbl["flux_fit"][0] / ref["flux_fit"][0] - 1) < 0.05
