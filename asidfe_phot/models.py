@@ -35,6 +35,16 @@ def list_models():
     return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "config.json").is_file())
 
 
+def _is_shipped(name):
+    """Whether ``name`` (not a path) names a shipped model."""
+    if os.sep in name or (os.altsep and os.altsep in name):
+        return False
+    try:
+        return name in list_models()
+    except ModuleNotFoundError:     # a source tree without the model registry mapped in
+        return False
+
+
 def model_path(model=None):
     """
     Directory of a model: a registry name, a path to a model directory, or None (default).
@@ -53,7 +63,7 @@ def model_path(model=None):
     # A shipped name always means the shipped model, whatever the current directory
     # holds; a directory of the same name is used only when given as a path
     # (``pathlib.Path`` or a string with a separator, e.g. "./asidfe_tsmve_v5").
-    if isinstance(model, str) and model in list_models():
+    if isinstance(model, str) and _is_shipped(model):
         directory = Path(str(_registry_root() / model))
     else:
         directory = Path(model)
