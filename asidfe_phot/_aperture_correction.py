@@ -20,6 +20,9 @@ cannot pull the factor. Too few clean stars and no factor is applied.
 
 import numpy as np
 
+from asidfe_phot import flags as _flags
+from asidfe_phot._thresholds import APERTURE_FACTOR_RANGE
+
 __all__ = []  # private module
 
 #: Radius of the "total" aperture in half-light radii (~5 FWHM for a Gaussian, the
@@ -43,8 +46,9 @@ STAR_SCATTER = 0.01
 #: Fewer usable stars than this, or a larger standard error, and no correction is applied.
 MIN_STARS, MAX_ERROR = 10, 0.02
 #: A measured factor outside this range is not trusted (crowding, galaxies, bad sky). PSFs
-#: the network never saw can need 1.3 (an obstructed Airy pattern, Moffat beta 1.5).
-FACTOR_RANGE = (0.8, 1.5)
+#: the network never saw can need 1.3 (an obstructed Airy pattern, Moffat beta 1.5). Shared
+#: with the PSF_MISMATCH flag's description.
+FACTOR_RANGE = APERTURE_FACTOR_RANGE
 #: In "auto" mode the factor is applied only when it differs from 1 by more than
 #: SIGNIFICANCE standard errors and MIN_CHANGE: the network's own implicit correction
 #: stands unless the image shows it wrong (on synthetic frames the measurement scatters by
@@ -245,3 +249,37 @@ def measure(image, bad, x, y, flux, flux_err, usable, snr=None):
     elif not FACTOR_RANGE[0] <= factor <= FACTOR_RANGE[1]:
         out["reason"] = f"{factor:.3f} lies outside {FACTOR_RANGE}"
     return out
+
+
+def apply(mode, prepared, res):
+    """
+    Apply the per-image aperture correction of ``mode`` (`~asidfe_phot.MLPhotometry`'s
+    ``aperture_correction``) to ``res`` in place; returns the meta entries.
+    """
+    if mode is False:
+        return {"aperture_correction": 1.0, "aperture_correction_note": "off"}
+    if mode is True or mode == "auto":
+        measured = measure(
+            prepared.subtracted, prepared.bad, res["x_fit"], res["y_fit"], res["flux_fit"],
+            res["flux_err"], (res["flags"] & ~_flags.NO_SOURCE_NOISE) == 0,
+            snr=res["snr_core"])
+        factor, note = decide(measured, mode)
+        if mismatch(measured):
+            res["flags"] |= _flags.PSF_MISMATCH
+        error = measured["error"] if factor is not None else None
+        info = {"aperture_correction_measured": measured["factor"],
+                "aperture_correction_measured_err": measured["error"],
+                "aperture_correction_nstars": measured["n_stars"],
+                "aperture_correction_ncontaminated": measured["n_contaminated"],
+                "aperture_correction_radius": measured["radius"]}
+    else:
+        factor, error, note, info = float(mode), None, "given", {}
+    if factor is not None:
+        flux = res["flux_fit"]
+        # The factor's own error is common to all stars of the image; it is added so
+        # that each flux_err still covers the total flux.
+        res["flux_err"] = np.hypot(factor * res["flux_err"],
+                                   0.0 if error is None else error * flux)
+        res["flux_fit"] = factor * flux
+    return {"aperture_correction": 1.0 if factor is None else factor,
+            "aperture_correction_note": note, **info}

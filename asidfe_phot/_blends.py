@@ -9,10 +9,10 @@ error must cover the light that may be the neighbour's.
 
 import numpy as np
 
-__all__ = []  # private module
+from asidfe_phot import flags as _flags
+from asidfe_phot._thresholds import CORE_RADIUS, SHARED_LIGHT_FRACTION
 
-#: Half-size (px) of the stamp core a neighbour must not enter (Chebyshev distance).
-CORE_RADIUS = 3
+__all__ = []  # private module
 
 
 def core_pairs(x, y, radius=CORE_RADIUS):
@@ -55,9 +55,21 @@ def shared_light(x, y, flux, rows, radius=CORE_RADIUS):
     a, b = pairs[:, 0], pairs[:, 1]
     light = np.abs(np.nan_to_num(np.asarray(flux, dtype=float)))
     distance = np.hypot(x[a] - x[b], y[a] - y[b])
-    np.add.at(flux_extra, a, 0.5 * light[b])
-    np.add.at(flux_extra, b, 0.5 * light[a])
-    np.maximum.at(position_extra, a, 0.5 * distance)
-    np.maximum.at(position_extra, b, 0.5 * distance)
+    np.add.at(flux_extra, a, SHARED_LIGHT_FRACTION * light[b])
+    np.add.at(flux_extra, b, SHARED_LIGHT_FRACTION * light[a])
+    np.maximum.at(position_extra, a, SHARED_LIGHT_FRACTION * distance)
+    np.maximum.at(position_extra, b, SHARED_LIGHT_FRACTION * distance)
     rows = np.asarray(rows, dtype=bool)
     return np.where(rows, flux_extra, 0.0), np.where(rows, position_extra, 0.0)
+
+
+def cover_shared_light(res, x, y):
+    """
+    Widen the errors of core neighbours that no PSF fit split (`shared_light`), in place.
+    """
+    core = (res["flags"] & _flags.BLENDED) != 0
+    unsplit = core & ~res.get("split", np.zeros(core.shape, bool))
+    flux_extra, position_extra = shared_light(x, y, res["flux_fit"], unsplit)
+    res["flux_err"] = np.hypot(res["flux_err"], flux_extra)
+    res["x_err"] = np.hypot(res["x_err"], position_extra)
+    res["y_err"] = np.hypot(res["y_err"], position_extra)

@@ -14,13 +14,12 @@ matrix gives the 1-sigma errors.
 import numpy as np
 
 from asidfe_phot import _stamps
+from asidfe_phot._thresholds import BLEND_INFLATION
 
 __all__ = []  # private module
 
 _MAX_STEP = 0.5    # px per Gauss-Newton step
 _MAX_SHIFT = 1.5   # px from the input position: beyond, the fit has wandered (kept at the start)
-#: Flux-variance inflation by overlapping neighbours beyond which a source is BLENDED.
-BLEND_INFLATION = 2.0
 #: Smallest radius (px) of the core whose chi^2 tells unexplained light in the core.
 _MIN_CORE_RADIUS = 1.5
 

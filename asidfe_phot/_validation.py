@@ -1,5 +1,7 @@
 """Input validation and normalisation for MLPhotometry (one place, one message style)."""
 
+import os
+import sys
 import warnings
 
 import astropy.units as u
@@ -24,6 +26,20 @@ Y_ALIASES = tuple(a.replace("x", "y", 1) for a in X_ALIASES)
 SAFE_EXPONENT = 20
 #: Pixels sampled to find an image's typical value.
 _SCALE_SAMPLES = 1_000_000
+
+
+def user_stacklevel():
+    """
+    The ``stacklevel`` for `warnings.warn`, called where it is, that names the first
+    frame outside the package: the user's line, however deep the call path within.
+    """
+    package = os.path.dirname(__file__) + os.sep  # as the code objects name their files
+    frame = sys._getframe(1)  # the function that warns
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def _real_array(array, name):
@@ -140,7 +156,7 @@ class CoercedData:
         return float(2.0 ** self.exponent)
 
 
-def coerce_data(data, mask, error, wcs, stacklevel=4):
+def coerce_data(data, mask, error, wcs):
     """
     Split ``data`` (array, Quantity, MaskedArray, astropy Masked, NDData/CCDData) into
     parts; see `CoercedData`. Masks of the data, of ``mask`` and of a masked ``error``
@@ -153,7 +169,7 @@ def coerce_data(data, mask, error, wcs, stacklevel=4):
                 keyword = "error" if attr == "uncertainty" else attr
                 msg = (f"both the NDData's {attr} and the {keyword} keyword were given; "
                        "the keyword is used")
-                warnings.warn(msg, AsidfePhotWarning, stacklevel=stacklevel)
+                warnings.warn(msg, AsidfePhotWarning, stacklevel=user_stacklevel())
         if error is None and data.uncertainty is not None:
             error = _uncertainty_to_error(data.uncertainty)
             if data.unit is not None:

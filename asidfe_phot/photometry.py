@@ -1,73 +1,32 @@
 """Machine-learning photometry: the photutils-compatible `MLPhotometry` class."""
 
-import sys
 import warnings
 from datetime import UTC, datetime
 
 import numpy as np
 from astropy.table import QTable
 
-from asidfe_phot import _aperture_correction, _blends, _onnx, _psf_fit, _stamps, _validation
+from asidfe_phot import _aperture_correction, _blends, _network, _onnx, _psf_mode, _stamps
+from asidfe_phot import _thresholds as _t
 from asidfe_phot import flags as _flags
 from asidfe_phot import psf as _psf
-from asidfe_phot._background import estimate_background
-from asidfe_phot._validation import (
-    coerce_data,
-    gain_value,
-    parse_positions,
-    saturation_value,
-    value_in_unit,
-)
+from asidfe_phot._prepare import prepare
+from asidfe_phot._psf_fit import model_image
+from asidfe_phot._validation import coerce_data, parse_positions, user_stacklevel
 from asidfe_phot.exceptions import FlaggedSourcesWarning, NoSourceNoiseWarning, PSFModelWarning
 from asidfe_phot.models import verify_model
 
 __all__ = ["MLPhotometry"]
 
-OUTPUT_COLUMNS = ("id", "x_init", "y_init", "x_fit", "y_fit", "flux_fit", "x_err", "y_err",
-                  "flux_err", "flags")
 #: Flags serious enough for a (single, summary) warning.
 _WARN_FLAGS = (_flags.NO_OVERLAP | _flags.CORE_MASKED | _flags.SATURATED | _flags.COMPACT
                | _flags.PSF_MISMATCH | _flags.NO_POSITION)
-_CORE_RADIUS = 3
-_SATURATION_RADIUS = 2
-_SNR_RANGE = (2.0, 3e4)
-#: Core S/N from which the PSF fit's flux and centre replace the network's (see Notes).
-PSF_FIT_MIN_SNR = 0.0
-#: Offset (px) of an automatic ePSF's centre from the network's that is removed (see
-#: `_fit_psf`).
-AUTO_CENTRE_TOLERANCE = 0.02
-#: Relative PSF-model error (``psf_profile_error``) beyond which the model is not used.
-UNUSABLE_PSF_ERROR = 0.25
-#: A source's own model error counts from this (and 3x the image's): galaxies, blends.
-_OWN_MODEL_ERROR_MIN = 0.1
-#: Flux error (relative) and position error (in FWHM) per unit of a source's own core
-#: model error, where its core holds light the PSF does not explain (BLENDED).
-_UNEXPLAINED_ERROR_PER_EPS = 2.0
-#: Pixels this many sigma below the background are bad (DAOPHOT's low good datum is 7).
-LOW_BAD_SIGMA = 10.0
-#: PSF-model error (relative) from which the fit is redone with it in the pixel variances.
-_MIN_PROFILE_ERROR = 0.005
-#: Flux error (relative) and position error (in FWHM) per unit relative PSF-model error.
-_PSF_FLUX_ERROR_PER_EPS = 0.5
-_PSF_POSITION_ERROR_PER_EPS = 0.25
-#: Peak / central 3x3 sum above which a source is sharper than any trained PSF (the
-#: narrowest, FWHM 1 px since v4, peak at most ~0.64), checked where the 3x3 sum has
-#: S/N > 10.
-_COMPACT_PEAK_FRACTION = 0.7
-_COMPACT_MIN_SNR = 10.0
-
-
-class _PreparedImage:
-    """Everything per image that stamps are cut from (computed once per call)."""
-
-    def __init__(self, subtracted, bad, error, rms, gain, raw, saturation):
-        self.subtracted = subtracted    # data - background
-        self.bad = bad                  # masked or non-finite pixels (or None)
-        self.error = error              # user's total error map, or None
-        self.rms = rms                  # background rms map (used when error is None)
-        self.gain = gain                # effective gain for the source Poisson term, or None
-        self.raw = raw                  # data before background subtraction
-        self.saturation = saturation
+#: The model card's sigma calibrations: of the network's outputs, and of the outputs of
+#: the PSF mode (with a given PSF model, with ``psf_model="auto"``).
+_NETWORK_CALIBRATION = "sigma_calibration"
+_PSF_MODE_CALIBRATIONS = ("sigma_calibration_psf", "sigma_calibration_auto")
+#: The network's own estimates before the PSF fit, as ``diagnostics`` columns.
+_NETWORK_COLUMNS = ("x_fit", "y_fit", "flux_fit", "x_err", "y_err", "flux_err")
 
 
 class MLPhotometry:
@@ -135,6 +94,27 @@ class MLPhotometry:
         ``False`` never; a number is applied as given (e.g. one measured on
         another image of the same night). ``meta`` reports what was measured
         and done.
+    sigma_calibration : bool or "network", optional
+        Apply the model card's sigma calibrations (default ``True``): the
+        factors that make the predicted errors match the scatter on
+        simulations, of the network's outputs (``sigma_calibration``) and of
+        the PSF mode's (``sigma_calibration_psf`` with a given PSF model,
+        ``sigma_calibration_auto`` with ``"auto"``). ``False``: none, the raw
+        network (and PSF-fit) sigmas, e.g. to fit a new calibration.
+        ``"network"``: the network's only, the PSF mode's left out (to fit
+        those). Recorded in ``meta``.
+    flux_bias_correction : bool, optional
+        Apply the model card's ``flux_bias_correction`` of faint sources'
+        fluxes (default ``True``); ``False`` gives the network's raw fluxes,
+        e.g. to fit a new correction. Recorded in ``meta``.
+    diagnostics : bool, optional
+        Add columns for checking and calibrating the measurement (default
+        ``False``): ``snr_core``, the S/N of the sum of each stamp's central
+        5x5 pixels measured on the data (the variable of the model card's
+        calibrations), and, when a PSF model was used, the network's own
+        estimates before the PSF fit, ``x_fit_network, y_fit_network,
+        flux_fit_network, x_err_network, y_err_network, flux_err_network``
+        (units as ``x_fit`` ... ``flux_err``; NaN where the network gave none).
 
     Notes
     -----
@@ -144,7 +124,7 @@ class MLPhotometry:
     ``2 ceil(1.5 FWHM) + 1`` px, every other input source's model subtracted,
     starting from the network's estimates (two passes, as DAOPHOT's ALLSTAR
     iterates). The fitted values replace the network's where the fit is
-    trusted (see ``PSF_FIT_MIN_SNR``); ``flux_fit`` is then the total flux as
+    the more precise (has the smaller error); ``flux_fit`` is then the total flux as
     the PSF model defines it (unit-flux model), so no aperture correction is
     measured. ``qfit`` and ``cfit`` are added with photutils' definitions, and
     `make_model_image` and `make_residual_image` render the last result.
@@ -161,9 +141,10 @@ class MLPhotometry:
     """
 
     def __init__(self, model=None, *, batch_size=2048, providers=None, progress_bar=False,
-                 finder=None, localbkg_estimator=None, background_box_size=64, max_shift=2.0,
-                 threads=None, aperture_correction="auto",
-                 psf_model=_psf.DEFAULT_PSF_MODEL):
+                 finder=None, localbkg_estimator=None, background_box_size=64,
+                 max_shift=_t.DEFAULT_MAX_SHIFT, threads=None, aperture_correction="auto",
+                 psf_model=_psf.DEFAULT_PSF_MODEL, sigma_calibration=True,
+                 flux_bias_correction=True, diagnostics=False):
         if int(batch_size) != batch_size or batch_size < 1:
             msg = f"batch_size must be a positive integer, got {batch_size!r}"
             raise ValueError(msg)
@@ -188,6 +169,15 @@ class MLPhotometry:
             msg = ('aperture_correction must be "auto", True, False or a positive number, '
                    f"got {aperture_correction!r}")
             raise ValueError(msg)
+        if not (_is_bool(sigma_calibration) or (isinstance(sigma_calibration, str)
+                                                and sigma_calibration == "network")):
+            msg = f'sigma_calibration must be True, False or "network", got {sigma_calibration!r}'
+            raise ValueError(msg)
+        for name, value in (("flux_bias_correction", flux_bias_correction),
+                            ("diagnostics", diagnostics)):
+            if not _is_bool(value):
+                msg = f"{name} must be True or False, got {value!r}"
+                raise ValueError(msg)
         self.psf_model = _psf.resolve_psf_model(psf_model)
         self._model_dir, self._card = verify_model(model)
         self._n_channels = _stamps.input_channels(self._card["contract"]["version"])
@@ -202,6 +192,23 @@ class MLPhotometry:
         self.background_box_size = int(background_box_size)
         self.max_shift = float(max_shift)
         self.aperture_correction = aperture_correction
+        self.sigma_calibration = (sigma_calibration if isinstance(sigma_calibration, str)
+                                  else bool(sigma_calibration))
+        self.flux_bias_correction = bool(flux_bias_correction)
+        self.diagnostics = bool(diagnostics)
+
+    def _card_entry(self, key):
+        """
+        A calibration of the model card, or None where it is absent or switched off
+        (``sigma_calibration``, ``flux_bias_correction``): the card stays intact.
+        """
+        if key == _NETWORK_CALIBRATION and self.sigma_calibration is False:
+            return None
+        if key in _PSF_MODE_CALIBRATIONS and self.sigma_calibration is not True:
+            return None
+        if key == "flux_bias_correction" and not self.flux_bias_correction:
+            return None
+        return self._card.get(key)
 
     @property
     def model_card(self):
@@ -249,7 +256,7 @@ class MLPhotometry:
             flux = table["flux_fit"]
             unit = getattr(flux, "unit", None)
             flux = np.asarray(getattr(flux, "value", flux), dtype=float)
-        image = _psf_fit.model_image(tuple(shape), sampler, x, y, flux, _psf.RADIUS)
+        image = model_image(tuple(shape), sampler, x, y, flux, _psf.RADIUS)
         return image if unit is None else image * unit
 
     def make_residual_image(self, data, table=None):
@@ -316,8 +323,10 @@ class MLPhotometry:
         `~astropy.table.QTable`
             One row per input row, in input order: ``id, x_init, y_init, x_fit,
             y_fit, flux_fit, x_err, y_err, flux_err, flags`` (flux in the data's
-            unit; positions in pixels) and ``sky_centroid`` when a WCS is known.
-            ``meta`` records the model, its sha256, the providers, the gain and
+            unit; positions in pixels), ``qfit, cfit`` when a PSF model was used,
+            ``sky_centroid`` when a WCS is known, and the ``diagnostics``
+            columns when asked for at construction. ``meta`` records the model,
+            its sha256, the providers, the calibrations applied, the gain and
             background used, and the package versions.
 
         Raises
@@ -330,14 +339,18 @@ class MLPhotometry:
 
     def _call(self, data, *, mask=None, error=None, init_params=None, background=None, gain=None,
               saturation=None, wcs=None):
-        """`__call__`, also returning the per-source internals (e.g. ``snr_core``)."""
+        """
+        `__call__`, also returning the per-source internals (``snr_core``, ``network``,
+        ``psf_fit``, in internal units). Public code uses ``diagnostics=True`` instead.
+        """
         coerced = coerce_data(data, mask, error, wcs)
         unit, wcs, scale = coerced.unit, coerced.wcs, coerced.scale
         if init_params is None:
             if self.finder is None:
                 msg = "give init_params (a table of positions) or construct with a finder"
                 raise ValueError(msg)
-        prepared, info = self._prepare(coerced, background, gain, saturation)
+        prepared, info = prepare(coerced, background, gain, saturation,
+                                 self.background_box_size)
         if init_params is None:
             # The finder's thresholds are in the data's units: it sees the data's values.
             subtracted = (prepared.subtracted if scale == 1 else
@@ -345,388 +358,69 @@ class MLPhotometry:
             found = self.finder(subtracted, mask=prepared.bad)
             init_params = found if found is not None else QTable({"x": [], "y": []})
         x, y, ids = parse_positions(init_params, wcs)
-        sampler, psf_info = self._psf_sampler(prepared)
+        sampler, psf_info = _psf_mode.psf_sampler(self.psf_model, prepared)
         info.update(psf_info)
         results = self._measure(prepared, x, y, sampler)
         if sampler is not None:
             info.update(self._fit_psf(prepared, results, sampler))
-            if info["psf_profile_error"] > UNUSABLE_PSF_ERROR:
+            if info["psf_profile_error"] > _psf_mode.UNUSABLE_PSF_ERROR:
                 # The model describes the image's point sources so badly that it would
                 # mislead the network and the fit: measure as without one, and say so.
                 msg = (f"the PSF model describes this image's stars to "
                        f"{100 * info['psf_profile_error']:.0f} % only (psf_profile_error); "
                        "it is not used")
-                warnings.warn(msg, PSFModelWarning, stacklevel=3)
+                warnings.warn(msg, PSFModelWarning, stacklevel=user_stacklevel())
                 info["psf_used"] = False
                 sampler = None
                 results = self._measure(prepared, x, y, None)
         if sampler is None:
-            info.update(self._correct_apertures(prepared, results))
-        _cover_shared_light(results, x, y)
+            info.update(_aperture_correction.apply(self.aperture_correction, prepared,
+                                                   results))
+        _blends.cover_shared_light(results, x, y)
         if scale != 1:
             # Back from the internal scale (see _validation.scale_exponent) to the data's.
             for key in ("flux_fit", "flux_err"):
                 results[key] = results[key] * scale
             info["internal_scale"] = scale
-        table = self._assemble(ids, x, y, results, unit, wcs, info)
+        extra = self._diagnostic_columns(results, scale) if self.diagnostics else {}
+        table = self._assemble(ids, x, y, results, unit, wcs, info, extra)
         self._last = {"sampler": sampler, "x": results["x_fit"], "y": results["y_fit"],
                       "flux": results["flux_fit"], "unit": unit}
         return table, results
 
-    def _psf_sampler(self, prepared):
-        """The PSF of this image, tabulated (or None), and what to report in meta."""
-        if self.psf_model is None:
-            return None, {"psf_model": None, "psf_used": False}
-        if isinstance(self.psf_model, str):  # "auto"
-            noise = prepared.error if prepared.error is not None else prepared.rms
-            model, info = _psf.build_epsf(prepared.subtracted, noise, prepared.bad,
-                                          saturation=None if prepared.saturation is None
-                                          else prepared.saturation - float(
-                                              np.median(prepared.raw - prepared.subtracted)),
-                                          quiet=self.psf_model is _psf.DEFAULT_PSF_MODEL)
-            if model is None:
-                return None, {**info, "psf_used": False}
-        else:
-            model = self.psf_model
-            info = {"psf_model": type(model).__name__}
-        info["psf_used"] = True
-        sampler = _psf.PSFSampler(model)
-        info["psf_fwhm"] = sampler.fwhm
-        return sampler, info
-
-    def _error_boxes(self, prepared):
-        """A function cutting error boxes from the error map or the noise model."""
-        def boxes(cx, cy, size, data_boxes):
-            if prepared.error is not None:
-                return _stamps.cutout_stamps(prepared.error, cx, cy, size, fill=np.inf)[0]
-            rms = _stamps.cutout_stamps(prepared.rms, cx, cy, size, fill=np.inf)[0]
-            return _stamps.total_error(data_boxes, rms, prepared.gain)
-        return boxes
-
     def _fit_psf(self, prepared, res, sampler):
-        """Refine ``res`` in place by a PSF fit at the network's estimates; meta entries."""
-        ok = np.isfinite(res["x_fit"]) & ((res["flags"] & _flags.NO_OVERLAP) == 0)
-
-        def fit(profile_error=0.0):
-            out = _psf_fit.fit_sources(prepared.subtracted, self._error_boxes(prepared),
-                                       prepared.bad, res["x_fit"], res["y_fit"],
-                                       res["flux_fit"], sampler, fit=ok,
-                                       x_input=res["x_init"], y_input=res["y_init"],
-                                       flux_err=res["flux_err"], profile_error=profile_error)
-            res["flags"][out["blended"]] |= _flags.BLENDED
-            return out
-
-        fitted = fit()
-        res["network"] = {k: res[k].copy() for k in ("x_fit", "y_fit", "flux_fit", "x_err",
-                                                     "y_err", "flux_err")}
-
-        def bright(f):
-            return (ok & np.isfinite(f["flux"]) & np.isfinite(f["flux_err"]) & ~f["blended"]
-                    & (res["snr_core"] >= 30))
-        # How well the PSF model describes this image's bright sources. An imperfect model
-        # is refitted with its error in the pixel variances (DAOPHOT's profile error), and
-        # what remains adds to the fit's errors (a wrong model biases flux and centre alike).
-        profile_error = _psf_fit.psf_model_error(fitted, bright(fitted))
-        if np.isfinite(profile_error) and profile_error > _MIN_PROFILE_ERROR:
-            fitted = fit(profile_error)
-        else:
-            profile_error = 0.0 if np.isfinite(profile_error) else profile_error
-        res["psf_fit"] = fitted
-        fitted_ok = ok & np.isfinite(fitted["flux"]) & np.isfinite(fitted["flux_err"])
-        if np.isfinite(profile_error):
-            eps_used = profile_error
-        else:
-            # Too few bright sources to judge the model: trust a model the user gave; an
-            # automatic ePSF must prove itself first.
-            eps_used = 0.0 if not isinstance(self.psf_model, str) else np.inf
-        # A source the PSF does not describe (a galaxy, an unlisted neighbour) has its own,
-        # larger model error: where it stands out from the image's (a bright star's small
-        # excess is the image's model error seen at high S/N, already counted).
-        own = _psf_fit.source_model_error(fitted)
-        own_core = _psf_fit.source_model_error(fitted, core=True)
-        unexplained = fitted_ok & (own_core > np.maximum(3 * eps_used, _OWN_MODEL_ERROR_MIN))
-        eps_used = np.where(own > np.maximum(3 * eps_used, _OWN_MODEL_ERROR_MIN), own, eps_used)
-        # A model error is coherent over a source's pixels: it biases the flux and centre by
-        # a fraction of itself (measured on the real frames: ~0.75 of eps in flux), which
-        # no number of pixels averages away.
-        flux_err = np.hypot(fitted["flux_err"],
-                            _PSF_FLUX_ERROR_PER_EPS * eps_used * np.abs(fitted["flux"]))
-        pos_floor = eps_used * sampler.fwhm * _PSF_POSITION_ERROR_PER_EPS
-        # The model's centre against the network's (trained on first moments) on bright,
-        # unblended sources. A given model defines the centre, as in photutils (where the
-        # model is exact, the network's own offsets of ~0.01 px were the larger). An ePSF
-        # built here has no authority on its centre: an offset beyond AUTO_CENTRE_TOLERANCE
-        # is removed, and the scatter the two estimates do not explain becomes a floor of
-        # the fitted centres' errors (a shifted model fits as well: chi^2 cannot see it).
-        offset, scatter, n_ref = _centre_offset(res, fitted, bright(fitted))
-        if isinstance(self.psf_model, str):
-            offset = np.where(np.abs(offset) > AUTO_CENTRE_TOLERANCE, offset, 0.0)
-            fitted["x"] = fitted["x"] - offset[0]
-            fitted["y"] = fitted["y"] - offset[1]
-            pos_floor = np.hypot(pos_floor, scatter)
-        else:
-            offset = np.zeros(2)
-        x_err = np.hypot(fitted["x_err"], pos_floor)
-        y_err = np.hypot(fitted["y_err"], pos_floor)
-        # Each value from whichever estimate is the more precise: the fit (bright sources,
-        # a good model) or the network (faint ones, a poor model, tangled neighbours).
-        use_flux = fitted_ok & ~(flux_err > res["flux_err"]) & (res["snr_core"]
-                                                                 >= PSF_FIT_MIN_SNR)
-        use_pos = fitted_ok & ~(np.hypot(x_err, y_err) > np.hypot(res["x_err"], res["y_err"]))
-        use_pos &= res["snr_core"] >= PSF_FIT_MIN_SNR
-        res["flux_fit"] = np.where(use_flux, fitted["flux"], res["flux_fit"])
-        res["flux_err"] = np.where(use_flux, flux_err, res["flux_err"])
-        for key, err in (("x", x_err), ("y", y_err)):
-            res[f"{key}_fit"] = np.where(use_pos, fitted[key], res[f"{key}_fit"])
-            res[f"{key}_err"] = np.where(use_pos, err, res[f"{key}_err"])
-        res["qfit"], res["cfit"] = fitted["qfit"], fitted["cfit"]
-        res["split"] = use_flux & ~fitted["blended"]
-        calibration = self._card.get("sigma_calibration_auto" if isinstance(self.psf_model, str)
-                                     else "sigma_calibration_psf")
-        if calibration is not None:
-            # The errors of the PSF mode (fit or network, as chosen), calibrated on
-            # simulated frames measured with their true PSF, or with psf_model="auto" (an
-            # ePSF's own errors are larger), per the model card.
-            chosen = {"dx_err": res["x_err"], "dy_err": res["y_err"],
-                      "flux_err": res["flux_err"]}
-            _stamps.calibrate_sigmas(chosen, calibration, res["snr_core"])
-            res["x_err"], res["y_err"] = chosen["dx_err"], chosen["dy_err"]
-            res["flux_err"] = chosen["flux_err"]
-        # Light the PSF does not explain within a FWHM of the centre (an unlisted
-        # neighbour, a galaxy, a cosmic ray) may belong to another source; how much is not
-        # known. The core's model error measures the unexplained fraction; the flux bias
-        # it leaves is 0.5-4x that (an unlisted equal neighbour at 2, 3, 4 px, FWHM 3:
-        # core error 0.22, 0.46, 0.38, flux +86 %, +52 %, +20 %): the errors are at least
-        # 2x that. A floor, not a sum: on real frames the whole-box model error already
-        # covers most such stars (61 of 1350 injected stars flagged, z std 0.7-1.3).
-        res["flags"][unexplained] |= _flags.BLENDED
-        unexplained_flux = _UNEXPLAINED_ERROR_PER_EPS * own_core * np.abs(res["flux_fit"])
-        res["flux_err"] = np.where(unexplained, np.fmax(res["flux_err"], unexplained_flux),
-                                   res["flux_err"])
-        unexplained_pos = _UNEXPLAINED_ERROR_PER_EPS * own_core * sampler.fwhm
-        for key in ("x_err", "y_err"):
-            res[key] = np.where(unexplained, np.fmax(res[key], unexplained_pos), res[key])
-        return {"aperture_correction": 1.0,
-                "aperture_correction_note": "none needed: fluxes are the PSF model's totals",
-                "psf_profile_error": profile_error,
-                "psf_centre_offset": [float(offset[0]), float(offset[1])],
-                "psf_centre_scatter": float(scatter), "psf_centre_nsources": n_ref,
-                "psf_fit_flux_nsources": int(np.count_nonzero(use_flux)),
-                "psf_fit_position_nsources": int(np.count_nonzero(use_pos)),
-                }
-
-    def _prepare(self, coerced, background, gain, saturation):
-        image, unit, error = coerced.image, coerced.unit, coerced.error
-        internal = 1.0 / coerced.scale
-        bad = ~np.isfinite(image)
-        if coerced.mask is not None:
-            bad |= coerced.mask
-        if error is not None:
-            bad |= ~np.isfinite(error) | (error <= 0)
-        if bad.all():
-            msg = "data has no usable pixel (all masked or non-finite)"
-            raise ValueError(msg)
-        info = {}
-        if background is None:
-            bkg, rms = estimate_background(image, bad, self.background_box_size)
-            info["background"] = f"mesh {self.background_box_size} px"
-        else:
-            if hasattr(background, "background") and hasattr(background, "background_rms"):
-                bkg = self._background_map(background.background, unit, image.shape,
-                                           coerced.exponent)
-                rms = self._background_map(background.background_rms, unit, image.shape,
-                                           coerced.exponent, "background_rms")
-                info["background"] = type(background).__name__
-            else:
-                bkg = self._background_map(background, unit, image.shape, coerced.exponent)
-                rms = None
-                info["background"] = "user"
-            # Pixels without a background value cannot be used (as masked ones).
-            bad |= ~np.isfinite(bkg)
-            if rms is None and error is None:
-                _, rms = estimate_background(image - bkg, bad, self.background_box_size)
-            if bad.all():
-                msg = "no pixel has both a usable value and a finite background"
-                raise ValueError(msg)
-        with np.errstate(invalid="ignore", over="ignore"):
-            subtracted = np.where(bad, np.float32(0), image - bkg).astype(np.float32, copy=False)
-            # DAOPHOT's "low good datum": far below the sky is a dead pixel or a blank
-            # value (-2**31 in integer images), not light; it would swamp any flux.
-            noise = error if error is not None else rms
-            low = subtracted < -LOW_BAD_SIGMA * noise
-        if low.any():
-            bad |= low
-            subtracted[low] = 0
-            info["low_bad_pixels"] = int(np.count_nonzero(low))
-        if gain is not None:
-            gain = gain_value(gain, unit)
-            info["gain"] = gain
-            gain = gain * coerced.scale        # electrons per internal unit
-        elif error is None:
-            level = float(np.median(bkg[~bad]))
-            noise = float(np.median(rms[~bad]))
-            # A sky that was not subtracted reveals the effective gain: sky / rms^2.
-            if noise > 0 and level > 3 * noise:
-                gain = level / noise**2
-                info["gain"] = f"{gain / coerced.scale:.6g} (sky / rms^2)"
-            else:
-                info["gain"] = None
-        if saturation is not None:
-            saturation = saturation_value(saturation, unit) * internal
-        prepared = _PreparedImage(subtracted, bad if bad.any() else None, error, rms, gain,
-                                  image, saturation)
-        return prepared, info
-
-    @staticmethod
-    def _background_map(value, unit, shape, exponent, name="background"):
-        """A background (or its rms) as a float32 map in internal units."""
-        value, mask = _validation.split_mask(value_in_unit(value, unit, name))
-        arr = np.asarray(value)
-        if arr.dtype.kind not in "iufb":
-            msg = f"{name} must be a number or a 2-D array of numbers, got dtype {arr.dtype}"
-            raise TypeError(msg)
-        if arr.ndim == 0 and not np.isfinite(arr):
-            msg = f"{name} must be finite, got {arr}"
-            raise ValueError(msg)
-        if arr.ndim not in (0, 2) or (arr.ndim == 2 and arr.shape != shape):
-            msg = f"{name} must be a number or an array of the data's shape {shape}, got shape "
-            raise ValueError(msg + f"{arr.shape}")
-        arr = np.ldexp(np.asarray(arr, dtype=np.float64), -exponent).astype(np.float32)
-        if mask is not None:
-            arr = np.where(mask, np.float32(np.nan), arr)
-        return np.broadcast_to(arr, shape)
+        """Refine ``res`` in place by a PSF fit (see `_psf_mode.fit_psf`); meta entries."""
+        auto = isinstance(self.psf_model, str)
+        calibration = self._card_entry("sigma_calibration_auto" if auto
+                                       else "sigma_calibration_psf")
+        return _psf_mode.fit_psf(prepared, res, sampler, self.psf_model, calibration)
 
     def _measure(self, prepared, x, y, sampler=None):
-        """Per-source results; rows without a usable position are NaN and NO_POSITION."""
-        located = np.isfinite(x) & np.isfinite(y)
-        if located.all():
-            return self._measure_located(prepared, x, y, sampler)
-        inner = self._measure_located(prepared, x[located], y[located], sampler)
-        out = {}
-        for key, values in inner.items():
-            full = np.full(x.size, np.nan) if values.dtype.kind == "f" else np.zeros(
-                x.size, values.dtype)
-            full[located] = values
-            out[key] = full
-        out["x_init"], out["y_init"] = x, y
-        out["flags"][~located] |= _flags.NO_POSITION
-        return out
+        """Per-source results of the network (see `_network.measure`)."""
+        options = _network.NetworkOptions(
+            self._session, self._n_channels, self.batch_size, self.max_shift,
+            calibration=self._card_entry(_NETWORK_CALIBRATION),
+            flux_bias=self._card_entry("flux_bias_correction"),
+            localbkg_estimator=self.localbkg_estimator, progress_bar=self.progress_bar)
+        return _network.measure(prepared, x, y, options, sampler)
 
-    def _measure_located(self, prepared, x, y, sampler=None):
-        n = x.size
-        out = {k: np.full(n, np.nan) for k in ("x_fit", "y_fit", "flux_fit", "x_err", "y_err",
-                                               "flux_err")}
-        out["flags"] = np.zeros(n, dtype=np.int32)
-        out["snr_core"] = np.full(n, np.nan)
-        out["x_init"], out["y_init"] = x, y
-        size = _stamps.STAMP_SIZE
-        ref = size // 2
-        core = slice(ref - _CORE_RADIUS, ref + _CORE_RADIUS + 1)
-        sat = slice(ref - _SATURATION_RADIUS, ref + _SATURATION_RADIUS + 1)
-        local = None
-        if self.localbkg_estimator is not None and n:
-            local = np.asarray(self.localbkg_estimator(prepared.subtracted, x, y,
-                                                       mask=prepared.bad), dtype=np.float32)
-            local = np.nan_to_num(local)
-        out["flags"][_blends.core_neighbours(x, y)] |= _flags.BLENDED
-        interactive = self.progress_bar and _is_terminal(sys.stderr)
-        report = _progress_reporter(n, interactive)
-        for start in range(0, n, self.batch_size):
-            sl = slice(start, min(start + self.batch_size, n))
-            bx, by = x[sl], y[sl]
-            data, inside = _stamps.cutout_stamps(prepared.subtracted, bx, by, size)
-            valid = inside
-            if prepared.bad is not None:
-                bad, _ = _stamps.cutout_stamps(prepared.bad, bx, by, size, fill=True)
-                valid = inside & ~bad
-            if local is not None:
-                data = data - local[sl, None, None]
-            if prepared.error is not None:
-                error, _ = _stamps.cutout_stamps(prepared.error, bx, by, size, fill=1.0)
-            else:
-                rms, _ = _stamps.cutout_stamps(prepared.rms, bx, by, size, fill=1.0)
-                error = _stamps.total_error(data, rms, prepared.gain)
-            scale = _stamps.noise_scale(error, valid)
-            psf = None
-            if sampler is not None and self._n_channels == 3:
-                psf = sampler.stamps(_stamps.reference_pixel(bx), _stamps.reference_pixel(by),
-                                     size)
-            inputs, unit = _stamps.encode_inputs(data, error, valid, scale, psf_stamps=psf,
-                                                 n_channels=self._n_channels)
-            usable = (valid.any(axis=(1, 2)) & np.isfinite(scale) & (scale > 0)
-                      & np.isfinite(unit))
-            f = np.zeros(len(scale), dtype=np.int32)
-            f[~inside.all(axis=(1, 2))] |= _flags.EDGE
-            f[~valid.all(axis=(1, 2)) & inside.all(axis=(1, 2))] |= _flags.MASKED
-            if prepared.bad is not None:
-                f[(~valid[:, core, core]).any(axis=(1, 2)) & inside[:, core, core].all(
-                    axis=(1, 2))] |= _flags.CORE_MASKED | _flags.MASKED
-            f[~usable] |= _flags.NO_OVERLAP
-            if prepared.saturation is not None:
-                raw, _ = _stamps.cutout_stamps(prepared.raw, bx, by, size, fill=-np.inf)
-                f[(raw[:, sat, sat] >= prepared.saturation).any(axis=(1, 2))] |= _flags.SATURATED
-            if prepared.error is None and prepared.gain is None:
-                f |= _flags.NO_SOURCE_NOISE
-            f[_compact(data, error, valid, ref)] |= _flags.COMPACT
-            idx = np.flatnonzero(usable)
-            if idx.size:
-                snr_core = _stamps.core_snr(data[idx], error[idx], valid[idx])
-                out["snr_core"][start + idx] = snr_core
-                res = _stamps.decode_outputs(_onnx.run(self._session, inputs[idx]), unit[idx],
-                                             self._card.get("sigma_calibration"), snr_core,
-                                             self._card.get("flux_bias_correction"))
-                rx = _stamps.reference_pixel(bx[idx])
-                ry = _stamps.reference_pixel(by[idx])
-                xf, yf = rx + res["dx"], ry + res["dy"]
-                gl = start + idx
-                out["x_fit"][gl], out["y_fit"][gl] = xf, yf
-                out["flux_fit"][gl] = res["flux"]
-                out["x_err"][gl], out["y_err"][gl] = res["dx_err"], res["dy_err"]
-                out["flux_err"][gl] = res["flux_err"]
-                shift = np.hypot(xf - bx[idx], yf - by[idx])
-                f[idx[shift > self.max_shift]] |= _flags.LARGE_SHIFT
-                snr = res["flux"] / res["flux_err"]
-                f[idx[(snr < _SNR_RANGE[0]) | (snr > _SNR_RANGE[1])]] |= _flags.OUTSIDE_TRAINING
-                f[idx[res["flux"] <= 0]] |= _flags.NONPOSITIVE_FLUX
-            out["flags"][sl] |= f
-            if self.progress_bar:
-                report(sl.stop)
-        if self.progress_bar and n and interactive:
-            print(file=sys.stderr)
-        return out
+    @staticmethod
+    def _diagnostic_columns(res, scale):
+        """
+        The ``diagnostics`` columns: ``snr_core``, and the network's estimates before a
+        PSF fit (``<name>_network``), fluxes back from the internal scale to the data's.
+        """
+        columns = {"snr_core": res["snr_core"]}
+        network = res.get("network")
+        if network is not None:
+            for key in _NETWORK_COLUMNS:
+                values = network[key]
+                if key.startswith("flux") and scale != 1:
+                    values = values * scale
+                columns[f"{key}_network"] = values
+        return columns
 
-    def _correct_apertures(self, prepared, res):
-        """Apply the per-image aperture correction to ``res`` in place; returns meta entries."""
-        mode = self.aperture_correction
-        if mode is False:
-            return {"aperture_correction": 1.0, "aperture_correction_note": "off"}
-        if mode is True or mode == "auto":
-            measured = _aperture_correction.measure(
-                prepared.subtracted, prepared.bad, res["x_fit"], res["y_fit"], res["flux_fit"],
-                res["flux_err"], (res["flags"] & ~_flags.NO_SOURCE_NOISE) == 0,
-                snr=res["snr_core"])
-            factor, note = _aperture_correction.decide(measured, mode)
-            if _aperture_correction.mismatch(measured):
-                res["flags"] |= _flags.PSF_MISMATCH
-            error = measured["error"] if factor is not None else None
-            info = {"aperture_correction_measured": measured["factor"],
-                    "aperture_correction_measured_err": measured["error"],
-                    "aperture_correction_nstars": measured["n_stars"],
-                    "aperture_correction_ncontaminated": measured["n_contaminated"],
-                    "aperture_correction_radius": measured["radius"]}
-        else:
-            factor, error, note, info = float(mode), None, "given", {}
-        if factor is not None:
-            flux = res["flux_fit"]
-            # The factor's own error is common to all stars of the image; it is added so
-            # that each flux_err still covers the total flux.
-            res["flux_err"] = np.hypot(factor * res["flux_err"],
-                                       0.0 if error is None else error * flux)
-            res["flux_fit"] = factor * flux
-        return {"aperture_correction": 1.0 if factor is None else factor,
-                "aperture_correction_note": note, **info}
-
-    def _assemble(self, ids, x, y, res, unit, wcs, info):
+    def _assemble(self, ids, x, y, res, unit, wcs, info, extra=None):
         tbl = QTable()
         tbl["id"] = ids
         tbl["x_init"] = x
@@ -743,17 +437,19 @@ class MLPhotometry:
             tbl["cfit"] = res["cfit"]
         if wcs is not None:
             tbl["sky_centroid"] = wcs.pixel_to_world(tbl["x_fit"], tbl["y_fit"])
+        for name, values in (extra or {}).items():
+            tbl[name] = values * unit if unit is not None and name.startswith("flux") else values
         tbl.meta.update(self._meta(info))
         nwarn = int(np.count_nonzero(tbl["flags"] & _WARN_FLAGS))
         if nwarn:
             msg = (f"{nwarn} of {len(tbl)} sources are flagged (no usable pixels, masked core, "
                    "saturated, sharper than a PSF, or a PSF unlike any trained on); see the "
                    "'flags' column and MLPhotometry.decode_flags")
-            warnings.warn(msg, FlaggedSourcesWarning, stacklevel=3)
+            warnings.warn(msg, FlaggedSourcesWarning, stacklevel=user_stacklevel())
         if len(tbl) and np.all(tbl["flags"] & _flags.NO_SOURCE_NOISE):
             msg = ("no error map, gain or sky level tells the network the sources' Poisson "
                    "noise, so flux_err is too small for bright sources; pass error= or gain=")
-            warnings.warn(msg, NoSourceNoiseWarning, stacklevel=3)
+            warnings.warn(msg, NoSourceNoiseWarning, stacklevel=user_stacklevel())
         return tbl
 
     def _meta(self, info):
@@ -772,78 +468,11 @@ class MLPhotometry:
             "providers": self.providers,
             "batch_size": self.batch_size,
             "max_shift": self.max_shift,
+            "sigma_calibration": self.sigma_calibration,
+            "flux_bias_correction": self.flux_bias_correction,
             **info,
         }
 
 
-def _centre_offset(res, fitted, bright, min_sources=10):
-    """
-    Median offset (x, y) of the fitted centres from the network's, the scatter of
-    their differences that the two errors do not explain, and the sources used.
-
-    Zero offset and scatter with fewer than ``min_sources`` bright sources, or an
-    offset within 3 standard errors of zero.
-    """
-    sel = bright & np.isfinite(res["x_fit"]) & np.isfinite(fitted["x"])
-    n = int(np.count_nonzero(sel))
-    if n < min_sources:
-        return np.zeros(2), 0.0, n
-    d = np.stack([fitted["x"][sel] - res["x_fit"][sel], fitted["y"][sel] - res["y_fit"][sel]])
-    med = np.median(d, axis=1)
-    mad = 1.4826 * np.median(np.abs(d - med[:, None]), axis=1)
-    err = 1.2533 * mad / np.sqrt(n)
-    offset = np.where(np.abs(med) > 3 * err, med, 0.0)
-    explained = np.median(np.concatenate([
-        np.hypot(fitted["x_err"][sel], res["x_err"][sel]),
-        np.hypot(fitted["y_err"][sel], res["y_err"][sel])]))
-    scatter = float(np.sqrt(max(np.mean(mad**2) - explained**2, 0.0)))
-    return offset, scatter, n
-
-
-def _compact(data, error, valid, ref):
-    """Rows whose central 3x3 pixels are dominated by one pixel at a significant S/N."""
-    box = (slice(None), slice(ref - 1, ref + 2), slice(ref - 1, ref + 2))
-    d = np.where(valid[box], data[box], 0.0)
-    total = d.sum(axis=(1, 2))
-    noise = np.sqrt(np.where(valid[box], np.square(error[box], dtype=np.float64), 0.0).sum(
-        axis=(1, 2)))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return ((total > _COMPACT_MIN_SNR * noise)
-                & (d.max(axis=(1, 2)) > _COMPACT_PEAK_FRACTION * total))
-
-
-def _is_terminal(stream):
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-def _progress_reporter(n, interactive):
-    """
-    Progress to stderr: one updated line on a terminal; in a log (redirected stderr),
-    whole lines at each tenth, so no carriage returns land in files.
-    """
-    state = {"tenth": 0}
-
-    def report(done):
-        if interactive:
-            print(f"\rMLPhotometry: {done}/{n} sources", end="", file=sys.stderr)
-            return
-        tenth = 10 * done // max(n, 1)
-        if tenth > state["tenth"] or done == n:
-            state["tenth"] = tenth
-            print(f"MLPhotometry: {done}/{n} sources", file=sys.stderr)
-    return report
-
-
-def _cover_shared_light(res, x, y):
-    """
-    Widen the errors of core neighbours that no PSF fit split (see `_blends`), in place.
-    """
-    core = (res["flags"] & _flags.BLENDED) != 0
-    unsplit = core & ~res.get("split", np.zeros(core.shape, bool))
-    flux_extra, position_extra = _blends.shared_light(x, y, res["flux_fit"], unsplit)
-    res["flux_err"] = np.hypot(res["flux_err"], flux_extra)
-    res["x_err"] = np.hypot(res["x_err"], position_extra)
-    res["y_err"] = np.hypot(res["y_err"], position_extra)
+def _is_bool(value):
+    return isinstance(value, (bool, np.bool_))

@@ -12,6 +12,8 @@ import astropy.units as u
 import numpy as np
 
 from asidfe_phot import flags as _flags
+from asidfe_phot._stamps import cutout_stamps, stamp_origin
+from asidfe_phot._validation import coerce_data
 from asidfe_phot.exceptions import AsidfePhotWarning
 
 __all__ = ["plot_stamps", "plot_residuals", "plot_calibration"]
@@ -29,24 +31,20 @@ def _new_figure(fig, figsize):
 
 
 def _image_values(data):
-    """A plain 2-D float array from an array, Quantity, MaskedArray or NDData."""
+    """
+    The image's values as a float64 2-D array, NaN where masked, from anything
+    `~asidfe_phot.MLPhotometry` measures (as it reads it: `coerce_data`).
+    """
     from astropy.nddata import NDData
 
-    mask = None
     if isinstance(data, NDData):
-        mask = data.mask
-        data = data.data
-    if isinstance(data, np.ma.MaskedArray):
-        mask = np.ma.getmaskarray(data) if mask is None else (mask | np.ma.getmaskarray(data))
-        data = data.data
-    if isinstance(data, u.Quantity):
-        data = data.value
-    image = np.asarray(data, dtype=np.float64)
-    if image.ndim != 2:
-        msg = f"data must be a 2-D image, got an array of shape {image.shape}"
-        raise ValueError(msg)
-    if mask is not None:
-        image = np.where(np.asarray(mask, dtype=bool), np.nan, image)
+        # The pixels and their mask are shown; an uncertainty or WCS plays no part.
+        data = NDData(data.data, mask=data.mask)
+    coerced = coerce_data(data, None, None, None)
+    # Back from the internal power-of-two scale (exact) to the data's values.
+    image = np.ldexp(coerced.image.astype(np.float64), coerced.exponent)
+    if coerced.mask is not None:
+        image[coerced.mask] = np.nan
     return image
 
 
@@ -58,19 +56,6 @@ def _column(table, name, unit=None, what="table"):
     if isinstance(col, u.Quantity):
         return col.value if unit is None else col.to_value(unit)
     return np.asarray(col, dtype=np.float64)
-
-
-def _cut(image, xc, yc, size):
-    """A size x size stamp centred on pixel (xc, yc), NaN outside the image; its origin."""
-    half = size // 2
-    x0, y0 = int(np.floor(xc + 0.5)) - half, int(np.floor(yc + 0.5)) - half
-    stamp = np.full((size, size), np.nan)
-    ny, nx = image.shape
-    xs, xe = max(x0, 0), min(x0 + size, nx)
-    ys, ye = max(y0, 0), min(y0 + size, ny)
-    if xs < xe and ys < ye:
-        stamp[ys - y0:ye - y0, xs - x0:xe - x0] = image[ys:ye, xs:xe]
-    return stamp, x0, y0
 
 
 def plot_stamps(data, table, n=16, *, ncols=None, size=32, sort_by="snr", error_scale=1.0,
@@ -176,10 +161,15 @@ def plot_stamps(data, table, n=16, *, ncols=None, size=32, sort_by="snr", error_
     for ax in axes[len(order):]:
         ax.set_axis_off()
     size = int(size)
-    for ax, i in zip(axes, order):
-        centre_x = xi[i] if np.isfinite(xi[i]) else xf[i]
-        centre_y = yi[i] if np.isfinite(yi[i]) else yf[i]
-        stamp, x0, y0 = _cut(image, centre_x, centre_y, size)
+    # Stamps around the input positions (the fitted ones where there is none), NaN outside
+    # the image, cut as MLPhotometry cuts them.
+    centre_x = np.where(np.isfinite(xi), xi, xf)[order]
+    centre_y = np.where(np.isfinite(yi), yi, yf)[order]
+    placed = np.isfinite(centre_x) & np.isfinite(centre_y)
+    centre_x, centre_y = np.where(placed, centre_x, -size), np.where(placed, centre_y, -size)
+    stamps, _ = cutout_stamps(image, centre_x, centre_y, size, fill=np.nan)
+    origins_x, origins_y = stamp_origin(centre_x, size), stamp_origin(centre_y, size)
+    for ax, i, stamp, x0, y0 in zip(axes, order, stamps, origins_x, origins_y):
         finite = stamp[np.isfinite(stamp)]
         if finite.size:
             lo, hi = np.percentile(finite, [1.0, 99.9])

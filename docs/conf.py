@@ -3,7 +3,10 @@
 # Build (tox -e build_docs): cd docs && sphinx-build -W --keep-going -b html . _build/html
 #
 # The build needs no network: intersphinx is off unless ASIDFE_DOCS_INTERSPHINX=1
-# (or on Read the Docs), and no example executes the network model.
+# (or on Read the Docs), and the build executes no example. The pages' examples are
+# doctests, run by pytest-doctestplus (tox -e docs_examples, i.e. pytest docs); its
+# sphinx extension (in sphinx-astropy's list) renders their testsetup/testcleanup
+# blocks as nothing and doctest-skip blocks as plain examples.
 
 import importlib
 import importlib.util
@@ -49,6 +52,9 @@ _optional = {"sphinx_copybutton", "sphinx.ext.inheritance_diagram"}
 extensions = [ext for ext in extensions  # noqa: F405
               if ext not in _optional or importlib.util.find_spec(ext) is not None]
 extensions += ["asidfe_docs"]
+# testsetup, testcleanup and doctest-skip in the pages (sphinx-astropy lists it already).
+if "pytest_doctestplus.sphinx.doctestplus" not in extensions:
+    extensions.append("pytest_doctestplus.sphinx.doctestplus")
 
 # _static/ holds generated tables that pages include, not pages of their own.
 exclude_patterns += ["_templates", "_build", "**/*.inc", "_static"]  # noqa: F405

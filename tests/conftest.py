@@ -1,5 +1,8 @@
 """Shared, deterministic fixtures for the asidfe_phot test suite."""
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 from astropy.table import QTable
@@ -11,6 +14,21 @@ from asidfe_phot.datasets import make_star_field
 #: The star field used by most photometry tests: small, fixed seed, gain 2 ADU/e.
 FIELD_SHAPE = (96, 96)
 FIELD_GAIN = 2.0
+
+#: Environment variable naming the folder of the real telescope frames (``shared/real``),
+#: as in ``evaluation``; tox passes it through.
+REAL_DATA_VARIABLE = "ASIDFE_REAL_DATA"
+
+
+def real_data_dir():
+    """
+    The folder of the real frames: ``$ASIDFE_REAL_DATA``, else ``../shared/real`` beside
+    the repository (where the project hands them out).
+    """
+    given = os.environ.get(REAL_DATA_VARIABLE)
+    if given:
+        return Path(given)
+    return Path(__file__).resolve().parents[2] / "shared" / "real"
 
 
 def _readonly(array):
@@ -67,3 +85,20 @@ def fixture_wcs():
     wcs.wcs.crpix = [48.5, 48.5]
     wcs.wcs.cdelt = [-0.5 / 3600, 0.5 / 3600]
     return wcs
+
+
+@pytest.fixture(name="real_data", scope="session")
+def fixture_real_data():
+    """
+    The folder of the real frames (`real_data_dir`).
+
+    Skips, saying where it looked and naming ``ASIDFE_REAL_DATA``, when the folder is
+    absent at the default location; fails when ``ASIDFE_REAL_DATA`` names a missing folder.
+    """
+    path = real_data_dir()
+    if not path.is_dir():
+        if os.environ.get(REAL_DATA_VARIABLE):
+            pytest.fail(f"{REAL_DATA_VARIABLE}={path} is not a folder")
+        pytest.skip(reason=f"real frames not found at {path}; set {REAL_DATA_VARIABLE} to the "
+                           "folder holding them (the project's shared/real)")
+    return path

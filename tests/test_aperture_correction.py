@@ -135,14 +135,13 @@ def test_galaxies_missing_from_the_catalogue_cannot_bias_the_factor():
     assert res["n_contaminated"] > len(truth) // 2
 
 
-def test_the_galaxy_rich_real_frame_gets_no_wrong_factor():
+def test_the_galaxy_rich_real_frame_gets_no_wrong_factor(real_data):
     """ESO NTT field: the catalogued stars' apertures hold galaxies' light."""
     import warnings
-    from pathlib import Path
 
     from astropy.io import fits
 
-    ntt = Path(__file__).resolve().parents[2] / "shared" / "real" / "eso_ntt_emmi"
+    ntt = real_data / "eso_ntt_emmi"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         image = fits.getdata(ntt / "galaxies.fits").astype(np.float32)

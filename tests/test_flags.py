@@ -64,3 +64,40 @@ def test_flag_table():
     assert list(tbl["bit"]) == list(DOCUMENTED.values())
     assert list(tbl["name"]) == list(DOCUMENTED)
     assert all(len(d) > 10 for d in tbl["description"])
+
+
+def test_descriptions_state_the_thresholds_the_code_uses():
+    # One source for each number: the flagging code reads the same constants.
+    import inspect
+
+    from asidfe_phot import MLPhotometry, _aperture_correction, _blends, _psf_fit
+    from asidfe_phot import _thresholds as T
+
+    described = {name: description for _, name, description in F.FLAG_DEFINITIONS}
+    assert f"default {T.DEFAULT_MAX_SHIFT:g} px" in described["LARGE_SHIFT"]
+    assert (inspect.signature(MLPhotometry).parameters["max_shift"].default
+            == T.DEFAULT_MAX_SHIFT)
+    assert (f"below {T.SNR_RANGE[0]:g} or above {T.SNR_RANGE[1]:g}"
+            in described["OUTSIDE_TRAINING"])
+    assert f"within {T.CORE_RADIUS} px" in described["CORE_MASKED"]
+    assert f"within {T.CORE_RADIUS} px" in described["BLENDED"]
+    assert _blends.CORE_RADIUS == T.CORE_RADIUS
+    assert f"within {T.SATURATION_RADIUS} px" in described["SATURATED"]
+    assert f"{100 * T.COMPACT_PEAK_FRACTION:g} %" in described["COMPACT"]
+    assert f"S/N > {T.COMPACT_MIN_SNR:g}" in described["COMPACT"]
+    low, high = T.APERTURE_FACTOR_RANGE
+    assert f"over {high:g}x (or under {low:g}x)" in described["PSF_MISMATCH"]
+    assert _aperture_correction.FACTOR_RANGE is T.APERTURE_FACTOR_RANGE
+    assert f"by more than {T.BLEND_INFLATION:g}" in described["BLENDED"]
+    assert _psf_fit.BLEND_INFLATION == T.BLEND_INFLATION
+    assert f"{T.UNEXPLAINED_ERROR_PER_EPS:g}x the core" in described["BLENDED"]
+    assert f"{T.LOW_BAD_SIGMA:g} sigma below" in described["MASKED"]
+
+
+def test_flags_import_without_onnxruntime():
+    import subprocess
+    import sys
+
+    code = ("import sys; import asidfe_phot.flags as f; f.flag_table(); "
+            "assert 'onnxruntime' not in sys.modules, 'onnxruntime imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,7 +1,6 @@
 """psf_model=: photutils models, PSFEx files, 'auto', the PSF fit, model and residual images."""
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,13 +21,11 @@ from asidfe_phot._background import estimate_background
 from asidfe_phot.exceptions import TooFewPSFStarsWarning
 from asidfe_phot.psf import PSFSampler, build_epsf, read_psfex, select_psf_stars
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "real"
-NTT = REAL / "eso_ntt_emmi"
 
-
-def _needs_real():
-    if not NTT.exists():
-        pytest.fail(f"the real frames are expected beside the project, at {REAL}")
+@pytest.fixture(name="ntt")
+def fixture_ntt(real_data):
+    """The ESO NTT frame's folder of the real data (skips, naming ASIDFE_REAL_DATA, without)."""
+    return real_data / "eso_ntt_emmi"
 
 
 def _field(psf, shape=(120, 120), n=16, noise=3.0, seed=0, flux=(2e3, 3e4), border=15):
@@ -238,11 +235,10 @@ def test_model_and_residual_images():
         no_psf.make_model_image(image.shape)
 
 
-def test_psfex_files_become_photutils_models():
-    _needs_real()
-    varying = read_psfex(NTT / "galaxies_psfex_rerun.psf")
+def test_psfex_files_become_photutils_models(ntt):
+    varying = read_psfex(ntt / "galaxies_psfex_rerun.psf")
     assert isinstance(varying, GriddedPSFModel)
-    constant = read_psfex(NTT / "astromatic_tests_default.psf")
+    constant = read_psfex(ntt / "astromatic_tests_default.psf")
     assert isinstance(constant, ImagePSF)
     for model in (varying, constant):
         sampler = PSFSampler(model)
@@ -254,20 +250,19 @@ def test_psfex_files_become_photutils_models():
     assert abs(a.max() / b.max() - 1) > 0.2
 
 
-def _ntt_image():
-    _needs_real()
+def _ntt_image(ntt):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")     # ESO-LOG header cards
-        return fits.getdata(NTT / "galaxies.fits").astype(np.float32)
+        return fits.getdata(ntt / "galaxies.fits").astype(np.float32)
 
 
-def test_auto_builds_the_epsf_from_the_image_stars_not_its_galaxies():
+def test_auto_builds_the_epsf_from_the_image_stars_not_its_galaxies(ntt):
     """On the galaxy-rich NTT frame, the stars chosen are point sources (SPREAD_MODEL)."""
-    image = _ntt_image()
+    image = _ntt_image(ntt)
     bkg, rms = estimate_background(image)
     x, y, info = select_psf_stars(image - bkg, rms)
     assert x.size >= 15
-    cat = Table.read(NTT / "galaxies_sextractor_psffit_rerun.cat", format="ascii.sextractor")
+    cat = Table.read(ntt / "galaxies_sextractor_psffit_rerun.cat", format="ascii.sextractor")
     cx, cy = np.asarray(cat["XWIN_IMAGE"]) - 1, np.asarray(cat["YWIN_IMAGE"]) - 1
     d = np.hypot(x[:, None] - cx[None], y[:, None] - cy[None])
     nearest = d.argmin(axis=1)
@@ -280,9 +275,9 @@ def test_auto_builds_the_epsf_from_the_image_stars_not_its_galaxies():
     assert 1.8 < PSFSampler(epsf).fwhm < 3.0
 
 
-def test_auto_on_a_real_frame_reports_its_stars_in_meta():
-    image = _ntt_image()
-    cat = Table.read(NTT / "galaxies_sextractor_psffit_rerun.cat", format="ascii.sextractor")
+def test_auto_on_a_real_frame_reports_its_stars_in_meta(ntt):
+    image = _ntt_image(ntt)
+    cat = Table.read(ntt / "galaxies_sextractor_psffit_rerun.cat", format="ascii.sextractor")
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = np.asarray(cat["FLUX_PSF"]) / np.asarray(cat["FLUXERR_PSF"])
     cat = cat[(np.abs(cat["SPREAD_MODEL"]) < 0.003) & (cat["FLAGS"] == 0) & (snr > 50)]
@@ -345,3 +340,15 @@ def test_the_default_model_sees_the_psf():
         _, without = MLPhotometry()._call(image, init_params=init,
                                           error=np.full(image.shape, noise), background=0)
     assert not np.allclose(with_psf["network"]["flux_fit"], without["flux_fit"])
+
+
+def test_stars_all_near_the_edge_give_no_psf_stars():
+    # Peaks too near the frame's edge for a cutout: no candidate, not an error.
+    image = np.zeros((40, 40))
+    image[5, 6] = image[34, 33] = 1000.0
+    x, y, info = select_psf_stars(image, np.ones_like(image))
+    assert x.size == y.size == 0
+    assert info["n_candidates"] == 2
+    with pytest.warns(TooFewPSFStarsWarning, match="found 0"):
+        epsf, _ = build_epsf(image, np.ones_like(image))
+    assert epsf is None

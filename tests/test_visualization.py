@@ -87,6 +87,30 @@ def test_plot_stamps_inputs(result, tmp_path):
     assert fig.axes[0].texts[0].get_text() == "no sources"
 
 
+def test_plot_stamps_shows_the_pixels_at_any_scale(result):
+    # The image is read as MLPhotometry reads it (coerce_data, which may scale it by a
+    # power of two internally); the stamps show the data's own values.
+    image, tbl = result
+    shown = []
+    for data in (image, np.asarray(image, dtype=np.float64) * 2.0**40 * u.adu):
+        fig = plot_stamps(data, tbl, n=1, sort_by=None, size=9, fig=Figure())
+        shown.append(np.asarray(_visible_axes(fig)[0].images[0].get_array(), dtype=float))
+    # Row 1 at (10.2, 12.4): the 9x9 stamp around pixel (10, 12).
+    np.testing.assert_array_equal(shown[0], image[8:17, 6:15])
+    np.testing.assert_array_equal(shown[1], shown[0] * 2.0**40)
+
+
+def test_plot_stamps_row_without_a_position(result):
+    image, tbl = result
+    tbl = tbl.copy()
+    tbl["x_init"][4] = tbl["y_init"][4] = np.nan  # no input position and no fit
+    fig = plot_stamps(image, tbl, n=6, sort_by=None)
+    axes = _visible_axes(fig)
+    assert len(axes) == len(tbl)
+    assert "no fit" in axes[4].get_title()
+    assert np.all(np.isnan(np.asarray(axes[4].images[0].get_array(), dtype=float)))
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"n": 0}, "n must be a positive integer"),
     ({"size": 2}, "size must be an integer of at least 4"),

@@ -14,7 +14,7 @@ predicted flux per core-S/N bin gives factors that undo that on average
 Runs `MLPhotometry` (the user's code path: raw frame, gain, the package's own
 background, stamps, onnxruntime) with the network's *uncalibrated* sigmas on
 the validation frames of the training data's recipe (re-simulated from its
-seed, as `training.evaluate` does with the test frames), standardises the
+seed, `training.frames`, as `evaluation.synthetic` does with the test frames), standardises the
 residuals ``z = (prediction - truth) / sigma`` and fits, per target, one
 factor per bin of the stamps' *core S/N* (`asidfe_phot._stamps.core_snr`:
 measured on the data, so it follows the true S/N, where the network's
@@ -50,11 +50,11 @@ def predict_frames(model_dir, data, n_frames=300, jobs=1, log=print, method="ml"
     Returns ``pred`` (``dx, dy, flux`` and their ``_err``; positions in
     frame pixels, which leaves the residuals unchanged) and ``truth``.
     """
-    from training import evaluate
+    from training import frames
 
-    results = evaluate.measure_frames(model_dir, data, n_frames, log=log, methods=[method],
-                                      jobs=jobs, split="val", calibrated=False)
-    results = results[evaluate.usable(results, method)]
+    results = frames.measure_frames(model_dir, data, n_frames, log=log, methods=[method],
+                                    jobs=jobs, split="val", calibrated=False)
+    results = results[frames.usable(results, method)]
 
     def column(name):
         return np.asarray(results[name], dtype=float)
@@ -114,8 +114,8 @@ def unselected_stars(model_dir, recipe, n_fields, seed, shape=(1024, 1024), n_st
     from asidfe_phot.datasets import make_star_field
     from training import simulate
 
-    phot = MLPhotometry(model_dir, aperture_correction=False)
-    phot._card = {k: v for k, v in phot._card.items() if k != "flux_bias_correction"}
+    phot = MLPhotometry(model_dir, aperture_correction=False, psf_model=None,
+                        flux_bias_correction=False, diagnostics=True)
     rng = np.random.default_rng(seed)
     core, ratio = [], []
     for _ in range(n_fields):
@@ -125,7 +125,7 @@ def unselected_stars(model_dir, recipe, n_fields, seed, shape=(1024, 1024), n_st
         psf = simulate._psf_at(cond, x, y, shape)
         # Flux for a target optimal S/N of a Gaussian-like core: F^2 = S^2 (A var + F).
         snr = 10 ** rng.uniform(np.log10(1.5), np.log10(3000), n_stars)
-        area = 4 * np.pi * (psf["fwhm"] / 2.3548) ** 2
+        area = 4 * np.pi * (psf["fwhm"] / simulate.FWHM_PER_SIGMA) ** 2
         var = cond["sky"] + cond["read_noise"] ** 2
         flux = 0.5 * (snr**2 + np.sqrt(snr**4 + 4 * snr**2 * area * var))
         image, truth, _ = make_star_field(shape, positions=(x, y), fluxes=flux, psf=psf,
@@ -135,9 +135,9 @@ def unselected_stars(model_dir, recipe, n_fields, seed, shape=(1024, 1024), n_st
         init = Table({"x": x + rng.normal(0, 0.3, n_stars), "y": y + rng.normal(0, 0.3, n_stars)})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            tbl, internals = phot._call(image, init_params=init, gain=cond["gain"])
+            tbl = phot(image, init_params=init, gain=cond["gain"])
         ok = np.asarray(tbl["flags"]) == 0
-        core.append(internals["snr_core"][ok])
+        core.append(np.asarray(tbl["snr_core"])[ok])
         ratio.append(np.asarray(tbl["flux_fit"])[ok] / np.asarray(truth["flux"])[ok])
     return np.concatenate(core), np.concatenate(ratio)
 
@@ -166,8 +166,8 @@ def calibrate(model_dir, data, n_frames=300, jobs=1, log=print, bias_fields=40, 
     true PSF; ``sigma_calibration_auto``: with ``psf_model="auto"``), applied by
     `MLPhotometry` after its PSF fit. Returns the sigma calibration.
     """
-    from training.evaluate import data_recipe
     from training.export import update_card
+    from training.frames import data_recipe
 
     data_sets = data if isinstance(data, (list, tuple)) else [data]
     if bias_fields:

@@ -1,8 +1,14 @@
 """
 Regenerate a shipped model from nothing, in one command:
-simulate -> step 1 -> step 2 [-> step 2 continued] [-> simulate broad PSFs -> step 2 on
-both] -> export -> flux-bias correction and sigma calibration -> evaluate (both recipes)
--> ensemble baseline, all recorded in the model card.
+simulate -> step 1 -> step 2 [-> step 2 restarted] [-> simulate broad PSFs -> step 2 on
+both mixed] -> export -> flux-bias correction and sigma calibration -> ensemble baseline, all
+recorded in the model card.
+
+The test metrics are measured by the evaluation, which depends on this package and not
+the other way round (``evaluation`` -> ``training`` -> ``asidfe_phot``)::
+
+    python -m evaluation.synthetic --model DIR --data runs/v3/data --out runs/v3/evaluation \
+        --write-card [--card-key test_metrics_broad --data runs/v3/data_broad ...]
 
     python -m training.pipeline --out runs/v3 --model-dir models/asidfe_tsmve_v4
     python -m training.pipeline --quick --out /tmp/quick        # minutes, tiny data (CI)
@@ -31,18 +37,19 @@ FULL = {
     "preset": "generic", "n_frames": 3800, "seed": 1,
     "families": ["gaussian", "moffat", "double_gaussian"],
     "step1_samples": 900_000, "step2_samples": 1_000_000,
-    # Step 2 of v2 ended at 750 k samples (on the 1 M schedule): the session's time limit.
-    "step2_stop_after": 750_000,
-    # v3: step 2 continued from v2's weights on a fresh schedule, the means at the full rate
+    # Step 2 stops at 750 k samples of its 1 M-sample rate schedule (the rate is not yet at
+    # its floor there).
+    "step2_stop_at": 750_000,
+    # Step 2 again from those weights on a fresh rate schedule, the means at the full rate
     # (their variances are right by then), so the NLL weights the bright sources' means.
-    "step2_continued_samples": 1_000_000, "step2_continued_lr": 5e-4,
-    "step2_continued_mean_lr_factor": 1.0,
-    # v4: step 2 continued on the generic data mixed with a second data set of broader PSF
+    "step2_restart_samples": 1_000_000, "step2_restart_lr": 5e-4,
+    "step2_restart_mean_lr_factor": 1.0,
+    # Step 2 once more on the generic data mixed with a second data set of broader PSF
     # shapes (undersampled, Airy with obstruction, beta down to 1.5, strong asymmetry), so the
     # model holds on PSFs beyond the generic families.
     "broad": {"preset": "broad", "n_frames": 1600, "seed": 2,
               "families": ["gaussian", "moffat", "double_gaussian", "airy"]},
-    "step2_broad_samples": 1_000_000, "step2_broad_lr": 5e-4, "step2_broad_mean_lr_factor": 1.0,
+    "step2_mixed_samples": 1_000_000, "step2_mixed_lr": 5e-4, "step2_mixed_mean_lr_factor": 1.0,
     # Equal-budget TS-MVE vs deep-ensemble comparison (smaller than the shipped run).
     "compare_samples": 100_000, "ensemble_members": 3,
     "eval_every": 250_000, "eval_frames": 60, "calibration_frames": 300, "bias_fields": 40,
@@ -53,8 +60,8 @@ QUICK = {
     "families": ["gaussian", "moffat", "double_gaussian"],
     "broad": {"preset": "broad", "n_frames": 10, "seed": 2,
               "families": ["gaussian", "moffat", "double_gaussian", "airy"]},
-    "step1_samples": 2048, "step2_samples": 2048, "step2_continued_samples": 1024,
-    "step2_broad_samples": 1024,
+    "step1_samples": 2048, "step2_samples": 2048, "step2_restart_samples": 1024,
+    "step2_mixed_samples": 1024,
     "compare_samples": 1024, "ensemble_members": 2,
     "eval_every": 1024, "eval_frames": 2, "calibration_frames": 2, "bias_fields": 2,
     "eval_methods": "ml,sep,aper",
@@ -146,8 +153,7 @@ def _stage_done(path):
     return (Path(path) / "DONE").exists()
 
 
-def run(out, config, model_dir=None, name="asidfe_tsmve", version=4, log=print,
-        evaluate=True):
+def run(out, config, model_dir=None, name="asidfe_tsmve", version=4, log=print):
     """Run the whole pipeline into ``out``; returns the model card."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -168,19 +174,18 @@ def run(out, config, model_dir=None, name="asidfe_tsmve", version=4, log=print,
         log("== step 2 (Gaussian NLL, both branches)")
         train_mod.train(data, "step2", out / "step2", config["step2_samples"],
                         init=out / "step1" / "best.pt",
-                        stop_after=config.get("step2_stop_after"), **common)
+                        stop_after=config.get("step2_stop_at"), **common)
     final = out / "step2"
-    if config.get("step2_continued_samples"):
-        # A second step-2 run on a fresh rate schedule, from step 2's best weights (more
-        # budget for a finished model without retraining it from the start).
-        final = out / "step2_continued"
+    if config.get("step2_restart_samples"):
+        # Step 2 again on a fresh rate schedule, from step 2's best weights.
+        final = out / "step2_restart"
         if not _stage_done(final):
-            log("== step 2, continued")
-            train_mod.train(data, "step2", final, config["step2_continued_samples"],
+            log("== step 2, restarted on a fresh rate schedule")
+            train_mod.train(data, "step2", final, config["step2_restart_samples"],
                             init=out / "step2" / "best.pt",
-                            lr=config.get("step2_continued_lr", 1e-3),
-                            mean_lr_factor=config.get("step2_continued_mean_lr_factor"),
-                            stop_after=config.get("step2_continued_stop_after"), **common)
+                            lr=config.get("step2_restart_lr", 1e-3),
+                            mean_lr_factor=config.get("step2_restart_mean_lr_factor"),
+                            stop_after=config.get("step2_restart_stop_at"), **common)
     broad = None
     if config.get("broad"):
         broad = out / "data_broad"
@@ -189,15 +194,15 @@ def run(out, config, model_dir=None, name="asidfe_tsmve", version=4, log=print,
             b = config["broad"]
             simulate_mod.write_dataset(broad, b["n_frames"], b["preset"], b["seed"],
                                        families=b["families"], log=log)
-    if broad is not None and config.get("step2_broad_samples"):
-        previous, final = final, out / "step2_broad"
+    if broad is not None and config.get("step2_mixed_samples"):
+        previous, final = final, out / "step2_mixed"
         if not _stage_done(final):
-            log("== step 2, continued on generic + broad PSF shapes")
-            train_mod.train([data, broad], "step2", final, config["step2_broad_samples"],
-                            init=previous / "best.pt", lr=config.get("step2_broad_lr", 1e-3),
-                            mean_lr_factor=config.get("step2_broad_mean_lr_factor"),
+            log("== step 2 on generic + broad PSF shapes mixed")
+            train_mod.train([data, broad], "step2", final, config["step2_mixed_samples"],
+                            init=previous / "best.pt", lr=config.get("step2_mixed_lr", 1e-3),
+                            mean_lr_factor=config.get("step2_mixed_mean_lr_factor"),
                             **common)
-    for stage in ("step1", "step2", "step2_continued", "step2_broad"):
+    for stage in ("step1", "step2", "step2_restart", "step2_mixed"):
         if (out / stage / "history.json").exists():
             stages[stage] = json.loads((out / stage / "history.json").read_text())
     from training import curves
@@ -219,18 +224,6 @@ def run(out, config, model_dir=None, name="asidfe_tsmve", version=4, log=print,
     calibrate_mod.calibrate(model_dir, data_sets, n_frames=config["calibration_frames"],
                             jobs=os.cpu_count(), log=log,
                             bias_fields=config.get("bias_fields", 0))
-    if evaluate:
-        from training import evaluate as evaluate_mod
-
-        for key, folder, data_set in (("test_metrics", "evaluation", data),
-                                      ("test_metrics_broad", "evaluation_broad", broad)):
-            if data_set is None:
-                continue
-            log(f"== evaluate ({data_set.name})")
-            metrics = evaluate_mod.evaluate_model(
-                model_dir, data_set, n_frames=config["eval_frames"], out=out / folder, log=log,
-                methods=config.get("eval_methods"), jobs=os.cpu_count())
-            card = export_mod.update_card(model_dir, {key: metrics})
     # The baseline comparison comes last: the shipped model does not depend on it.
     log("== TS-MVE vs deep ensemble (equal, smaller budget)")
     comparison = compare_with_ensemble(data, out / "compare", config, log=log)
@@ -307,7 +300,6 @@ def main(argv=None):
                         help="comma-separated PSF families (hold one out for generalisation)")
     parser.add_argument("--model-dir", default=None, help="where to write the exported model")
     parser.add_argument("--version", type=int, default=4)
-    parser.add_argument("--no-evaluate", action="store_true")
     parser.add_argument("--psf-stage", action="store_true",
                         help="make the PSF-conditioned model from the shipped v4 (PSF_STAGE)")
     args = parser.parse_args(argv)
@@ -320,7 +312,7 @@ def main(argv=None):
         config["preset"] = args.preset
     if args.families:
         config["families"] = args.families.split(",")
-    run(args.out, config, args.model_dir, version=args.version, evaluate=not args.no_evaluate)
+    run(args.out, config, args.model_dir, version=args.version)
 
 
 if __name__ == "__main__":

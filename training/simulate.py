@@ -29,7 +29,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from asidfe_phot import _stamps
-from asidfe_phot._background import estimate_background
+from asidfe_phot.background import estimate_background
 from asidfe_phot.datasets import (
     PSF_FAMILIES,
     TRUNCATION_FWHM,
@@ -74,6 +74,10 @@ PRESETS = {
 }
 FRAME_SHAPE = (512, 512)
 SPLITS = ("train", "val", "test")
+
+#: A Gaussian's FWHM over its sigma, as the simulator's S/N and area formulas use it
+#: (rounded: the recorded S/N of existing data sets depend on it).
+FWHM_PER_SIGMA = 2.3548
 
 
 def split_of(frame_id):
@@ -216,7 +220,7 @@ def simulate_frame(frame_id, seed, preset="generic", families=None, shape=FRAME_
     x = rng.uniform(-margin, nx + margin, n_stars)
     y = rng.uniform(-margin, ny + margin, n_stars)
     psf = _psf_at(cond, x, y, shape)
-    sig_area = 4 * np.pi * (psf["fwhm"] / 2.3548) ** 2
+    sig_area = 4 * np.pi * (psf["fwhm"] / FWHM_PER_SIGMA) ** 2
     bg_var_e = cond["sky"] + cond["read_noise"] ** 2
     # Fluxes from S/N ~ 1 (undetectable) up to the brightest unsaturated stars.
     f_lo = 1.0 * np.sqrt(sig_area.mean() * bg_var_e)

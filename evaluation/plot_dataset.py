@@ -1,7 +1,7 @@
 """
 Figures of a simulated data set for the docs (paper Figs. 1-2) and its summary numbers.
 
-    python -m training.plot_dataset --data runs/data_v1 --out docs/_static/simulator
+    python -m evaluation.plot_dataset --data runs/data_v1 --out docs/_static/simulator
 
 Writes ``snr_histogram.png`` (number of stamps vs optimal S/N per split),
 ``stamps.png`` (random stamps in S/N bins, detector and true positions

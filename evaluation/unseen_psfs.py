@@ -1,7 +1,7 @@
 """
 MLPhotometry on PSF shapes beyond the training recipes, per S/N bin.
 
-    python benchmarks/unseen_psfs.py [--model asidfe_tsmve_v4] [--n-stars 500] [--seed 0]
+    python -m evaluation.unseen_psfs [--model asidfe_tsmve_v4] [--n-stars 500] [--seed 0]
 
 For each shape, a 1024x1024 field of isolated-to-moderately crowded stars
 (fluxes log-uniform, S/N ~ 3 to ~ 10^4) on a flat sky with Poisson and read
@@ -27,13 +27,14 @@ import argparse
 import warnings
 
 import numpy as np
+from astropy.stats import gaussian_fwhm_to_sigma
 from astropy.table import Table
 
 from asidfe_phot import MLPhotometry
 from asidfe_phot.datasets import render_psf_stamps
+from evaluation.metrics import bin_label, calibration, mare, median_bias, snr_bins
 
 HALF, SUB = 25, 8
-BINS = (3, 5, 10, 20, 50, 100, 300, 1000, np.inf)
 
 
 def _subpixel_grid(dx, dy):
@@ -61,14 +62,14 @@ def psf_stamp(shape, dx, dy):
                  / (1 + (r / 2.0) ** 2)).mean(axis=(2, 3))
         return 0.99 * stamp + 0.01 * spike / spike.sum()
     xx, yy = _subpixel_grid(dx, dy)
-    s = 3.0 / 2.3548
+    s = 3.0 * gaussian_fwhm_to_sigma
     if shape == "coma":
         p = (np.exp(-0.5 * (xx**2 + yy**2) / s**2)
              + 0.25 * np.exp(-0.5 * ((xx - 1.2 * s) ** 2 / (2 * s) ** 2 + yy**2 / s**2)))
     elif shape == "trailed":
         p = sum(np.exp(-0.5 * ((xx - t) ** 2 + yy**2) / s**2) for t in np.linspace(-3, 3, 13))
     elif shape == "donut":
-        s = 4.0 / 2.3548
+        s = 4.0 * gaussian_fwhm_to_sigma
         p = np.exp(-0.5 * (np.hypot(xx, yy) - 1.5 * s) ** 2 / (0.6 * s) ** 2)
     else:
         raise ValueError(shape)
@@ -100,16 +101,16 @@ def star_field(shape, n, size=1024, sky=100.0, read_noise=5.0, seed=0):
 def bin_lines(tbl, truth):
     ok = np.asarray(tbl["flags"]) == 0
     out = []
-    for lo, hi in zip(BINS[:-1], BINS[1:]):
-        s = ok & (truth["snr"] >= lo) & (truth["snr"] < hi)
+    for lo, hi, in_bin in snr_bins(truth["snr"]):
+        s = ok & in_bin
         if s.sum() < 10:
             continue
         f, t = np.asarray(tbl["flux_fit"])[s], np.asarray(truth["flux"])[s]
-        zf = (f - t) / np.asarray(tbl["flux_err"])[s]
-        zx = (np.asarray(tbl["x_fit"])[s] - truth["x"][s]) / np.asarray(tbl["x_err"])[s]
-        out.append(f"{lo:g}-{hi:g}: n {s.sum()}, bias {np.median(f / t - 1):+.3f}, "
-                   f"MARE {np.mean(np.abs(f / t - 1)):.3f}, flux z-std {np.std(zf):.2f}, "
-                   f"x z-std {np.std(zx):.2f}")
+        zf = calibration(f - t, np.asarray(tbl["flux_err"])[s])["zstd"]
+        zx = calibration(np.asarray(tbl["x_fit"])[s] - truth["x"][s],
+                         np.asarray(tbl["x_err"])[s])["zstd"]
+        out.append(f"{bin_label(lo, hi)}: n {s.sum()}, bias {median_bias(f, t):+.3f}, "
+                   f"MARE {mare(f, t):.3f}, flux z-std {zf:.2f}, x z-std {zx:.2f}")
     return out
 
 

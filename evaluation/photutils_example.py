@@ -1,7 +1,7 @@
 """
 Data made by others: photutils' own ``make_psf_model_image`` example fields.
 
-    python benchmarks/photutils_example.py [--model NAME] [--fields 20] [--fwhm 2.7]
+    python -m evaluation.photutils_example [--model NAME] [--fields 20] [--fwhm 2.7]
 
 Fields of Gaussian-PRF stars as photutils' PSF user guide makes them
 (``make_psf_model_image(shape, CircularGaussianPRF(fwhm=...), n_sources,
@@ -17,6 +17,7 @@ import argparse
 import warnings
 
 import numpy as np
+from astropy.stats import gaussian_fwhm_to_sigma
 from astropy.table import Table, vstack
 
 BINS = (5, 10, 20, 50, 100, 300, 1000, 3000)
@@ -28,7 +29,7 @@ def _field(seed, fwhm, shape=(256, 256), n=60, noise=5.0):
     rng = np.random.default_rng(seed)
     model = CircularGaussianPRF(fwhm=fwhm)
     # Optimal S/N of a Gaussian with background-limited noise: F / (noise * sqrt(4 pi s^2)).
-    sigma = fwhm / 2.3548
+    sigma = fwhm * gaussian_fwhm_to_sigma
     snr = np.exp(rng.uniform(np.log(5), np.log(3000), n))
     flux = snr * noise * np.sqrt(4 * np.pi * sigma**2)
     image, params = make_psf_model_image(shape, model, n, model_shape=(25, 25),

@@ -1,9 +1,9 @@
-"""training.inject_real: 30 artificial stars injected into a cut-out of the real NTT frame."""
+"""evaluation.injection: 30 artificial stars injected into a cut-out of the real NTT frame."""
 
 import numpy as np
 import pytest
 
-from training import inject_real as ir
+from evaluation import injection as ir
 
 pytestmark = pytest.mark.skipif(not (ir.REAL / ir.FRAMES["ntt"]["file"]).exists(),
                                 reason="shared/real frames not available")

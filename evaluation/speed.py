@@ -1,7 +1,7 @@
 """
 End-to-end speed and peak memory of MLPhotometry against classical photometry, in the same run.
 
-    python benchmarks/speed.py [--size 4096] [--n-sources 50000] [--psf-subset 1000]
+    python -m evaluation.speed [--size 4096] [--n-sources 50000] [--psf-subset 1000]
                                [--methods network,ml,ml_bkg,aperture,psf,sep,sex]
 
 Prints sources/second and peak memory for: the network alone (onnxruntime on
@@ -55,6 +55,31 @@ NAMES = {
 }
 #: sep_auto comes out of the sep worker.
 _WORKERS = ("network", "ml", "ml_bkg", "aperture", "psf", "sep", "sex")
+
+
+def _bare_session():
+    """The default model's network alone, as MLPhotometry runs it (CPU), and its channels."""
+    import onnxruntime as ort
+
+    from asidfe_phot import _stamps
+    from asidfe_phot.models import verify_model
+
+    directory, card = verify_model(None)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(directory / card.get("file", "model.onnx")),
+                                   sess_options=options, providers=["CPUExecutionProvider"])
+    return session, _stamps.input_channels(card["contract"]["version"])
+
+
+#: Stamps per network call, as MLPhotometry's (the fastest on CPU).
+_CHUNK = 256
+
+
+def _run_network(session, stamps):
+    name = session.get_inputs()[0].name
+    return [session.run(None, {name: stamps[i:i + _CHUNK]})[0]
+            for i in range(0, len(stamps), _CHUNK)]
 
 
 def _timed(fn, repeat=1):
@@ -124,17 +149,17 @@ def worker(method, inputs, batch_size, repeat, psf_subset):
     extra = {}
     if method in ("network", "ml", "ml_bkg"):
         from asidfe_phot import MLPhotometry, _stamps
-        from asidfe_phot._onnx import run as ort_run
 
         phot = MLPhotometry(batch_size=batch_size)
         init = Table({"x": x, "y": y})
         if method == "network":
+            session, channels = _bare_session()
             rng = np.random.default_rng(0)
-            ready = rng.normal(0, 1, (batch_size, 2, _stamps.STAMP_SIZE,
+            ready = rng.normal(0, 1, (batch_size, channels, _stamps.STAMP_SIZE,
                                       _stamps.STAMP_SIZE)).astype(np.float32)
-            ort_run(phot._session, ready[:8])
+            _run_network(session, ready[:8])
             base = _start_measure()
-            t, _ = _timed(lambda: [ort_run(phot._session, ready) for _ in range(5)], 1)
+            t, _ = _timed(lambda: [_run_network(session, ready) for _ in range(5)], 1)
             n = 5 * batch_size
         else:
             bkg = background if method == "ml_bkg" else None
@@ -170,7 +195,7 @@ def worker(method, inputs, batch_size, repeat, psf_subset):
         import sep
 
         sys.path.insert(0, str(ROOT))
-        from training._classical_methods import _sep_flux_auto
+        from evaluation.baselines import _sep_flux_auto
 
         data = np.ascontiguousarray(image, dtype=np.float64)
         sep.set_extract_pixstack(_pixstack(data))
@@ -194,7 +219,7 @@ def worker(method, inputs, batch_size, repeat, psf_subset):
         extra = {"detections": n, "auto_seconds": t_auto}
     elif method == "sex":
         sys.path.insert(0, str(ROOT))
-        from training import reference_tools as rt
+        from evaluation import reference_tools as rt
 
         config = {"GAIN": gain, "DETECT_THRESH": 1.5, "DETECT_MINAREA": 5,
                   "DEBLEND_MINCONT": 0.005, "MEMORY_OBJSTACK": 60_000,
@@ -343,7 +368,7 @@ def write_rst(args, results, ml_rate, notes, ort_version):
                          "added (MB)": f"{r['added_mb']:.0f}"})
     path = Path(args.rst)
     Table(rows=rows).write(path, format="ascii.rst", overwrite=True)
-    head = (f"Measured with ``python benchmarks/speed.py --size {args.size} --n-sources "
+    head = (f"Measured with ``python -m evaluation.speed --size {args.size} --n-sources "
             f"{args.n_sources}`` ({args.size}x{args.size} simulated frame, {args.n_sources:,} "
             f"Moffat stars, FWHM 3 px; {platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} cores, onnxruntime {ort_version} CPU), each method in its own "

@@ -31,6 +31,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
+from training.frames import true_gridded_psf, true_image_psf  # noqa: F401 (re-exported)
+
 __all__ = ["ToolNotFoundError", "find_source_extractor", "find_psfex", "run_source_extractor",
            "run_psfex", "source_extractor_psf_fit", "true_image_psf", "true_gridded_psf",
            "psf_photometry_true_psf",
@@ -313,118 +315,6 @@ def source_extractor_psf_fit(data, *, config=None, psfex_config=None, params=PSF
     finally:
         if own:
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def true_image_psf(psf_params, oversampling=4, half_size=None):
-    """
-    The simulator's PSF as a photutils `~photutils.psf.ImagePSF`.
-
-    The image holds the *pixel-integrated* PSF (what the simulator puts in a
-    pixel) sampled every ``1/oversampling`` pixel, i.e. an effective PSF
-    (ePSF), so ``ImagePSF`` evaluated at pixel centres reproduces the
-    simulator's stamps.
-
-    Parameters
-    ----------
-    psf_params : dict
-        Scalar parameters of `asidfe_phot.datasets.render_psf_stamps` (one star).
-    oversampling : int, optional
-    half_size : int, optional
-        Half-size in pixels; default the simulator's ``ceil(5 * fwhm)``.
-
-    Returns
-    -------
-    `~photutils.psf.ImagePSF`
-    """
-    from photutils.psf import ImagePSF
-
-    from asidfe_phot.datasets import render_psf_stamps
-
-    o = int(oversampling)
-    params = {k: v for k, v in psf_params.items()}
-    fwhm = float(np.asarray(params.get("fwhm", 3.0)).ravel()[0])
-    trunc = float(np.asarray(params.get("truncation", 5.0)).ravel()[0])
-    h = int(np.ceil(trunc * fwhm)) if half_size is None else int(half_size)
-    # Star at (x, y) = (-j/o, -k/o) + 0: pixel g holds the pixel-integrated PSF at offset g + j/o.
-    shifts = np.arange(o) / o
-    xs = np.repeat(-shifts, o)
-    ys = np.tile(-shifts, o)
-    stamps, x0, y0 = render_psf_stamps(params, xs, ys, half_size=h)
-    size = 2 * h + 1
-    fine = np.zeros((size * o, size * o))
-    grid = np.arange(size) - h
-    for s, xi, yi, x0i, y0i in zip(stamps, xs, ys, x0, y0):
-        ox = np.rint((grid + x0i - xi + h) * o).astype(int)
-        oy = np.rint((grid + y0i - yi + h) * o).astype(int)
-        okx = (ox >= 0) & (ox < size * o)
-        oky = (oy >= 0) & (oy < size * o)
-        fine[np.ix_(oy[oky], ox[okx])] = s[np.ix_(oky, okx)]
-    # Centre of the fine grid: offset 0 is at index h * o.
-    return ImagePSF(fine, origin=(h * o, h * o), oversampling=o)
-
-
-def true_gridded_psf(psf_at, shape, *, nodes=9, oversampling=4, half_size=None):
-    """
-    A spatially varying true PSF as a photutils `~photutils.psf.GriddedPSFModel`.
-
-    The true ePSF (`true_image_psf`) at ``nodes x nodes`` positions spanning
-    the frame, bilinearly interpolated between them by photutils: one model
-    for all the sources of a frame, so `psf_photometry_true_psf` fits a
-    whole frame in one `~photutils.psf.PSFPhotometry` call instead of one
-    call per source (twice as fast, and identical to 1e-4 in flux). The
-    simulator's PSF parameters vary as a 2nd-order polynomial across the
-    frame by a few per cent; with a 9x9 grid the model differs from the
-    simulator's pixels by about 1e-4 of the peak.
-
-    Parameters
-    ----------
-    psf_at : callable
-        ``psf_at(x, y)`` with 1-D arrays returns the PSF parameters there, as
-        in `asidfe_phot.datasets.render_psf_stamps` (scalars or per-star
-        arrays), e.g. ``lambda x, y: training.simulate._psf_at(cond, x, y,
-        shape)``.
-    shape : tuple of int
-        ``(ny, nx)`` of the frame; the nodes span pixels ``0 .. n - 1``.
-    nodes : int, optional
-        Nodes per axis (at least 2; photutils refuses 2 or 3 ePSFs in all,
-        so a 2x2 grid is the smallest).
-    oversampling : int, optional
-    half_size : int, optional
-        Half-size in pixels of the ePSF images. Default the full truncation
-        radius; a smaller value crops the wings (the PSF stays normalised
-        to the full profile, so fitted fluxes remain total fluxes), which
-        is enough when the fit box is smaller.
-
-    Returns
-    -------
-    `~photutils.psf.GriddedPSFModel`
-    """
-    from astropy.nddata import NDData
-    from photutils.psf import GriddedPSFModel
-
-    ny, nx = shape
-    nodes = max(int(nodes), 2)
-    gx, gy = np.meshgrid(np.linspace(0, nx - 1, nodes), np.linspace(0, ny - 1, nodes))
-    gx, gy = gx.ravel(), gy.ravel()
-    params = psf_at(gx, gy)
-    o = int(oversampling)
-    images = []
-    for i in range(gx.size):
-        one = {k: (v if isinstance(v, str) else np.broadcast_to(np.asarray(v), gx.shape)[i].item())
-               for k, v in params.items()}
-        model = true_image_psf(one, oversampling=o)
-        # true_image_psf puts offset 0 at index h * o of a (2h + 1) * o grid; GriddedPSFModel
-        # wants it at the centre of an odd-sized image: keep indices h*o - c*o .. h*o + c*o.
-        h = (model.data.shape[0] // o - 1) // 2
-        images.append((model.data, h))
-    c = min(h for _, h in images)
-    if half_size is not None:
-        c = min(c, int(half_size))
-    data = np.stack([d[(h - c) * o:(h + c) * o + 1, (h - c) * o:(h + c) * o + 1]
-                     for d, h in images])
-    nd = NDData(data, meta={"grid_xypos": np.column_stack([gx, gy]).tolist(),
-                            "oversampling": o})
-    return GriddedPSFModel(nd)
 
 
 def psf_photometry_true_psf(data, x, y, psf_params, *, error=None, per_source=None,

@@ -1,12 +1,12 @@
-"""Tests of training.saliency (SmoothGrad): deterministic, tiny models."""
+"""Tests of evaluation.saliency (SmoothGrad): deterministic, tiny models."""
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from evaluation.saliency import plot_saliency, simulated_stamps, smoothgrad
 from training.model import TSMVE
-from training.saliency import plot_saliency, simulated_stamps, smoothgrad
 
 
 class _Window(nn.Module):

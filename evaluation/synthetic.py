@@ -1,7 +1,7 @@
 """
 Accuracy of a model on held-out simulated frames, side by side with classical photometry.
 
-    python -m training.evaluate --model models/asidfe_tsmve_v4 --data runs/data_v1 \
+    python -m evaluation.synthetic --model models/asidfe_tsmve_v4 --data runs/data_v1 \
         --n-frames 60 --out runs/v1/evaluation [--methods ml,sep,aper,sex,psfex,psf]
 
 Test frames are re-simulated in full from the data set's seeds (the test split
@@ -88,14 +88,12 @@ _beam`` in the frame's conditions, log-uniform in 0.05-0.8) at or above
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
-from astropy.table import QTable, Table
+from astropy.table import QTable
 
-from training import simulate as simulate_mod
-from training._classical_methods import (
+from evaluation.baselines import (
     _aperture_flux,
     _run_source_extractor,
     _sep_flux_auto,
@@ -104,7 +102,8 @@ from training._classical_methods import (
     segmentation_ids,
     sep_segmentation,
 )
-from training._evaluation_report import (
+from evaluation.metrics import SNR_BINS, calibration, mae, mare, snr_bins
+from evaluation.report import (
     METHODS,
     POSITION_METHODS,
     _win_counts,
@@ -113,8 +112,8 @@ from training._evaluation_report import (
     write_method_tables,
     write_metrics_rst,
 )
-
-SNR_BINS = (3, 5, 10, 20, 50, 100, 300, 1000, np.inf)
+from training import frames as frames_mod
+from training.frames import data_recipe  # noqa: F401 (the recipe of --data)
 
 #: Methods that need the SourceExtractor (and PSFEx) binaries.
 SOURCE_EXTRACTOR_METHODS = ("sex", "psfex")
@@ -128,7 +127,7 @@ def resolve_methods(methods=None, log=print):
     ones (with a message) when the binaries are not installed; methods named
     explicitly must be runnable.
     """
-    from training import reference_tools as rt
+    from evaluation import reference_tools as rt
 
     explicit = methods is not None and methods != "all"
     if not explicit:
@@ -160,264 +159,76 @@ def resolve_methods(methods=None, log=print):
     return [m for m in chosen if m not in missing]
 
 
-def data_recipe(data, model=None):
-    """
-    The simulator recipe of the test frames: ``data`` itself when it is a recipe (a
-    dict, e.g. a card's ``training_data_broad``), ``data/index.json`` when the data
-    set is there, else the model card's ``training_data`` (preset, seed, frame count,
-    families, frame shape; the first of a list): test frames are re-simulated from their
-    seeds, so the evaluation needs no stored stamps.
-    """
-    if isinstance(data, dict):
-        return data
-    if data is not None and (Path(data) / "index.json").exists():
-        return json.loads((Path(data) / "index.json").read_text())
-    from asidfe_phot.models import load_model_card
-
-    recipe = load_model_card(model).get("training_data")
-    if isinstance(recipe, list):   # several data sets (asidfe_tsmve_v5): the first, generic
-        recipe = recipe[0] if recipe else None
-    if not recipe:
-        msg = (f"no {Path(data) / 'index.json' if data is not None else 'data set'} and no "
-               "training_data in the model card: cannot tell which frames to simulate")
-        raise FileNotFoundError(msg)
-    return recipe
-
-
 def measure_frames(model, data, n_frames=60, log=print, methods=None, jobs=1, split="test",
                    calibrated=True):
     """
     Per-source results of every method on the first ``n_frames`` frames of ``split``.
 
-    ``methods``: see `resolve_methods`. ``calibrated=False``: ML sigmas
-    without the card's post-hoc calibration (to fit it, on the validation
-    frames: `training.calibrate`). ``jobs``: frames measured at once,
-    one process each (each method runs single-threaded then); the results
-    do not depend on it. The returned table's ``meta['timings']`` holds each
-    method's total seconds, summed over frames (the ``sep`` time includes
-    its detection run for the segmentation map, not the background estimate,
-    which the simulator did; ``sex`` and ``psfex`` include their own
-    detection and, for ``psfex``, building the PSF model).
+    ``methods``: see `resolve_methods`. The ML methods are measured by
+    `training.frames.measure_frames` (``calibrated=False``: ML sigmas without the
+    card's post-hoc calibration), the others by `measure_classical`. ``jobs``: frames
+    measured at once, one process each (each method runs single-threaded then); the
+    results do not depend on it. The returned table's ``meta['timings']`` holds each
+    method's total seconds, summed over frames (the ``sep`` time includes its
+    detection run for the segmentation map, not the background estimate, which the
+    simulator did; ``sex`` and ``psfex`` include their own detection and, for
+    ``psfex``, building the PSF model).
     """
-    from astropy.table import vstack
-
     methods = resolve_methods(methods, log)
-    index = data_recipe(data, model)
-    seeds = simulate_mod.frame_seeds(index["seed"], index["n_frames"])
-    frames = [f for f in range(index["n_frames"]) if simulate_mod.split_of(f) == split]
-    tasks = [(frame_id, int(seeds[frame_id])) for frame_id in frames[:n_frames]]
-    if {"ml", "mlpsf", "mlauto"} & set(methods):
-        from asidfe_phot.models import verify_model
-
-        # The resolved directory, not a name: a worker process may import asidfe_phot from
-        # another place (a source tree) than this one, with another model registry.
-        model = verify_model(model)[0]
-    setup = (None if model is None else str(model), index, tuple(methods), jobs > 1, calibrated)
-    # Each task carries the setup and a worker starts itself on its first task: an error
-    # there reaches this process (a Pool initializer that fails is restarted for ever).
-    tasks = [(task, setup) for task in tasks]
-    timings = dict.fromkeys(methods, 0.0)
-    rows = []
-    if jobs > 1:
-        import multiprocessing
-
-        # spawn: no onnxruntime state forked from this process. One BLAS/OpenMP thread per
-        # worker (read when numpy loads there), so that `jobs` processes share the cores;
-        # Pool starts its workers at once, so the setting can be undone right after.
-        saved = {k: os.environ.get(k) for k in _THREAD_VARIABLES}
-        os.environ.update(dict.fromkeys(_THREAD_VARIABLES, "1"))
-        try:
-            pool = multiprocessing.get_context("spawn").Pool(jobs)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-        outcomes = pool.imap(_measure_frame_in_worker, tasks)
-    else:
-        pool = None
-        _WORKER.clear()
-        outcomes = map(_measure_frame_in_worker, tasks)
-    try:
-        for k, (table, frame_timings, messages) in enumerate(outcomes):
-            for message in messages:
-                log(message)
-            for m, s in frame_timings.items():
-                timings[m] += s
-            if table is not None:
-                rows.append(table)
-            if (k + 1) % 10 == 0:
-                log(f"evaluated {k + 1} frames")
-    finally:
-        if pool is not None:
-            pool.terminate()
-    if not rows:
-        msg = f"no {split} frame with sources among the first {n_frames} of {split}"
-        raise ValueError(msg)
-    results = vstack(rows)
-    results.meta["methods"] = list(methods)
-    results.meta["n_frames"] = len(rows)
-    results.meta["timings"] = {m: float(t) for m, t in timings.items()}
-    return results
+    return frames_mod.measure_frames(model, data, n_frames, log=log, methods=methods, jobs=jobs,
+                                     split=split, calibrated=calibrated,
+                                     other=measure_classical)
 
 
-_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-#: The per-process state of `measure_frames`: the recipe, the methods and the ML session.
-_WORKER = {}
-
-
-def _start_worker(model, index, methods, single_threaded, calibrated=True):
-    _WORKER.clear()
-    _WORKER.update(index=index, methods=methods, phot=None)
-    if {"ml", "mlpsf", "mlauto"} & set(methods):
-        from asidfe_phot import MLPhotometry
-
-        # None: the packaged default model.
-        phot = MLPhotometry(model, threads=1 if single_threaded else None)
-        if not calibrated:
-            # The calibration being fitted: of the network alone, or of the outputs with a PSF.
-            drop = {"ml": "sigma_calibration", "mlpsf": "sigma_calibration_psf",
-                    "mlauto": "sigma_calibration_auto"}
-            drop = {drop[m] for m in methods if m in drop}
-            phot._card = {k: v for k, v in phot._card.items() if k not in drop}
-        _WORKER["phot"] = phot
-
-
-def _measure_frame_in_worker(task_and_setup):
-    task, setup = task_and_setup
-    if _WORKER.get("setup") != setup:
-        _start_worker(*setup)
-        _WORKER["setup"] = setup
-    return measure_frame(*task, _WORKER["index"], _WORKER["methods"], _WORKER["phot"])
-
-
-def measure_frame(frame_id, seed, index, methods, phot=None):
+def measure_classical(frame, m):
     """
-    One test frame, re-simulated and measured by every method.
-
-    Returns the per-source table (None for a frame without stored sources),
-    each method's seconds and the messages to log.
+    Columns of a classical method ``m`` on a frame of
+    `training.frames.simulate_test_frame`, and messages to log.
     """
-    import warnings
-
     from photutils.utils import calc_total_error
 
-    from asidfe_phot.exceptions import AsidfePhotWarning
-
-    shape = tuple(index["frame_shape"])
-    timings = dict.fromkeys(methods, 0.0)
+    cond, shape, sub, rms = frame["cond"], frame["shape"], frame["sub"], frame["rms"]
+    x_in, y_in, det, obj = frame["x_in"], frame["y_in"], frame["det"], frame["obj"]
+    tx, ty = frame["columns"]["x_true"], frame["columns"]["y_true"]
+    n = x_in.size
     messages = []
-    _, meta, frame = simulate_mod.simulate_frame(
-        frame_id, seed, index["preset"], tuple(index["families"]),
-        shape, return_frame=True)
-    if len(meta) == 0:
-        return None, timings, messages
-    cond = frame["cond"]
-    det = frame["detections"]
-    match = frame["match"]
-    # Stored rows are the matched detections whose stamps lie inside the frame.
-    det_x = meta["x_frame"] - meta["true_dx"] + meta["det_dx"]
-    det_y = meta["y_frame"] - meta["true_dy"] + meta["det_dy"]
-    d2 = (det["x"][None, :] - det_x[:, None]) ** 2 + (det["y"][None, :] - det_y[:, None]) ** 2
-    obj = np.argmin(d2, axis=1)
-    star = match[obj]
-    x_in, y_in = np.asarray(det["x"][obj], float), np.asarray(det["y"][obj], float)
-    image, bkg, rms = frame["image"], frame["background"], frame["rms"]
-    sub = image - bkg
-    psf = {key: (v[star] if np.ndim(v) else v) for key, v in frame["truth"]["psf"].items()}
-    psf.pop("truncation", None)
-    tx, ty = frame["truth"]["x"][star], frame["truth"]["y"][star]
-    n = len(meta)
-    cols = {
-        "frame": meta["frame"], "snr": meta["snr"], "contamination": meta["contamination"],
-        "stars_per_beam": np.full(n, float(cond["stars_per_beam"])),
-        "fwhm": meta["fwhm"], "family": meta["family"],
-        "x_true": tx, "y_true": ty, "flux_true": frame["truth"]["flux"][star],
-        "x_init": x_in, "y_init": y_in,
-        "crlb_flux": meta["crlb_flux"], "crlb_x": meta["crlb_x"], "crlb_y": meta["crlb_y"],
-    }
-    error = None
-    if "aper" in methods or "psf" in methods:
+    if m == "sep":
+        objects, segmap = sep_segmentation(sub, rms)
+        if len(objects) != len(det) or not np.array_equal(objects["x"], det["x"]):
+            messages.append(f"frame {frame['frame_id']}: sep's segmentation run found "
+                            f"{len(objects)} detections, the simulator {len(det)}; ids from "
+                            "the nearest one")
+        seg_id, _ = segmentation_ids(objects, x_in, y_in)
+        flux, err = _sep_flux_auto(sub.astype(np.float64), det[obj], rms, cond["gain"],
+                                   segmap=segmap, seg_id=seg_id)
+        return {"flux_sep": flux, "flux_err_sep": err}, messages
+    if m == "aper":
         error = calc_total_error(sub, rms, cond["gain"])
-    for m in methods:
-        t0 = time.perf_counter()
-        if m in ("mlpsf", "mlauto"):
-            import copy
-
-            with_psf = copy.copy(phot)
-            with_psf._last = None
-            if m == "mlpsf":
-                from training import reference_tools as rt
-
-                with_psf.psf_model = rt.true_gridded_psf(
-                    lambda gx, gy: simulate_mod._psf_at(cond, gx, gy, shape), shape, nodes=5,
-                    half_size=16)
-            else:
-                with_psf.psf_model = "auto"
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ml, internals = with_psf._call(image, init_params=Table({"x": x_in, "y": y_in}),
-                                               gain=cond["gain"])
-            cols.update({
-                f"x_{m}": np.asarray(ml["x_fit"]), f"y_{m}": np.asarray(ml["y_fit"]),
-                f"flux_{m}": np.asarray(ml["flux_fit"]), f"x_err_{m}": np.asarray(ml["x_err"]),
-                f"y_err_{m}": np.asarray(ml["y_err"]),
-                f"flux_err_{m}": np.asarray(ml["flux_err"]),
-                f"flags_{m}": np.asarray(ml["flags"]),
-                f"snr_core_{m}": internals["snr_core"]})
-            network = internals.get("network")
-            if network is not None:
-                # The network's own values with the PSF channel (before the fit), for the
-                # sigma calibration of that mode.
-                cols.update({f"{k.replace('_fit', '')}_{m}_nn": network[k] for k in
-                             ("x_fit", "y_fit", "flux_fit", "x_err", "y_err", "flux_err")})
-        elif m == "ml":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", AsidfePhotWarning)
-                # _call: the table and the internals, for the core S/N the sigma
-                # calibration is fitted in.
-                ml, internals = phot._call(image, init_params=Table({"x": x_in, "y": y_in}),
-                                           gain=cond["gain"])
-            cols.update({
-                "x_ml": np.asarray(ml["x_fit"]), "y_ml": np.asarray(ml["y_fit"]),
-                "flux_ml": np.asarray(ml["flux_fit"]), "x_err_ml": np.asarray(ml["x_err"]),
-                "y_err_ml": np.asarray(ml["y_err"]), "flux_err_ml": np.asarray(ml["flux_err"]),
-                "flags_ml": np.asarray(ml["flags"]), "snr_core_ml": internals["snr_core"]})
-        elif m == "sep":
-            objects, segmap = sep_segmentation(sub, rms)
-            if len(objects) != len(det) or not np.array_equal(objects["x"], det["x"]):
-                messages.append(f"frame {frame_id}: sep's segmentation run found {len(objects)} "
-                    f"detections, the simulator {len(det)}; ids from the nearest one")
-            seg_id, _ = segmentation_ids(objects, x_in, y_in)
-            flux, err = _sep_flux_auto(sub.astype(np.float64), det[obj], rms, cond["gain"],
-                                       segmap=segmap, seg_id=seg_id)
-            cols.update({"flux_sep": flux, "flux_err_sep": err})
-        elif m == "aper":
-            flux, err = _aperture_flux(sub, x_in, y_in, 1.5 * cond["fwhm0"], error, psf,
-                                       tx, ty)
-            cols.update({"flux_aper": flux, "flux_err_aper": err})
-        elif m in ("sex", "psfex"):
-            try:
-                res = _run_source_extractor(image, x_in, y_in, cond,
-                                            detection_threshold(rms), psf_fit=m == "psfex")
-            except RuntimeError as exc:
-                # E.g. PSFEx finds too few stars: every source of the frame fails.
-                messages.append(f"frame {frame_id}: {m} failed: {str(exc).splitlines()[0]}")
-                res = {key: np.full(n, np.nan) for key in
-                       ("x", "y", "x_err", "y_err", "flux", "flux_err")}
-                res["flags"] = np.full(n, -1)
-            cols.update({f"{key}_{m}": res[key] for key in
-                         ("x", "y", "x_err", "y_err", "flux", "flux_err", "flags")})
-            if m == "psfex":
-                cols["aperture_correction_psfex"] = res.get("aperture_correction",
-                                                            np.full(n, np.nan))
-        elif m == "psf":
-            cols.update(_true_psf_fit(sub, x_in, y_in, cond, shape, error))
-        timings[m] += time.perf_counter() - t0
-    return Table(cols), timings, messages
+        flux, err = _aperture_flux(sub, x_in, y_in, 1.5 * cond["fwhm0"], error, frame["psf"],
+                                   tx, ty)
+        return {"flux_aper": flux, "flux_err_aper": err}, messages
+    if m in ("sex", "psfex"):
+        try:
+            res = _run_source_extractor(frame["image"], x_in, y_in, cond,
+                                        detection_threshold(rms), psf_fit=m == "psfex")
+        except RuntimeError as exc:
+            # E.g. PSFEx finds too few stars: every source of the frame fails.
+            messages.append(f"frame {frame['frame_id']}: {m} failed: "
+                            f"{str(exc).splitlines()[0]}")
+            res = {key: np.full(n, np.nan) for key in
+                   ("x", "y", "x_err", "y_err", "flux", "flux_err")}
+            res["flags"] = np.full(n, -1)
+        cols = {f"{key}_{m}": res[key] for key in
+                ("x", "y", "x_err", "y_err", "flux", "flux_err", "flags")}
+        if m == "psfex":
+            cols["aperture_correction_psfex"] = res.get("aperture_correction",
+                                                        np.full(n, np.nan))
+        return cols, messages
+    if m == "psf":
+        error = calc_total_error(sub, rms, cond["gain"])
+        return _true_psf_fit(sub, x_in, y_in, cond, shape, error), messages
+    msg = f"not a classical method: {m}"
+    raise ValueError(msg)
 
 
 def methods_in(results):
@@ -431,16 +242,7 @@ def _has_positions(results, m):
 
 def usable(results, m):
     """Rows where method ``m`` gave finite values and positive errors."""
-    ok = np.ones(len(results), dtype=bool)
-    keys = [("flux", "flux_err")]
-    if _has_positions(results, m):
-        keys += [("x", "x_err"), ("y", "y_err")]
-    with np.errstate(invalid="ignore"):
-        for val, err in keys:
-            v = np.asarray(results[f"{val}_{m}"], dtype=float)
-            e = np.asarray(results[f"{err}_{m}"], dtype=float)
-            ok &= np.isfinite(v) & np.isfinite(e) & (e > 0)
-    return ok
+    return frames_mod.usable(results, m, with_positions=m in POSITION_METHODS)
 
 
 def metric_names(methods):
@@ -459,28 +261,22 @@ def metric_names(methods):
     return names
 
 
-def _calibration(res, err):
-    z = res / err
-    return {"zstd": float(np.std(z)), "cov68": float(np.mean(np.abs(z) < 1)),
-            "cov95": float(np.mean(np.abs(z) < 2))}
-
-
 def bin_metrics(results, bins=SNR_BINS):
     """Per S/N bin: accuracy, error calibration and failures of every method (module doc)."""
     methods = methods_in(results)
     names = metric_names(methods)
     out = []
-    for lo, hi in zip(bins[:-1], bins[1:]):
-        r = results[(results["snr"] >= lo) & (results["snr"] < hi)]
+    for lo, hi, in_bin in snr_bins(results["snr"], bins):
+        r = results[in_bin]
         row = {"snr_lo": lo, "snr_hi": hi, "n": len(r)}
         if len(r) == 0:
             out.append(row)
             continue
         dx0 = np.asarray(r["x_init"] - r["x_true"], float)
         dy0 = np.asarray(r["y_init"] - r["y_true"], float)
-        row["x_mae_init"] = float(np.mean(np.abs(dx0)))
-        row["y_mae_init"] = float(np.mean(np.abs(dy0)))
-        row["pos_mae_init"] = float(np.mean(np.abs(np.concatenate([dx0, dy0]))))
+        row["x_mae_init"] = mae(dx0)
+        row["y_mae_init"] = mae(dy0)
+        row["pos_mae_init"] = mae(np.concatenate([dx0, dy0]))
         for m in methods:
             ok = usable(r, m)
             row[f"failure_rate_{m}"] = float(1.0 - np.mean(ok))
@@ -489,10 +285,9 @@ def bin_metrics(results, bins=SNR_BINS):
                 continue
             ft = np.asarray(g["flux_true"], float)
             res = np.asarray(g[f"flux_{m}"], float) - ft
-            row[f"flux_mare_{m}"] = float(np.mean(np.abs(res) / ft))
-            row[f"flux_rms_over_crlb_{m}"] = float(np.sqrt(np.mean(res**2))
-                                                   / np.sqrt(np.mean(g["crlb_flux"] ** 2)))
-            for key, v in _calibration(res, np.asarray(g[f"flux_err_{m}"], float)).items():
+            row[f"flux_mare_{m}"] = mare(g[f"flux_{m}"], ft)
+            row[f"flux_rms_over_crlb_{m}"] = _rms_over_crlb(res, g["crlb_flux"])
+            for key, v in calibration(res, g[f"flux_err_{m}"]).items():
                 row[f"flux_{key}_{m}"] = v
             if not _has_positions(r, m):
                 continue
@@ -501,19 +296,17 @@ def bin_metrics(results, bins=SNR_BINS):
                 res = np.asarray(g[f"{c}_{m}"] - g[f"{c}_true"], float)
                 err = np.asarray(g[f"{c}_err_{m}"], float)
                 crlb = np.asarray(g[f"crlb_{c}"], float)
-                row[f"{c}_mae_{m}"] = float(np.mean(np.abs(res)))
-                row[f"{c}_rms_over_crlb_{m}"] = float(np.sqrt(np.mean(res**2))
-                                                      / np.sqrt(np.mean(crlb**2)))
-                for key, v in _calibration(res, err).items():
+                row[f"{c}_mae_{m}"] = mae(res)
+                row[f"{c}_rms_over_crlb_{m}"] = _rms_over_crlb(res, crlb)
+                for key, v in calibration(res, err).items():
                     row[f"{c}_{key}_{m}"] = v
                 pooled["res"].append(res)
                 pooled["err"].append(err)
                 pooled["crlb"].append(crlb)
             res, err, crlb = (np.concatenate(pooled[k]) for k in ("res", "err", "crlb"))
-            row[f"pos_mae_{m}"] = float(np.mean(np.abs(res)))
-            row[f"pos_rms_over_crlb_{m}"] = float(np.sqrt(np.mean(res**2))
-                                                  / np.sqrt(np.mean(crlb**2)))
-            for key, v in _calibration(res, err).items():
+            row[f"pos_mae_{m}"] = mae(res)
+            row[f"pos_rms_over_crlb_{m}"] = _rms_over_crlb(res, crlb)
+            for key, v in calibration(res, err).items():
                 row[f"pos_{key}_{m}"] = v
         if "ml" in methods:
             row["flagged_fraction_ml"] = float(np.mean(r["flags_ml"] != 0))
@@ -524,6 +317,12 @@ def bin_metrics(results, bins=SNR_BINS):
     metrics["n"] = metrics["n"].astype(int)
     metrics.meta["methods"] = methods
     return metrics
+
+
+def _rms_over_crlb(residuals, crlb):
+    """The residuals' rms over the Cramer-Rao bound's (1 for an optimal estimator)."""
+    crlb = np.asarray(crlb, float)
+    return float(np.sqrt(np.mean(np.square(residuals))) / np.sqrt(np.mean(crlb**2)))
 
 
 def split_by_crowding(results, threshold=CROWDING_THRESHOLD):
@@ -600,7 +399,7 @@ def compare_psf_modes(runs):
     """
     from astropy.table import QTable
 
-    from training._evaluation_report import modes_rst
+    from evaluation.report import modes_rst
 
     tables = {label: QTable.read(Path(folder) / "metrics.ecsv") for label, folder in runs.items()}
     labels = list(tables)
@@ -635,8 +434,10 @@ def main(argv=None):
     parser.add_argument("--crowding-threshold", type=float, default=CROWDING_THRESHOLD,
                         help="stars (S/N > 1) per FWHM^2 from which a frame counts as crowded")
     parser.add_argument("--write-card", action="store_true",
-                        help="record the per-bin metrics in the model's card (test_metrics), "
-                             "as training.pipeline does")
+                        help="record the per-bin metrics in the model's card (--card-key)")
+    parser.add_argument("--card-key", default="test_metrics",
+                        help="the card entry --write-card writes (default test_metrics; "
+                             "test_metrics_broad for the broad recipe)")
     parser.add_argument("--compare", default=None,
                         help="LABEL=DIR,...: write (to --out) and print an RST table of the "
                              "PSF modes of earlier runs side by side, and exit")
@@ -655,7 +456,7 @@ def main(argv=None):
             parser.error("--write-card needs --model (a model directory)")
         from training.export import update_card
 
-        update_card(args.model, {"test_metrics": metrics})
+        update_card(args.model, {args.card_key: metrics})
     print(json.dumps(metrics, indent=1, default=float))
 
 

@@ -1,5 +1,5 @@
 """
-The classical methods of `training.evaluate`, each on one simulated frame:
+The classical methods of `evaluation.synthetic`, each on one simulated frame:
 sep FLUX_AUTO with SourceExtractor's neighbour masking, photutils apertures,
 the SourceExtractor binary (AUTO/WIN, and PSF fitting with PSFEx) tied to the
 inputs by ASSOC, and photutils PSF photometry with the true PSF.
@@ -173,7 +173,7 @@ def _assoc_columns(tbl, x, y, columns):
 
 def _run_source_extractor(image, x, y, cond, threshold, psf_fit=False):
     """The ``sex`` (FLUX_AUTO, XWIN) or ``psfex`` (PSF fit) results at the input positions."""
-    from training import reference_tools as rt
+    from evaluation import reference_tools as rt
 
     with tempfile.TemporaryDirectory(prefix="asidfe_eval_") as tmp:
         assoc = Path(tmp) / "assoc.txt"
@@ -233,7 +233,7 @@ def _fit_shape(fwhm):
 
 def _true_psf_fit(sub, x, y, cond, shape, error):
     """photutils PSFPhotometry with the true, spatially varying PSF of the frame."""
-    from training import reference_tools as rt
+    from evaluation import reference_tools as rt
 
     fit_shape = _fit_shape(float(cond["fwhm0"]))
     model = rt.true_gridded_psf(lambda gx, gy: simulate_mod._psf_at(cond, gx, gy, shape), shape,

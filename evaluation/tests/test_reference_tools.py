@@ -1,4 +1,4 @@
-"""Light tests of training.reference_tools (SourceExtractor / PSFEx skipped when not installed)."""
+"""Light tests of evaluation.reference_tools (SourceExtractor, PSFEx skipped when absent)."""
 
 import shutil
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from asidfe_phot.datasets import make_star_field, render_psf_stamps
-from training import reference_tools as rt
+from evaluation import reference_tools as rt
 
 HAS_SEX = bool(shutil.which("source-extractor") or shutil.which("sex"))
 HAS_PSFEX = bool(shutil.which("psfex"))

@@ -1,7 +1,7 @@
 """
 Generalisation check: train with one PSF family held out entirely, test on it.
 
-    python -m training.generalisation --data runs/data_v1 --hold-out moffat \
+    python -m evaluation.generalisation --data runs/data_v1 --hold-out moffat \
         --reference runs/v3/compare/step2/best.pt --out runs/v3/heldout
 
 Trains TS-MVE (step 1 then step 2, ``--samples`` each) on the training
@@ -21,10 +21,9 @@ import numpy as np
 
 from asidfe_phot import _stamps
 from asidfe_phot.datasets import PSF_FAMILIES
+from evaluation.metrics import SNR_BINS, calibration, mae, mare, snr_bins
 from training import train as train_mod
 from training.data import StampSet
-
-SNR_BINS = (3, 10, 30, 100, 300, 1000, np.inf)
 
 
 def predict(weights, stamps):
@@ -36,17 +35,16 @@ def predict(weights, stamps):
 def score(pred, meta, bins=SNR_BINS):
     """Per S/N bin: flux MARE, position MAE and the std of the x, y, flux z-scores."""
     rows = []
-    snr = meta["snr"]
     truth = {"dx": meta["true_dx"], "dy": meta["true_dy"], "flux": meta["flux"]}
-    for lo, hi in zip(bins[:-1], bins[1:]):
-        k = (snr >= lo) & (snr < hi)
+    for lo, hi, k in snr_bins(meta["snr"], bins):
         row = {"snr_lo": lo, "snr_hi": None if not np.isfinite(hi) else hi, "n": int(k.sum())}
         if k.sum():
-            row["flux_mare"] = float(np.mean(np.abs(pred["flux"][k] / truth["flux"][k] - 1)))
-            row["pos_mae"] = float(np.mean(np.hypot(pred["dx"][k] - truth["dx"][k],
-                                                    pred["dy"][k] - truth["dy"][k])))
+            row["flux_mare"] = mare(pred["flux"][k], truth["flux"][k])
+            row["pos_mae"] = mae(np.hypot(pred["dx"][k] - truth["dx"][k],
+                                          pred["dy"][k] - truth["dy"][k]))
             for t in ("dx", "dy", "flux"):
-                row[f"{t}_zstd"] = float(np.std((pred[t][k] - truth[t][k]) / pred[f"{t}_err"][k]))
+                row[f"{t}_zstd"] = calibration(pred[t][k] - truth[t][k],
+                                               pred[f"{t}_err"][k])["zstd"]
         rows.append(row)
     return rows
 

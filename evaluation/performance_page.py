@@ -1,27 +1,27 @@
 """
 Regenerate the tables and figures of the docs' Performance page.
 
-    python -m training.performance_page --model models/asidfe_tsmve_v4 [--data runs/v3/data] \
+    python -m evaluation.performance_page --model models/asidfe_tsmve_v4 [--data runs/v3/data] \
         [--n-frames 60] [--methods ml,sep,aper,sex,psfex,psf] [--skip-synthetic] [--skip-real] \
         [--evaluation runs/v3/evaluation] [--evaluation-broad runs/v3/evaluation_broad] \
         [--skip-broad] [--jobs 2] \
         [--generalisation runs/v3/heldout/generalisation.rst] [--compare runs/v3/compare]
 
-Runs the synthetic evaluation (`training.evaluate`) and the real-frame
-comparison (`training.evaluate_real`), then copies their tables and figures
+Runs the synthetic evaluation (`evaluation.synthetic`) and the real-frame
+comparison (`evaluation.real_frames`), then copies their tables and figures
 into ``docs/_static/performance/``, and writes there:
 
 - ``broad_metrics*.rst``, ``broad_metrics.png``: the same evaluation on the test
   frames of the card's ``training_data_broad`` recipe (PSF shapes beyond the
   generic ones), when the card has one;
 - ``inject_metrics.rst``, ``inject_metrics.png``: artificial stars injected into
-  the real frames (`training.inject_real`) against a fit with the true PSF;
+  the real frames (`evaluation.injection`) against a fit with the true PSF;
 - ``summary.rst``: "where the model wins and where it loses", generated from
   the evaluation's ``wins.json`` and ``metrics.ecsv`` (`summary_rst`; with
   ``--skip-synthetic``, from the copies of the last evaluation);
 - ``calibration.png``: `asidfe_phot.visualization.plot_calibration` of the
   ML x, y and flux on the evaluation's ``results.ecsv`` (S/N >= 3);
-- ``generalisation.rst``: a copy of ``training.generalisation``'s table
+- ``generalisation.rst``: a copy of ``evaluation.generalisation``'s table
   (``--generalisation``), when that file exists;
 - ``ensemble_comparison.rst``: the model's TS-MVE vs ensemble comparison
   (from its card);
@@ -134,7 +134,7 @@ def summary_rst(wins, metrics, model_name, labels=None):
     z-std within `ZSTD_OK`), and the bins won in sparse and crowded frames.
     """
     if labels is None:
-        from training._evaluation_report import LABELS as labels
+        from evaluation.report import LABELS as labels
     sub = wins["subsets"]["all"]
     bins = [b for b in sub["bins"] if b["n"]]
     methods = []
@@ -173,7 +173,7 @@ def summary_rst(wins, metrics, model_name, labels=None):
 
 def _calibration_bullet(metrics):
     """ML z-std and cov68 ranges of flux, x and y over the filled bins."""
-    from training._evaluation_report import _snr_labels
+    from evaluation.report import _snr_labels
 
     filled = np.asarray(metrics["n"]) > 0
     snr = [s for s, f in zip(_snr_labels(metrics), filled) if f]
@@ -246,12 +246,12 @@ def main(argv=None):
     parser.add_argument("--n-frames", type=int, default=60)
     parser.add_argument("--work", default="runs/performance")
     parser.add_argument("--methods", default="all",
-                        help="methods of the synthetic evaluation (see training.evaluate)")
+                        help="methods of the synthetic evaluation (see evaluation.synthetic)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count(),
                         help="frames of the synthetic evaluation measured in parallel")
     parser.add_argument("--skip-synthetic", action="store_true")
     parser.add_argument("--evaluation", default=None,
-                        help="use this finished training.evaluate output folder instead of "
+                        help="use this finished evaluation.synthetic output folder instead of "
                              "running the synthetic evaluation again")
     parser.add_argument("--evaluation-broad", default=None,
                         help="the same for the card's broad-PSF recipe")
@@ -259,18 +259,18 @@ def main(argv=None):
                         help="no evaluation on the broad-PSF recipe's test frames")
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--skip-speed", action="store_true",
-                        help="keep speed.rst (benchmarks/speed.py; run it on an idle machine)")
+                        help="keep speed.rst (evaluation/speed.py; run it on an idle machine)")
     parser.add_argument("--weights", default=None,
                         help="weights for the SmoothGrad figure (default: --model's own)")
     parser.add_argument("--compare", default="runs/v3/compare",
                         help="the pipeline's TS-MVE vs ensemble runs, for their curves")
     parser.add_argument("--generalisation", default="runs/v3/heldout/generalisation.rst",
-                        help="training.generalisation's table, copied when it exists")
+                        help="evaluation.generalisation's table, copied when it exists")
     args = parser.parse_args(argv)
     work = Path(args.work)
     DOCS.mkdir(parents=True, exist_ok=True)
     if not args.skip_synthetic:
-        from training import evaluate
+        from evaluation import synthetic as evaluate
 
         synthetic = Path(args.evaluation) if args.evaluation else work / "synthetic"
         if not args.evaluation:
@@ -288,7 +288,7 @@ def main(argv=None):
             print("wrote calibration.png")
     card = json.loads((Path(args.model) / "config.json").read_text())
     if not args.skip_broad and card.get("training_data_broad"):
-        from training import evaluate
+        from evaluation import synthetic as evaluate
 
         broad = Path(args.evaluation_broad) if args.evaluation_broad else work / "broad"
         if not args.evaluation_broad:
@@ -310,7 +310,8 @@ def main(argv=None):
     else:
         print(f"{generalisation} not found: generalisation.rst left as it is")
     if not args.skip_real:
-        from training import evaluate_real, inject_real
+        from evaluation import injection as inject_real
+        from evaluation import real_frames as evaluate_real
 
         evaluate_real.main(["--model", args.model, "--out", str(work / "real")])
         for path in (work / "real").iterdir():
@@ -321,7 +322,7 @@ def main(argv=None):
             shutil.copy(work / "inject" / name, DOCS / name)
     weights = Path(args.weights or args.model)
     if weights.exists():
-        from training import saliency
+        from evaluation import saliency
 
         has_data = (Path(args.data) / "index.json").exists()
         saliency.main(["--weights", str(weights), "--out", str(DOCS / "saliency.png")]

@@ -1,9 +1,9 @@
 """
 Artificial-star injection benchmark on real frames: MLPhotometry against the true-PSF fit.
 
-    python -m training.inject_real --out runs/inject_real [--model DIR] [--frames ntt,m51,eyuma]
+    python -m evaluation.injection --out runs/inject_real [--model DIR] [--frames ntt,m51,eyuma]
         [--n-stars N] [--seed S] [--psf none|auto|true] [--aperture-correction auto|on|off]
-    python -m training.inject_real --compare v4=runs/a,v5=runs/b --out table.rst
+    python -m evaluation.injection --compare v4=runs/a,v5=runs/b --out table.rst
 
 Stars of known PSF, flux and position are added to real frames (``shared/real``), which
 keep their sky, noise, galaxies and neighbours. Per frame:
@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import sep
 from astropy.io import fits
-from astropy.stats import SigmaClip
+from astropy.stats import SigmaClip, gaussian_fwhm_to_sigma
 from astropy.table import QTable, Table, vstack
 from photutils.aperture import ApertureStats, CircularAnnulus, CircularAperture
 from photutils.aperture import aperture_photometry as aperture_sum
@@ -58,16 +58,16 @@ from photutils.utils import calc_total_error
 from scipy import ndimage
 from scipy.optimize import least_squares
 
-from asidfe_phot._background import estimate_background
-from asidfe_phot._fitsio import header_float, read_image
+from asidfe_phot.background import estimate_background
 from asidfe_phot.datasets import render_psf_stamps
-from training._classical_methods import _sep_flux_auto, segmentation_ids
-from training._evaluation_report import rst_text
-from training.reference_tools import true_image_psf
+from asidfe_phot.io import header_float, read_image
+from evaluation import real_data_dir
+from evaluation.baselines import _sep_flux_auto, segmentation_ids
+from evaluation.metrics import bin_label, calibration, mae, mare, median_bias, snr_bins
+from evaluation.reference_tools import true_image_psf
+from evaluation.report import rst_text
 
-REAL = Path(__file__).resolve().parents[1] / "shared" / "real"
-if not REAL.exists():
-    REAL = Path("/work/shared/real")
+REAL = real_data_dir()
 #: file, HDU, FWHM guess (px), saturation (ADU, for the PSF stars), gain (None: header GAIN,
 #: else sky / rms^2), PSF (a PSFEx file or 'moffat'), default stars (all rounds together).
 FRAMES = {
@@ -83,7 +83,6 @@ FRAMES = {
     "ukidss": {"file": "misc/ukidss_wfcam_K_taurus_300x300.fits", "hdu": 1, "fwhm": 3.8,
                "saturation": 5e4, "gain": None, "psf": "moffat", "n_stars": 200},
 }
-SNR_BINS = (3, 5, 10, 20, 50, 100, 300, 1000, np.inf)
 SNR_RANGE = (3.0, 3000.0)
 EDGE, MIN_SEP, POS_SCATTER = 20, 8.0, 0.3
 OVERSAMPLING = 4
@@ -315,7 +314,7 @@ def measure(frame, image, truth, phot):
         out[f"{c}_psf"] = np.asarray(v)
 
     # Aperture at sep's windowed centroid (kept within 1 px of the input), true-PSF EE.
-    xw, yw, wflag = sep.winpos(sub, xin, yin, fwhm / 2.3548)
+    xw, yw, wflag = sep.winpos(sub, xin, yin, fwhm * gaussian_fwhm_to_sigma)
     bad = (wflag != 0) | ~np.isfinite(xw) | (np.hypot(xw - xin, yw - yin) > 1.0)
     xw, yw = np.where(bad, xin, xw), np.where(bad, yin, yw)
     radius = 1.5 * fwhm
@@ -348,23 +347,22 @@ def measure(frame, image, truth, phot):
 
 def bin_metrics(tbl, frame, subset):
     rows = []
-    for lo, hi in zip(SNR_BINS[:-1], SNR_BINS[1:]):
-        b = tbl[(tbl["snr_true"] >= lo) & (tbl["snr_true"] < hi)]
+    for lo, hi, in_bin in snr_bins(tbl["snr_true"]):
+        b = tbl[in_bin]
         if not len(b):
             continue
-        row = {"frame": frame, "subset": subset, "snr_bin": f"{lo}-{hi}" if hi < np.inf
-               else f">{lo}", "snr_lo": lo, "snr_hi": hi, "n": len(b)}
+        row = {"frame": frame, "subset": subset, "snr_bin": bin_label(lo, hi),
+               "snr_lo": lo, "snr_hi": hi, "n": len(b)}
         for m in METHODS:
-            r = np.asarray(b[f"flux_{m}"] / b["flux_true"] - 1)
-            row[f"mare_{m}"], row[f"bias_{m}"] = np.nanmean(np.abs(r)), np.nanmedian(r)
+            row[f"mare_{m}"] = mare(b[f"flux_{m}"], b["flux_true"])
+            row[f"bias_{m}"] = median_bias(b[f"flux_{m}"], b["flux_true"])
         row["found_auto"] = np.isfinite(b["flux_auto"]).mean()
         for m in ("ml", "psf"):
-            row[f"pos_mae_{m}"] = np.nanmean(np.abs(np.concatenate([
-                b[f"x_{m}"] - b["x_true"], b[f"y_{m}"] - b["y_true"]])))
+            row[f"pos_mae_{m}"] = mae(np.concatenate([b[f"x_{m}"] - b["x_true"],
+                                                      b[f"y_{m}"] - b["y_true"]]))
         for q, true in (("flux", "flux_true"), ("x", "x_true")):
-            z = np.asarray((b[f"{q}_ml"] - b[true]) / b[f"{q}_err_ml"])
-            row[f"zstd_{q}_ml"] = np.nanstd(z)
-            row[f"cov68_{q}_ml"] = np.mean(np.abs(z[np.isfinite(z)]) < 1)
+            cal = calibration(b[f"{q}_ml"] - b[true], b[f"{q}_err_ml"])
+            row[f"zstd_{q}_ml"], row[f"cov68_{q}_ml"] = cal["zstd"], cal["cov68"]
         row["flagged_ml"] = np.mean(np.asarray(b["flags_ml"]) != 0)
         rows.append(row)
     return rows
@@ -392,7 +390,7 @@ RST_COLUMNS = (("frame", "{}"), ("subset", "{}"), ("snr_bin", "{}"), ("n", "{}")
 
 def rst_table(met, info):
     lines = ["Artificial stars injected into real frames", "=" * 42, "",
-             "``python -m training.inject_real`` (definitions in its docstring). Per S/N bin "
+             "``python -m evaluation.injection`` (definitions in its docstring). Per S/N bin "
              "of the true-PSF S/N: flux MARE and median bias of ml (MLPhotometry), psf (fit "
              "with the true PSF), aper (1.5 FWHM aperture), auto (sep FLUX_AUTO; found: "
              "fraction detected); position MAE (px); ml z-score std and 68 % coverage; "

@@ -1,4 +1,4 @@
-"""The synthetic side-by-side evaluation (training.evaluate) on one small re-simulated frame."""
+"""The synthetic side-by-side evaluation (evaluation.synthetic) on one small re-simulated frame."""
 
 import json
 import shutil
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from training import _classical_methods as classical
-from training import _evaluation_report as report
-from training import evaluate as ev
-from training import reference_tools as rt
+from evaluation import baselines as classical
+from evaluation import reference_tools as rt
+from evaluation import report
+from evaluation import synthetic as ev
 from training import simulate as simulate_mod
 
 HAS_SEX = bool(shutil.which("source-extractor") or shutil.which("sex"))
@@ -273,7 +273,7 @@ def test_detection_threshold_matches_seps_matched_filter():
 def test_performance_page_summary_from_the_numbers():
     from astropy.table import QTable
 
-    from training import performance_page as pp
+    from evaluation import performance_page as pp
 
     def entry(snr, n, flux, pos):
         return {"snr": snr, "n": n,
@@ -316,7 +316,7 @@ def test_performance_page_summary_from_the_numbers():
 
 
 def test_performance_page_calibration_figure(tmp_path):
-    from training import performance_page as pp
+    from evaluation import performance_page as pp
 
     rng = np.random.default_rng(0)
     n = 200
@@ -334,10 +334,27 @@ def test_performance_page_calibration_figure(tmp_path):
 
 
 def test_data_recipe_from_index_or_model_card(tmp_path):
-    from training.evaluate import data_recipe
+    from evaluation.synthetic import data_recipe
 
     card = data_recipe(tmp_path / "missing")  # no data set: the packaged model's recipe
     for key in ("preset", "seed", "n_frames", "families", "frame_shape"):
         assert key in card
     (tmp_path / "index.json").write_text(json.dumps({"seed": 5, "n_frames": 3}))
     assert data_recipe(tmp_path) == {"seed": 5, "n_frames": 3}
+
+
+@needs_ml
+def test_write_card_records_the_metrics_under_a_key(data, tmp_path):
+    """The test metrics reach the card from here, not from training.pipeline."""
+    import shutil
+
+    from asidfe_phot.models import model_path
+
+    model = tmp_path / "model"
+    shutil.copytree(model_path(None), model)
+    ev.main(["--model", str(model), "--data", str(data), "--n-frames", "1", "--out",
+             str(tmp_path / "eval"), "--methods", "ml", "--write-card", "--card-key",
+             "test_metrics_broad"])
+    card = json.loads((model / "config.json").read_text())
+    assert card["test_metrics_broad"][0]["snr_lo"] == ev.SNR_BINS[0]
+    assert "flux_mare_ml" in card["test_metrics_broad"][0]

@@ -1,7 +1,7 @@
 """
 MLPhotometry on real images against SourceExtractor and DAOPHOT (paper Sect. 4.2, Tables 1-2).
 
-    python -m training.evaluate_real --out runs/real_eval [--model models/asidfe_tsmve_v4]
+    python -m evaluation.real_frames --out runs/real_eval [--model models/asidfe_tsmve_v4]
 
 Real images have no truths, so, as Stoppa et al. (2023) do for MeerLICHT and
 ZTF, the model is compared with established software: Pearson correlation of
@@ -27,7 +27,7 @@ uncertainties. Frames:
    0.4 m r-band frame, has more stars but an undersampled PSF (FWHM ~1.2 px)
    on which the PSFEx fit fails, and a bias pedestal that makes the
    sky / rms^2 gain meaningless):
-   SourceExtractor + PSFEx are run here (`training.reference_tools`); stars
+   SourceExtractor + PSFEx are run here (`evaluation.reference_tools`); stars
    with CLASS_STAR > 0.9, FLAGS == 0 (saturated stars excluded), PSF fit ok.
    Pairs: ASID-FE vs SExtractor PSF fit, ASID-FE vs SExtractor
    FLUX_AUTO/XWIN, and SExtractor PSF vs AUTO/WIN as the reference pair.
@@ -61,10 +61,9 @@ from astropy.table import QTable, Table
 from scipy import stats
 
 from asidfe_phot.consistency import contest
+from evaluation import real_data_dir
 
-REAL = Path(__file__).resolve().parents[1] / "shared" / "real"
-if not REAL.exists():
-    REAL = Path("/work/shared/real")
+REAL = real_data_dir()
 QUANTITIES = ("x", "y", "flux")
 MATCH_RADIUS = 1.0
 
@@ -73,7 +72,7 @@ MATCH_RADIUS = 1.0
 
 def read_sextractor_catalogue(path):
     """A SourceExtractor ASCII_HEAD catalogue with 0-based positions."""
-    from training.reference_tools import _read_ascii_catalogue
+    from evaluation.reference_tools import _read_ascii_catalogue
 
     return _read_ascii_catalogue(path)
 
@@ -101,8 +100,8 @@ def _nearest(x, y, tx, ty):
 def run_mlphotometry(model, data, header, x, y):
     """MLPhotometry with header gain / saturation (if any) at positions x, y."""
     from asidfe_phot import MLPhotometry
-    from asidfe_phot._fitsio import header_float
     from asidfe_phot.exceptions import AsidfePhotWarning
+    from asidfe_phot.io import header_float
 
     gain = header_float(header, "GAIN")
     saturation = header_float(header, "SATURATE")
@@ -204,7 +203,7 @@ def compare(methods, pairs, x_init, y_init, n_sim=10000, seed=1):
 
 def ntt_frame(model, log=print, selection="spread_model", max_peak=5.0e4):
     """ESO NTT galaxies.fits: ASID-FE vs the shipped SExtractor PSF-fit and DAOPHOT catalogues."""
-    from asidfe_phot._fitsio import read_image
+    from asidfe_phot.io import read_image
 
     root = REAL / "eso_ntt_emmi"
     data, header, _ = read_image(root / "galaxies.fits")
@@ -270,8 +269,8 @@ def select_stars(cat, selection):
 
 def misc_frame(model, name="eyuma", log=print, workdir=None, selection="class_star"):
     """A misc/ frame: SourceExtractor + PSFEx run here; ASID-FE at its star positions."""
-    from asidfe_phot._fitsio import header_float, read_image
-    from training.reference_tools import source_extractor_psf_fit
+    from asidfe_phot.io import header_float, read_image
+    from evaluation.reference_tools import source_extractor_psf_fit
 
     spec = MISC_FRAMES[name]
     data, header, _ = read_image(REAL / "misc" / spec["file"])

@@ -1,9 +1,9 @@
 """
-How `training.evaluate` reports: method names, the docs' RST tables, the
+How `evaluation.synthetic` reports: method names, the docs' RST tables, the
 metric plots and the wins-and-losses summary of ML against each method.
 
 Everything here reads the per-bin metrics table of
-`training.evaluate.bin_metrics` (columns ``<metric>_<method>``) and nothing
+`evaluation.synthetic.bin_metrics` (columns ``<metric>_<method>``) and nothing
 else, so the tables can be regenerated from a stored ``metrics.ecsv``.
 """
 

@@ -1,0 +1,171 @@
+"""
+The network's measurement of each source (private): stamps cut from the prepared image,
+the stamps' flags, the network run in batches and its outputs decoded to pixels and
+fluxes (in internal units), with the model card's calibrations as chosen.
+"""
+
+import sys
+
+import numpy as np
+
+from asidfe_phot import _blends, _onnx, _stamps
+from asidfe_phot import _thresholds as _t
+from asidfe_phot import flags as _flags
+
+__all__ = []  # private module
+
+
+class NetworkOptions:
+    """What `measure` needs of an `~asidfe_phot.MLPhotometry` (one per call)."""
+
+    def __init__(self, session, n_channels, batch_size, max_shift, calibration=None,
+                 flux_bias=None, localbkg_estimator=None, progress_bar=False):
+        self.session = session                  # onnxruntime session
+        self.n_channels = n_channels            # the model's input channels (contract)
+        self.batch_size = batch_size            # stamps per network call
+        self.max_shift = max_shift              # px: LARGE_SHIFT beyond
+        self.calibration = calibration          # the card's sigma_calibration, or None
+        self.flux_bias = flux_bias              # the card's flux_bias_correction, or None
+        self.localbkg_estimator = localbkg_estimator
+        self.progress_bar = progress_bar
+
+
+def measure(prepared, x, y, options, sampler=None):
+    """
+    Per-source results of the network (see `NetworkOptions`); rows without a usable
+    position are NaN and NO_POSITION.
+    """
+    located = np.isfinite(x) & np.isfinite(y)
+    if located.all():
+        return _measure_located(prepared, x, y, options, sampler)
+    inner = _measure_located(prepared, x[located], y[located], options, sampler)
+    out = {}
+    for key, values in inner.items():
+        full = np.full(x.size, np.nan) if values.dtype.kind == "f" else np.zeros(
+            x.size, values.dtype)
+        full[located] = values
+        out[key] = full
+    out["x_init"], out["y_init"] = x, y
+    out["flags"][~located] |= _flags.NO_POSITION
+    return out
+
+
+def _measure_located(prepared, x, y, options, sampler=None):
+    n = x.size
+    out = {k: np.full(n, np.nan) for k in ("x_fit", "y_fit", "flux_fit", "x_err", "y_err",
+                                           "flux_err")}
+    out["flags"] = np.zeros(n, dtype=np.int32)
+    out["snr_core"] = np.full(n, np.nan)
+    out["x_init"], out["y_init"] = x, y
+    size = _stamps.STAMP_SIZE
+    ref = size // 2
+    core = slice(ref - _t.CORE_RADIUS, ref + _t.CORE_RADIUS + 1)
+    sat = slice(ref - _t.SATURATION_RADIUS, ref + _t.SATURATION_RADIUS + 1)
+    local = None
+    if options.localbkg_estimator is not None and n:
+        local = np.asarray(options.localbkg_estimator(prepared.subtracted, x, y,
+                                                   mask=prepared.bad), dtype=np.float32)
+        local = np.nan_to_num(local)
+    out["flags"][_blends.core_neighbours(x, y)] |= _flags.BLENDED
+    interactive = options.progress_bar and _is_terminal(sys.stderr)
+    report = _progress_reporter(n, interactive)
+    for start in range(0, n, options.batch_size):
+        sl = slice(start, min(start + options.batch_size, n))
+        bx, by = x[sl], y[sl]
+        data, inside = _stamps.cutout_stamps(prepared.subtracted, bx, by, size)
+        valid = inside
+        if prepared.bad is not None:
+            bad, _ = _stamps.cutout_stamps(prepared.bad, bx, by, size, fill=True)
+            valid = inside & ~bad
+        if local is not None:
+            data = data - local[sl, None, None]
+        if prepared.error is not None:
+            error, _ = _stamps.cutout_stamps(prepared.error, bx, by, size, fill=1.0)
+        else:
+            rms, _ = _stamps.cutout_stamps(prepared.rms, bx, by, size, fill=1.0)
+            error = _stamps.total_error(data, rms, prepared.gain)
+        scale = _stamps.noise_scale(error, valid)
+        psf = None
+        if sampler is not None and options.n_channels == 3:
+            psf = sampler.stamps(_stamps.reference_pixel(bx), _stamps.reference_pixel(by),
+                                 size)
+        inputs, unit = _stamps.encode_inputs(data, error, valid, scale, psf_stamps=psf,
+                                             n_channels=options.n_channels)
+        usable = (valid.any(axis=(1, 2)) & np.isfinite(scale) & (scale > 0)
+                  & np.isfinite(unit))
+        f = np.zeros(len(scale), dtype=np.int32)
+        f[~inside.all(axis=(1, 2))] |= _flags.EDGE
+        f[~valid.all(axis=(1, 2)) & inside.all(axis=(1, 2))] |= _flags.MASKED
+        if prepared.bad is not None:
+            f[(~valid[:, core, core]).any(axis=(1, 2)) & inside[:, core, core].all(
+                axis=(1, 2))] |= _flags.CORE_MASKED | _flags.MASKED
+        f[~usable] |= _flags.NO_OVERLAP
+        if prepared.saturation is not None:
+            raw, _ = _stamps.cutout_stamps(prepared.raw, bx, by, size, fill=-np.inf)
+            f[(raw[:, sat, sat] >= prepared.saturation).any(axis=(1, 2))] |= _flags.SATURATED
+        if prepared.error is None and prepared.gain is None:
+            f |= _flags.NO_SOURCE_NOISE
+        f[_compact(data, error, valid, ref)] |= _flags.COMPACT
+        idx = np.flatnonzero(usable)
+        if idx.size:
+            snr_core = _stamps.core_snr(data[idx], error[idx], valid[idx])
+            out["snr_core"][start + idx] = snr_core
+            res = _stamps.decode_outputs(_onnx.run(options.session, inputs[idx]), unit[idx],
+                                         options.calibration, snr_core,
+                                         options.flux_bias)
+            rx = _stamps.reference_pixel(bx[idx])
+            ry = _stamps.reference_pixel(by[idx])
+            xf, yf = rx + res["dx"], ry + res["dy"]
+            gl = start + idx
+            out["x_fit"][gl], out["y_fit"][gl] = xf, yf
+            out["flux_fit"][gl] = res["flux"]
+            out["x_err"][gl], out["y_err"][gl] = res["dx_err"], res["dy_err"]
+            out["flux_err"][gl] = res["flux_err"]
+            shift = np.hypot(xf - bx[idx], yf - by[idx])
+            f[idx[shift > options.max_shift]] |= _flags.LARGE_SHIFT
+            snr = res["flux"] / res["flux_err"]
+            f[idx[(snr < _t.SNR_RANGE[0]) | (snr > _t.SNR_RANGE[1])]] |= _flags.OUTSIDE_TRAINING
+            f[idx[res["flux"] <= 0]] |= _flags.NONPOSITIVE_FLUX
+        out["flags"][sl] |= f
+        if options.progress_bar:
+            report(sl.stop)
+    if options.progress_bar and n and interactive:
+        print(file=sys.stderr)
+    return out
+
+
+def _compact(data, error, valid, ref):
+    """Rows whose central 3x3 pixels are dominated by one pixel at a significant S/N."""
+    box = (slice(None), slice(ref - 1, ref + 2), slice(ref - 1, ref + 2))
+    d = np.where(valid[box], data[box], 0.0)
+    total = d.sum(axis=(1, 2))
+    noise = np.sqrt(np.where(valid[box], np.square(error[box], dtype=np.float64), 0.0).sum(
+        axis=(1, 2)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return ((total > _t.COMPACT_MIN_SNR * noise)
+                & (d.max(axis=(1, 2)) > _t.COMPACT_PEAK_FRACTION * total))
+
+
+def _is_terminal(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _progress_reporter(n, interactive):
+    """
+    Progress to stderr: one updated line on a terminal; in a log (redirected stderr),
+    whole lines at each tenth, so no carriage returns land in files.
+    """
+    state = {"tenth": 0}
+
+    def report(done):
+        if interactive:
+            print(f"\rMLPhotometry: {done}/{n} sources", end="", file=sys.stderr)
+            return
+        tenth = 10 * done // max(n, 1)
+        if tenth > state["tenth"] or done == n:
+            state["tenth"] = tenth
+            print(f"MLPhotometry: {done}/{n} sources", file=sys.stderr)
+    return report
