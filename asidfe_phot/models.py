@@ -26,7 +26,12 @@ _CONTRACT_KEYS = ("version", "stamp_size", "core_size", "core_floor", "input_gai
 
 
 def _registry_root():
-    return resources.files("asidfe_phot._model_files")
+    try:
+        return resources.files("asidfe_phot._model_files")
+    except ModuleNotFoundError:
+        # A source checkout imported without installing it (e.g. by the training and
+        # evaluation tests): the registry is the models/ folder beside the package.
+        return Path(__file__).resolve().parents[1] / "models"
 
 
 def list_models():
