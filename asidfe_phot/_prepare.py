@@ -69,9 +69,14 @@ def prepare(coerced, background, gain, saturation, box_size):
     with np.errstate(invalid="ignore", over="ignore"):
         subtracted = np.where(bad, np.float32(0), image - bkg).astype(np.float32, copy=False)
         # DAOPHOT's "low good datum": far below the sky is a dead pixel or a blank
-        # value (-2**31 in integer images), not light; it would swamp any flux.
+        # value (-2**31 in integer images), not light; it would swamp any flux. The
+        # image's typical noise, not the map's: an interpolated rms map can dip to
+        # zero or below between meshes.
         noise = error if error is not None else rms
-        low = subtracted < -LOW_BAD_SIGMA * noise
+        sample = np.asarray(noise[::4, ::4])[~bad[::4, ::4]]
+        sample = sample[np.isfinite(sample) & (sample > 0)]
+        typical = float(np.median(sample)) if sample.size else np.inf
+        low = subtracted < -LOW_BAD_SIGMA * typical
     if low.any():
         bad |= low
         subtracted[low] = 0
