@@ -20,17 +20,6 @@ FIELD_GAIN = 2.0
 REAL_DATA_VARIABLE = "ASIDFE_REAL_DATA"
 
 
-def real_data_dir():
-    """
-    The folder of the real frames: ``$ASIDFE_REAL_DATA``, else ``../shared/real`` beside
-    the repository (where the project hands them out).
-    """
-    given = os.environ.get(REAL_DATA_VARIABLE)
-    if given:
-        return Path(given)
-    return Path(__file__).resolve().parents[2] / "shared" / "real"
-
-
 def _readonly(array):
     array = np.array(array)
     array.flags.writeable = False  # photometry must never modify its inputs
@@ -90,14 +79,16 @@ def fixture_wcs():
 @pytest.fixture(name="real_data", scope="session")
 def fixture_real_data():
     """
-    The folder of the real frames (`real_data_dir`).
+    The folder of the real frames: ``$ASIDFE_REAL_DATA``, else ``../shared/real`` beside
+    the repository (as ``evaluation.real_data_dir``).
 
     Skips, saying where it looked and naming ``ASIDFE_REAL_DATA``, when the folder is
     absent at the default location; fails when ``ASIDFE_REAL_DATA`` names a missing folder.
     """
-    path = real_data_dir()
+    given = os.environ.get(REAL_DATA_VARIABLE)
+    path = Path(given) if given else Path(__file__).resolve().parents[2] / "shared" / "real"
     if not path.is_dir():
-        if os.environ.get(REAL_DATA_VARIABLE):
+        if given:
             pytest.fail(f"{REAL_DATA_VARIABLE}={path} is not a folder")
         pytest.skip(reason=f"real frames not found at {path}; set {REAL_DATA_VARIABLE} to the "
                            "folder holding them (the project's shared/real)")

@@ -3,10 +3,13 @@
 import numpy as np
 import pytest
 
+from evaluation import REAL_DATA_VARIABLE
 from evaluation import injection as ir
 
-pytestmark = pytest.mark.skipif(not (ir.REAL / ir.FRAMES["ntt"]["file"]).exists(),
-                                reason="shared/real frames not available")
+pytestmark = pytest.mark.skipif(
+    not (ir.REAL / ir.FRAMES["ntt"]["file"]).exists(),
+    reason=f"real frames not found at {ir.REAL}; set {REAL_DATA_VARIABLE} to the folder "
+           "holding them (the project's shared/real)")
 
 
 def test_injected_stars_recovered():
