@@ -9,7 +9,6 @@ error must cover the light that may be the neighbour's.
 
 import numpy as np
 
-from asidfe_phot import flags as _flags
 from asidfe_phot._thresholds import CORE_RADIUS, SHARED_LIGHT_FRACTION
 
 __all__ = []  # private module
@@ -27,21 +26,15 @@ def core_pairs(x, y, radius=CORE_RADIUS):
     return ok[pairs] if pairs.size else np.zeros((0, 2), dtype=np.intp)
 
 
-def core_neighbours(x, y, radius=CORE_RADIUS):
-    """Rows with another input position within ``radius`` px on both axes."""
-    out = np.zeros(np.size(x), bool)
-    out[core_pairs(x, y, radius).ravel()] = True
-    return out
-
-
-def shared_light(x, y, flux, rows, radius=CORE_RADIUS):
+def shared_light(x, y, flux, rows, pairs):
     """
     The flux and position uncertainty that unsplit core neighbours add.
 
     For each of ``rows`` (bool), half the summed measured flux of its core
-    neighbours (an equal pair measured as one: each reads twice its flux, and
-    half the neighbour's reading is the excess) and half its distance to the
-    furthest of them (the measured centre lies between the two).
+    neighbours (``pairs``, from `core_pairs`; an equal pair measured as one:
+    each reads twice its flux, and half the neighbour's reading is the excess)
+    and half its distance to the furthest of them (the measured centre lies
+    between the two).
 
     Returns
     -------
@@ -49,7 +42,6 @@ def shared_light(x, y, flux, rows, radius=CORE_RADIUS):
     """
     flux_extra = np.zeros(np.size(x))
     position_extra = np.zeros(np.size(x))
-    pairs = core_pairs(x, y, radius)
     if not pairs.size:
         return flux_extra, position_extra
     a, b = pairs[:, 0], pairs[:, 1]
@@ -63,13 +55,13 @@ def shared_light(x, y, flux, rows, radius=CORE_RADIUS):
     return np.where(rows, flux_extra, 0.0), np.where(rows, position_extra, 0.0)
 
 
-def cover_shared_light(res, x, y):
+def cover_shared_light(res, x, y, pairs):
     """
-    Widen the errors of core neighbours that no PSF fit split (`shared_light`), in place.
+    Widen the errors of core neighbours (``pairs``) that no PSF fit split
+    (`shared_light`), in place.
     """
-    core = (res["flags"] & _flags.BLENDED) != 0
-    unsplit = core & ~res.get("split", np.zeros(core.shape, bool))
-    flux_extra, position_extra = shared_light(x, y, res["flux_fit"], unsplit)
+    unsplit = ~res.get("split", np.zeros(np.size(x), bool))
+    flux_extra, position_extra = shared_light(x, y, res["flux_fit"], unsplit, pairs)
     res["flux_err"] = np.hypot(res["flux_err"], flux_extra)
     res["x_err"] = np.hypot(res["x_err"], position_extra)
     res["y_err"] = np.hypot(res["y_err"], position_extra)

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from asidfe_phot import _blends, _onnx, _stamps
+from asidfe_phot import _onnx, _stamps
 from asidfe_phot import _thresholds as _t
 from asidfe_phot import flags as _flags
 
@@ -66,7 +66,6 @@ def _measure_located(prepared, x, y, options, sampler=None):
         local = np.asarray(options.localbkg_estimator(prepared.subtracted, x, y,
                                                    mask=prepared.bad), dtype=np.float32)
         local = np.nan_to_num(local)
-    out["flags"][_blends.core_neighbours(x, y)] |= _flags.BLENDED
     interactive = options.progress_bar and _is_terminal(sys.stderr)
     report = _progress_reporter(n, interactive)
     for start in range(0, n, options.batch_size):

@@ -358,9 +358,12 @@ class MLPhotometry:
             found = self.finder(subtracted, mask=prepared.bad)
             init_params = found if found is not None else QTable({"x": [], "y": []})
         x, y, ids = parse_positions(init_params, wcs)
+        # Input sources sharing a stamp's core: BLENDED, and their errors widened where
+        # no PSF fit splits them.
+        pairs = _blends.core_pairs(x, y)
         sampler, psf_info = _psf_mode.psf_sampler(self.psf_model, prepared)
         info.update(psf_info)
-        results = self._measure(prepared, x, y, sampler)
+        results = self._measure(prepared, x, y, pairs, sampler)
         if sampler is not None:
             info.update(self._fit_psf(prepared, results, sampler))
             if info["psf_profile_error"] > _psf_mode.UNUSABLE_PSF_ERROR:
@@ -372,11 +375,11 @@ class MLPhotometry:
                 warnings.warn(msg, PSFModelWarning, stacklevel=user_stacklevel())
                 info["psf_used"] = False
                 sampler = None
-                results = self._measure(prepared, x, y, None)
+                results = self._measure(prepared, x, y, pairs, None)
         if sampler is None:
             info.update(_aperture_correction.apply(self.aperture_correction, prepared,
                                                    results))
-        _blends.cover_shared_light(results, x, y)
+        _blends.cover_shared_light(results, x, y, pairs)
         if scale != 1:
             # Back from the internal scale (see _validation.scale_exponent) to the data's.
             for key in ("flux_fit", "flux_err"):
@@ -395,14 +398,16 @@ class MLPhotometry:
                                        else "sigma_calibration_psf")
         return _psf_mode.fit_psf(prepared, res, sampler, self.psf_model, calibration)
 
-    def _measure(self, prepared, x, y, sampler=None):
-        """Per-source results of the network (see `_network.measure`)."""
+    def _measure(self, prepared, x, y, pairs, sampler=None):
+        """Per-source results of the network (see `_network.measure`); ``pairs`` BLENDED."""
         options = _network.NetworkOptions(
             self._session, self._n_channels, self.batch_size, self.max_shift,
             calibration=self._card_entry(_NETWORK_CALIBRATION),
             flux_bias=self._card_entry("flux_bias_correction"),
             localbkg_estimator=self.localbkg_estimator, progress_bar=self.progress_bar)
-        return _network.measure(prepared, x, y, options, sampler)
+        results = _network.measure(prepared, x, y, options, sampler)
+        results["flags"][pairs.ravel()] |= _flags.BLENDED
+        return results
 
     @staticmethod
     def _diagnostic_columns(res, scale):
