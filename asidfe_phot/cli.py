@@ -260,14 +260,11 @@ def _write_atomically(path, overwrite, write):
         else:
             try:
                 os.link(tmp, path)     # atomic, and refuses an existing path
-            except FileExistsError as exc:
-                msg = f"{path} was created while this run was working; pass --overwrite"
-                raise CLIError(msg) from exc
-            except OSError:            # a file system without hard links
-                if path.exists():
+            except OSError as exc:
+                if isinstance(exc, FileExistsError) or path.exists():
                     msg = f"{path} was created while this run was working; pass --overwrite"
-                    raise CLIError(msg) from None
-                os.replace(tmp, path)
+                    raise CLIError(msg) from exc
+                os.replace(tmp, path)  # a file system without hard links
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
