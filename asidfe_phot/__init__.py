@@ -9,7 +9,8 @@ AutoSourceID-FeatureExtractor) predicts flux, sub-pixel centre and their
 try:
     from asidfe_phot.version import version as __version__
 except ImportError:  # not installed (source checkout without a build)
-    __version__ = "0.0.dev0"
+    # The same fallback as setuptools_scm's (pyproject.toml), so both agree.
+    __version__ = "0.1.dev0"
 
 from asidfe_phot.flags import decode_flags  # noqa: F401
 from asidfe_phot.photometry import MLPhotometry  # noqa: F401

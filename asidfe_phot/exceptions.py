@@ -3,7 +3,7 @@
 from astropy.utils.exceptions import AstropyUserWarning
 
 __all__ = ["AsidfePhotWarning", "FlaggedSourcesWarning", "NoSourceNoiseWarning",
-           "TooFewPSFStarsWarning", "PSFModelWarning", "ModelError"]
+           "TooFewPSFStarsWarning", "PSFModelWarning", "GPUProviderWarning", "ModelError"]
 
 
 class AsidfePhotWarning(AstropyUserWarning):
@@ -24,6 +24,10 @@ class TooFewPSFStarsWarning(AsidfePhotWarning):
 
 class PSFModelWarning(AsidfePhotWarning):
     """The PSF model describes the image's point sources too poorly to be used."""
+
+
+class GPUProviderWarning(AsidfePhotWarning):
+    """A GPU provider was asked for, or installed, but the network runs on the CPU."""
 
 
 class ModelError(ValueError):
