@@ -71,6 +71,11 @@ PRESETS = {
               "families": PSF_FAMILIES},
     "meerlicht-like": {"fwhm": (1.2 / 0.56, 3.0 / 0.56)},   # 0.56"/px, seeing 1.2-3"
     "ztf-like": {"fwhm": (1.5, 3.0)},                       # 1.0"/px, seeing 1.5-3"
+    # A telescope none of the shipped models saw (the transfer-learning study's target):
+    # undersampled space-like optics, FWHM 0.6-1.0 px (the training floor is 1 px), Airy
+    # patterns with an obstruction or a Gaussian core, centred tapering.
+    "undersampled": {"fwhm": (0.6, 1.0), "obstruction": (0.1, 0.45), "centred_truncation": True,
+                     "families": ("gaussian", "airy")},
 }
 FRAME_SHAPE = (512, 512)
 SPLITS = ("train", "val", "test")
