@@ -13,6 +13,7 @@ except ImportError:  # not installed (source checkout without a build)
     __version__ = "0.1.dev0"
 
 from asidfe_phot.flags import decode_flags  # noqa: F401
+from asidfe_phot.iterative import IterativeMLPhotometry  # noqa: F401
 from asidfe_phot.photometry import MLPhotometry  # noqa: F401
 
-__all__ = ["MLPhotometry", "decode_flags", "__version__"]
+__all__ = ["MLPhotometry", "IterativeMLPhotometry", "decode_flags", "__version__"]

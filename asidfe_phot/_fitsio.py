@@ -41,6 +41,45 @@ def _describe(hdul):
     return "; ".join(parts)
 
 
+def _open(path):
+    try:
+        return fits.open(path, memmap=False)
+    except FileNotFoundError as exc:
+        msg = f"image file not found: {path}"
+        raise FITSReadError(msg) from exc
+    except OSError as exc:
+        msg = f"cannot read {path} as FITS: {exc}"
+        raise FITSReadError(msg) from exc
+
+
+def image_hdus(path):
+    """
+    The image HDUs of a FITS file, from the headers alone (no data is read).
+
+    Returns
+    -------
+    entries : list of (int, int)
+        ``(index, NAXIS)`` of each image HDU with data (NAXIS >= 1), in file order.
+    description : str
+        Every HDU, for error messages.
+    count : int
+        The number of HDUs.
+
+    Raises
+    ------
+    FITSReadError
+        Missing or unreadable file.
+    """
+    with quiet_header_warnings(), _open(path) as hdul:
+        try:
+            entries = [(i, int(h.header.get("NAXIS", 0))) for i, h in enumerate(hdul)
+                       if h.is_image and h.header.get("NAXIS", 0)]
+        except OSError as exc:   # a header cut short
+            msg = f"cannot read {path} as FITS: {exc}"
+            raise FITSReadError(msg) from exc
+        return entries, _describe(hdul), len(hdul)
+
+
 def read_image(path, hdu=None):
     """
     A 2-D image and its header from a FITS file.
@@ -66,14 +105,7 @@ def read_image(path, hdu=None):
         Missing or unreadable file, bad HDU index, or no 2-D image.
     """
     with quiet_header_warnings():
-        try:
-            hdul = fits.open(path, memmap=False)
-        except FileNotFoundError as exc:
-            msg = f"image file not found: {path}"
-            raise FITSReadError(msg) from exc
-        except OSError as exc:
-            msg = f"cannot read {path} as FITS: {exc}"
-            raise FITSReadError(msg) from exc
+        hdul = _open(path)
         with hdul:
             if hdu is None:
                 index = next((i for i, h in enumerate(hdul)

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from asidfe_phot import _onnx, _stamps
+from asidfe_phot import _onnx, _progress, _stamps
 from asidfe_phot import _thresholds as _t
 from asidfe_phot import flags as _flags
 
@@ -19,26 +19,29 @@ class NetworkOptions:
     """What `measure` needs of an `~asidfe_phot.MLPhotometry` (one per call)."""
 
     def __init__(self, session, n_channels, batch_size, max_shift, calibration=None,
-                 flux_bias=None, localbkg_estimator=None, progress_bar=False):
+                 flux_bias=None, progress_bar=False):
         self.session = session                  # onnxruntime session
         self.n_channels = n_channels            # the model's input channels (contract)
         self.batch_size = batch_size            # stamps per network call
         self.max_shift = max_shift              # px: LARGE_SHIFT beyond
         self.calibration = calibration          # the card's sigma_calibration, or None
         self.flux_bias = flux_bias              # the card's flux_bias_correction, or None
-        self.localbkg_estimator = localbkg_estimator
         self.progress_bar = progress_bar
 
 
-def measure(prepared, x, y, options, sampler=None):
+def measure(prepared, x, y, options, sampler=None, local_bkg=None):
     """
     Per-source results of the network (see `NetworkOptions`); rows without a usable
     position are NaN and NO_POSITION.
+
+    ``local_bkg``: per source, a level (internal units) subtracted from its stamp on top
+    of the 2-D background (the local annulus background), or None.
     """
     located = np.isfinite(x) & np.isfinite(y)
     if located.all():
-        return _measure_located(prepared, x, y, options, sampler)
-    inner = _measure_located(prepared, x[located], y[located], options, sampler)
+        return _measure_located(prepared, x, y, options, sampler, local_bkg)
+    inner = _measure_located(prepared, x[located], y[located], options, sampler,
+                             None if local_bkg is None else local_bkg[located])
     out = {}
     for key, values in inner.items():
         full = np.full(x.size, np.nan) if values.dtype.kind == "f" else np.zeros(
@@ -50,7 +53,7 @@ def measure(prepared, x, y, options, sampler=None):
     return out
 
 
-def _measure_located(prepared, x, y, options, sampler=None):
+def _measure_located(prepared, x, y, options, sampler=None, local_bkg=None):
     n = x.size
     out = {k: np.full(n, np.nan) for k in ("x_fit", "y_fit", "flux_fit", "x_err", "y_err",
                                            "flux_err")}
@@ -61,13 +64,8 @@ def _measure_located(prepared, x, y, options, sampler=None):
     ref = size // 2
     core = slice(ref - _t.CORE_RADIUS, ref + _t.CORE_RADIUS + 1)
     sat = slice(ref - _t.SATURATION_RADIUS, ref + _t.SATURATION_RADIUS + 1)
-    local = None
-    if options.localbkg_estimator is not None and n:
-        local = np.asarray(options.localbkg_estimator(prepared.subtracted, x, y,
-                                                   mask=prepared.bad), dtype=np.float32)
-        local = np.nan_to_num(local)
-    interactive = options.progress_bar and _is_terminal(sys.stderr)
-    report = _progress_reporter(n, interactive)
+    local = None if local_bkg is None else np.asarray(local_bkg, dtype=np.float32)
+    report = _progress_reporter(n, options.progress_bar)
     for start in range(0, n, options.batch_size):
         sl = slice(start, min(start + options.batch_size, n))
         bx, by = x[sl], y[sl]
@@ -126,10 +124,8 @@ def _measure_located(prepared, x, y, options, sampler=None):
             f[idx[(snr < _t.SNR_RANGE[0]) | (snr > _t.SNR_RANGE[1])]] |= _flags.OUTSIDE_TRAINING
             f[idx[res["flux"] <= 0]] |= _flags.NONPOSITIVE_FLUX
         out["flags"][sl] |= f
-        if options.progress_bar:
-            report(sl.stop)
-    if options.progress_bar and n and interactive:
-        print(file=sys.stderr)
+        report.update(sl.stop - sl.start)
+    report.close()
     return out
 
 
@@ -145,26 +141,10 @@ def _compact(data, error, valid, ref):
                 & (d.max(axis=(1, 2)) > _t.COMPACT_PEAK_FRACTION * total))
 
 
-def _is_terminal(stream):
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-def _progress_reporter(n, interactive):
+def _progress_reporter(n, enabled):
     """
-    Progress to stderr: one updated line on a terminal; in a log (redirected stderr),
-    whole lines at each tenth, so no carriage returns land in files.
+    Progress of ``n`` sources to stderr, with an ETA (see `asidfe_phot._progress.Progress`):
+    one updated line on a terminal, whole lines at each tenth in a log.
     """
-    state = {"tenth": 0}
-
-    def report(done):
-        if interactive:
-            print(f"\rMLPhotometry: {done}/{n} sources", end="", file=sys.stderr)
-            return
-        tenth = 10 * done // max(n, 1)
-        if tenth > state["tenth"] or done == n:
-            state["tenth"] = tenth
-            print(f"MLPhotometry: {done}/{n} sources", file=sys.stderr)
-    return report
+    return _progress.Progress(n, "MLPhotometry", unit="sources", enabled=enabled and n > 0,
+                              stream=sys.stderr)

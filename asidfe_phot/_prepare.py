@@ -98,6 +98,7 @@ def prepare(coerced, background, gain, saturation, box_size):
         saturation = saturation_value(saturation, unit) * internal
     prepared = PreparedImage(subtracted, bad if bad.any() else None, error, rms, gain,
                              image, saturation)
+    prepared.background = bkg   # the 2-D background subtracted (MLPhotometry's local_bkg)
     return prepared, info
 
 

@@ -35,21 +35,40 @@ def paint_half_size(fwhm):
 
 
 def model_image(shape, sampler, x, y, flux, half=None):
-    """Image of sources ``x, y, flux`` rendered with the PSF (pixels beyond ``half`` px: 0)."""
+    """
+    Image of sources ``x, y, flux`` rendered with the PSF (pixels beyond ``half`` px: 0;
+    ``half`` an int or a pair ``(hy, hx)``).
+    """
     half = paint_half_size(sampler.fwhm) if half is None else half
+    return _paint(shape, x, y, flux, half,
+                  lambda xs, ys, x0, y0, size: sampler.render(xs, ys, x0, y0, size))
+
+
+def box_image(shape, x, y, level, half):
+    """Image of a constant ``level`` per source over its box (``half`` as `model_image`)."""
+    return _paint(shape, x, y, level, half,
+                  lambda xs, ys, x0, y0, size: np.ones((np.size(xs), size, size)))
+
+
+def _paint(shape, x, y, flux, half, render):
+    """Sum of ``render(...) * flux`` per source over its box of half-sizes ``half``."""
+    hy, hx = (half, half) if np.ndim(half) == 0 else half
+    h = max(hy, hx)
     out = np.zeros(shape, dtype=np.float64)
     ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux)
     x, y, flux = np.asarray(x)[ok], np.asarray(y)[ok], np.asarray(flux)[ok]
     ny, nx = shape
-    size = 2 * half + 1
+    size = 2 * h + 1
+    offsets = np.abs(np.arange(size) - h)
+    in_shape = (offsets[:, None] <= hy) & (offsets[None, :] <= hx)
     for start in range(0, x.size, 4096):
         sl = slice(start, start + 4096)
-        x0 = _stamps.reference_pixel(x[sl]) - half
-        y0 = _stamps.reference_pixel(y[sl]) - half
-        values = sampler.render(x[sl], y[sl], x0, y0, size) * flux[sl, None, None]
+        x0 = _stamps.reference_pixel(x[sl]) - h
+        y0 = _stamps.reference_pixel(y[sl]) - h
+        values = render(x[sl], y[sl], x0, y0, size) * flux[sl, None, None]
         cols = (x0[:, None] + np.arange(size))[:, None, :]
         rows = (y0[:, None] + np.arange(size))[:, :, None]
-        inside = (cols >= 0) & (cols < nx) & (rows >= 0) & (rows < ny)
+        inside = (cols >= 0) & (cols < nx) & (rows >= 0) & (rows < ny) & in_shape
         out += np.bincount((rows * nx + cols)[inside], weights=values[inside],
                            minlength=ny * nx).reshape(shape)
     return out
@@ -145,8 +164,19 @@ def _joint_fluxes(sampler, x, y, flux, solve, pix, weight, data_flat, shape, hal
     return out, inflation
 
 
+class FitOptions:
+    """photutils' options of the fit (`fit_sources`); the defaults are MLPhotometry's own."""
+
+    def __init__(self, fit_shape=None, free=(True, True, True), xy_bounds=None,
+                 local_bkg=None):
+        self.fit_shape = fit_shape      # (ny, nx) odd, or None: fit_half_size of the FWHM
+        self.free = tuple(bool(f) for f in free)    # (flux, x, y) fitted, else held
+        self.xy_bounds = xy_bounds      # (bx, by) px from the input position (None: free)
+        self.local_bkg = local_bkg      # per source, subtracted from its box, or None
+
+
 def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes=2, steps=3,
-                x_input=None, y_input=None, flux_err=None, profile_error=0.0):
+                x_input=None, y_input=None, flux_err=None, profile_error=0.0, options=None):
     """
     Fit (flux, x, y) of the sources ``fit`` (default all with finite estimates).
 
@@ -177,6 +207,12 @@ def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes
         ``(profile_error * flux * psf)**2`` (DAOPHOT's profile error), at the
         starting estimates: an imperfect model then does not let the
         brightest pixels pull the fit.
+    options : `FitOptions`, optional
+        photutils' ``fit_shape`` (the box), the parameters held fixed (a held
+        position stays at ``x_input, y_input``; a held flux at ``flux``; a
+        held parameter's error is NaN, as photutils'), ``xy_bounds`` (how far
+        the centre may move from ``x_input, y_input``) and a per-source local
+        background.
 
     Returns
     -------
@@ -200,7 +236,13 @@ def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes
     idx = np.flatnonzero(fit)
     if idx.size == 0:
         return out
-    h = fit_half_size(sampler.fwhm)
+    options = FitOptions() if options is None else options
+    free = np.array(options.free)
+    if options.fit_shape is None:
+        h = hy = hx = fit_half_size(sampler.fwhm)
+    else:
+        hy, hx = options.fit_shape[0] // 2, options.fit_shape[1] // 2
+        h = max(hy, hx)
     size = 2 * h + 1
     paint = paint_half_size(sampler.fwhm)
     ny, nx = data.shape
@@ -209,6 +251,14 @@ def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes
         y_input = np.asarray(y_input, dtype=np.float64)
         drawn = np.hypot(x - x_input, y - y_input) > 1.0
         x[drawn & fit], y[drawn & fit] = x_input[drawn & fit], y_input[drawn & fit]
+        # A held coordinate is the input's (photutils' fixed x_0, y_0).
+        if not free[1]:
+            x[fit] = x_input[fit]
+        if not free[2]:
+            y[fit] = y_input[fit]
+        if options.xy_bounds is not None:
+            x[fit], y[fit] = _within_bounds(x[fit], y[fit], x_input[fit], y_input[fit],
+                                            options.xy_bounds)
     start_x, start_y = x.copy(), y.copy()
     anchor_x = start_x if x_input is None else x_input
     anchor_y = start_y if y_input is None else y_input
@@ -219,6 +269,11 @@ def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes
     ref_y = _stamps.reference_pixel(start_y[idx])
     x0, y0 = ref_x - h, ref_y - h
     dbox, inside = _boxes(data, x0, y0, size, 0.0)
+    if options.local_bkg is not None:
+        dbox = dbox - np.asarray(options.local_bkg, dtype=np.float64)[idx, None, None]
+    if (hy, hx) != (h, h):      # a rectangular fit_shape: the box's pixels outside it unused
+        grid = np.abs(np.arange(size) - h)
+        inside = inside & (grid[None, :, None] <= hy) & (grid[None, None, :] <= hx)
     valid = inside
     if bad is not None:
         badbox, _ = _boxes(bad, x0, y0, size, True)
@@ -242,7 +297,10 @@ def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes
     pix_weight = weight[use][first]
     pix_data = dbox[use][first]
     solve = np.zeros(n, bool)
-    solve[idx] = True
+    solve[idx] = free[0]    # a held flux stays at its start (photutils' fixed flux)
+    cols = np.flatnonzero(free)
+    moves = bool(free[1] or free[2])
+    bounds = options.xy_bounds
 
     blended = np.zeros(n, bool)
 
@@ -265,9 +323,10 @@ def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes
         own = sampler.render(x[idx], y[idx], x0, y0, size) * flux[idx, None, None]
         target = dbox - (mbox - own)          # this source alone, neighbours removed
         fx, fy, ff = x[idx].copy(), y[idx].copy(), flux[idx].copy()
-        for _ in range(steps):
+        for _ in range(steps if moves else 0):
             prof, gx, gy = sampler.render(fx, fy, x0, y0, size, derivatives=True)
-            jac = np.stack([prof, ff[:, None, None] * gx, ff[:, None, None] * gy], axis=1)
+            jac = np.stack([prof, ff[:, None, None] * gx, ff[:, None, None] * gy],
+                           axis=1)[:, cols]
             resid = target - ff[:, None, None] * prof
             jw = jac * weight[:, None]
             normal = np.einsum("nipq,njpq->nij", jw, jac)
@@ -275,23 +334,27 @@ def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes
             ok = np.isfinite(normal).all(axis=(1, 2)) & (np.abs(np.linalg.det(normal)) > 0)
             step = np.zeros((idx.size, 3))
             if ok.any():
-                step[ok] = np.linalg.solve(normal[ok], grad[ok][..., None])[..., 0]
+                step[np.ix_(ok, cols)] = np.linalg.solve(normal[ok], grad[ok][..., None])[..., 0]
             step[:, 1:] = np.clip(step[:, 1:], -_MAX_STEP, _MAX_STEP)
             ff, fx, fy = ff + step[:, 0], fx + step[:, 1], fy + step[:, 2]
-        wandered = np.hypot(fx - anchor_x[idx], fy - anchor_y[idx]) > _MAX_SHIFT
-        fx[wandered], fy[wandered] = start_x[idx][wandered], start_y[idx][wandered]
+            if bounds is not None:
+                fx, fy = _within_bounds(fx, fy, anchor_x[idx], anchor_y[idx], bounds)
+        if moves:
+            wandered = np.hypot(fx - anchor_x[idx], fy - anchor_y[idx]) > _MAX_SHIFT
+            fx[wandered], fy[wandered] = start_x[idx][wandered], start_y[idx][wandered]
         x[idx], y[idx] = fx, fy
     flux, inflation = joint()
     ff = flux[idx]
     prof, gx, gy = sampler.render(fx, fy, x0, y0, size, derivatives=True)
-    jac = np.stack([prof, ff[:, None, None] * gx, ff[:, None, None] * gy], axis=1)
+    jac = np.stack([prof, ff[:, None, None] * gx, ff[:, None, None] * gy], axis=1)[:, cols]
     normal = np.einsum("nipq,njpq->nij", jac * weight[:, None], jac)
-    cov = np.full((idx.size, 3, 3), np.nan)
+    # Errors of the fitted parameters only; a held one's is NaN (photutils' convention).
+    sig = np.full((idx.size, 3), np.nan)
     ok = np.isfinite(normal).all(axis=(1, 2)) & (np.abs(np.linalg.det(normal)) > 0)
-    if ok.any():
-        cov[ok] = np.linalg.inv(normal[ok])
-    with np.errstate(invalid="ignore"):
-        sig = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+    if ok.any() and cols.size:
+        with np.errstate(invalid="ignore"):
+            sig[np.ix_(ok, cols)] = np.sqrt(np.diagonal(np.linalg.inv(normal[ok]), axis1=1,
+                                                        axis2=2))
     out["x"][idx], out["y"][idx], out["flux"][idx] = fx, fy, ff
     out["blend_inflation"][idx] = inflation[idx]
     out["blended"] = blended | (inflation > BLEND_INFLATION)
@@ -319,13 +382,24 @@ def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes
     # Light the model does not explain (an unlisted neighbour, a galaxy, the PSF's own
     # errors) leaves chi^2 above its degrees of freedom: the errors grow by the root of
     # the reduced chi^2 (as a fit without absolute sigmas would), source by source.
-    dof = np.maximum(out["npix"][idx] - 3, 1)
+    out["nfree"] = int(cols.size)
+    dof = np.maximum(out["npix"][idx] - cols.size, 1)
     scale = np.sqrt(np.maximum(out["chi2"][idx] / dof, 1.0))
     for key in ("flux_err", "x_err", "y_err"):
         out[key][idx] *= scale
     out["chi2_scale"] = np.full(n, np.nan)
     out["chi2_scale"][idx] = scale
     return out
+
+
+def _within_bounds(x, y, anchor_x, anchor_y, bounds):
+    """``x, y`` held within ``bounds`` (px, per axis; None: free) of the anchors."""
+    bx, by = bounds
+    if bx is not None:
+        x = np.clip(x, anchor_x - bx, anchor_x + bx)
+    if by is not None:
+        y = np.clip(y, anchor_y - by, anchor_y + by)
+    return x, y
 
 
 def psf_model_error(fitted, bright, quantile=0.25):
@@ -357,7 +431,7 @@ def source_model_error(fitted, core=False):
         dof = np.maximum(fitted["npix_core"], 1)
         excess = fitted["chi2_core"] - dof
     else:
-        dof = np.maximum(fitted["npix"] - 3, 1)
+        dof = np.maximum(fitted["npix"] - fitted.get("nfree", 3), 1)
         excess = fitted["chi2"] - dof
     # The S/N of the fit before its errors were scaled by the reduced chi^2.
     scale = np.where(np.isfinite(fitted.get("chi2_scale", np.nan)), fitted.get("chi2_scale"),

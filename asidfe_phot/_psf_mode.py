@@ -67,23 +67,34 @@ def error_boxes(prepared):
     return boxes
 
 
-def fit_psf(prepared, res, sampler, psf_model, calibration=None):
+def fit_psf(prepared, res, sampler, psf_model, calibration=None, options=None,
+            flux_start=None):
     """
     Refine ``res`` in place by a PSF fit at the network's estimates; meta entries.
 
     ``psf_model``: `~asidfe_phot.MLPhotometry`'s (``"auto"`` or a model);
     ``calibration``: the model card's sigma calibration of this PSF mode
     (``sigma_calibration_auto`` or ``sigma_calibration_psf``), or None.
+    ``options``: photutils' options of the fit (`asidfe_phot._psf_fit.FitOptions`).
+    A held position (photutils' ``x_0.fixed``) makes this forced photometry: the
+    flux is always the fit's, at the input position (a linear fit when the flux
+    is free), with the fit's own errors (the card's calibrations are of the
+    network's and the free fit's errors). A held flux starts, and stays, at
+    ``flux_start`` (``flux_init``).
     """
     auto = isinstance(psf_model, str)
+    options = _psf_fit.FitOptions() if options is None else options
+    forced = not (options.free[1] and options.free[2])
     ok = np.isfinite(res["x_fit"]) & ((res["flags"] & _flags.NO_OVERLAP) == 0)
+    start_flux = res["flux_fit"] if options.free[0] or flux_start is None else flux_start
 
     def fit(profile_error=0.0):
         out = _psf_fit.fit_sources(prepared.subtracted, error_boxes(prepared),
                                    prepared.bad, res["x_fit"], res["y_fit"],
-                                   res["flux_fit"], sampler, fit=ok,
+                                   start_flux, sampler, fit=ok,
                                    x_input=res["x_init"], y_input=res["y_init"],
-                                   flux_err=res["flux_err"], profile_error=profile_error)
+                                   flux_err=res["flux_err"], profile_error=profile_error,
+                                   options=options)
         res["flags"][out["blended"]] |= _flags.BLENDED
         return out
 
@@ -97,24 +108,33 @@ def fit_psf(prepared, res, sampler, psf_model, calibration=None):
     # How well the PSF model describes this image's bright sources. An imperfect model
     # is refitted with its error in the pixel variances (DAOPHOT's profile error), and
     # what remains adds to the fit's errors (a wrong model biases flux and centre alike).
-    profile_error = _psf_fit.psf_model_error(fitted, bright(fitted))
+    # Forced photometry: the residuals of a source at a given position judge that
+    # position as much as the model; neither the model's error nor a source's own is
+    # measured (the fit's errors still grow with its reduced chi^2).
+    profile_error = (np.nan if forced
+                     else _psf_fit.psf_model_error(fitted, bright(fitted)))
     if np.isfinite(profile_error) and profile_error > _MIN_PROFILE_ERROR:
         fitted = fit(profile_error)
     else:
         profile_error = 0.0 if np.isfinite(profile_error) else profile_error
     res["psf_fit"] = fitted
-    fitted_ok = ok & np.isfinite(fitted["flux"]) & np.isfinite(fitted["flux_err"])
+    fitted_ok = ok & np.isfinite(fitted["flux"])
+    for key, free in zip(("flux_err", "x_err", "y_err"), options.free, strict=True):
+        if free:    # a held parameter has no error (NaN)
+            fitted_ok &= np.isfinite(fitted[key])
     if np.isfinite(profile_error):
         eps_used = profile_error
     else:
         # Too few bright sources to judge the model: trust a model the user gave; an
         # automatic ePSF must prove itself first.
-        eps_used = 0.0 if not auto else np.inf
+        eps_used = 0.0 if not auto or forced else np.inf
     # A source the PSF does not describe (a galaxy, an unlisted neighbour) has its own,
     # larger model error: where it stands out from the image's (a bright star's small
     # excess is the image's model error seen at high S/N, already counted).
     own = _psf_fit.source_model_error(fitted)
     own_core = _psf_fit.source_model_error(fitted, core=True)
+    if forced:
+        own, own_core = np.zeros_like(own), np.zeros_like(own_core)
     unexplained = fitted_ok & (own_core > np.maximum(3 * eps_used, OWN_MODEL_ERROR_MIN))
     eps_used = np.where(own > np.maximum(3 * eps_used, OWN_MODEL_ERROR_MIN), own, eps_used)
     # A model error is coherent over a source's pixels: it biases the flux and centre by
@@ -130,7 +150,9 @@ def fit_psf(prepared, res, sampler, psf_model, calibration=None):
     # is removed, and the scatter the two estimates do not explain becomes a floor of
     # the fitted centres' errors (a shifted model fits as well: chi^2 cannot see it).
     offset, scatter, n_ref = centre_offset(res, fitted, bright(fitted))
-    if auto:
+    if forced:      # the centre is the user's: nothing to shift
+        offset, scatter = np.zeros(2), 0.0
+    elif auto:
         offset = np.where(np.abs(offset) > AUTO_CENTRE_TOLERANCE, offset, 0.0)
         fitted["x"] = fitted["x"] - offset[0]
         fitted["y"] = fitted["y"] - offset[1]
@@ -145,6 +167,8 @@ def fit_psf(prepared, res, sampler, psf_model, calibration=None):
                                                              >= PSF_FIT_MIN_SNR)
     use_pos = fitted_ok & ~(np.hypot(x_err, y_err) > np.hypot(res["x_err"], res["y_err"]))
     use_pos &= res["snr_core"] >= PSF_FIT_MIN_SNR
+    if forced:      # the flux at the user's position, whatever the network measured
+        use_flux = fitted_ok.copy()
     res["flux_fit"] = np.where(use_flux, fitted["flux"], res["flux_fit"])
     res["flux_err"] = np.where(use_flux, flux_err, res["flux_err"])
     for key, err in (("x", x_err), ("y", y_err)):
@@ -152,7 +176,7 @@ def fit_psf(prepared, res, sampler, psf_model, calibration=None):
         res[f"{key}_err"] = np.where(use_pos, err, res[f"{key}_err"])
     res["qfit"], res["cfit"] = fitted["qfit"], fitted["cfit"]
     res["split"] = use_flux & ~fitted["blended"]
-    if calibration is not None:
+    if calibration is not None and not forced:
         # The errors of the PSF mode (fit or network, as chosen), calibrated on
         # simulated frames measured with their true PSF, or with psf_model="auto" (an
         # ePSF's own errors are larger), per the model card.

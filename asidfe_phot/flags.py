@@ -77,22 +77,28 @@ FLAG_DEFINITIONS = (
 )
 
 
-def decode_flags(flags):
+def decode_flags(flags, return_bit_values=False):
     """
     Names of the flags set in ``flags``.
+
+    The call of photutils' `~photutils.psf.decode_psf_flags`; the names and
+    bits are ours (see `FLAG_DEFINITIONS`).
 
     Parameters
     ----------
     flags : int or array of int
+    return_bit_values : bool, optional
+        Return the bit values (ints) set instead of the names.
 
     Returns
     -------
-    list of str, or list of lists of str for an array
+    list of str (or int), or list of lists for an array
     """
     arr = np.asarray(flags)
     if arr.ndim == 0:
-        return [name for bit, name, _ in FLAG_DEFINITIONS if int(arr) & bit]
-    return [decode_flags(f) for f in arr]
+        return [bit if return_bit_values else name
+                for bit, name, _ in FLAG_DEFINITIONS if int(arr) & bit]
+    return [decode_flags(f, return_bit_values) for f in arr]
 
 
 def flag_table():

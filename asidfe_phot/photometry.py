@@ -5,28 +5,39 @@ from datetime import UTC, datetime
 
 import numpy as np
 from astropy.table import QTable
+from astropy.utils.decorators import deprecated_renamed_argument
+from astropy.utils.exceptions import AstropyDeprecationWarning
 
-from asidfe_phot import _aperture_correction, _blends, _network, _onnx, _psf_mode, _stamps
+from asidfe_phot import (
+    _aperture_correction,
+    _blends,
+    _network,
+    _onnx,
+    _psf_fit,
+    _psf_mode,
+    _results,
+    _stamps,
+)
+from asidfe_phot import _photutils_api as _api
 from asidfe_phot import _thresholds as _t
 from asidfe_phot import flags as _flags
 from asidfe_phot import psf as _psf
 from asidfe_phot._prepare import prepare
-from asidfe_phot._psf_fit import model_image
-from asidfe_phot._validation import coerce_data, parse_positions, user_stacklevel
-from asidfe_phot.exceptions import FlaggedSourcesWarning, NoSourceNoiseWarning, PSFModelWarning
+from asidfe_phot._validation import (
+    coerce_data,
+    find_position_columns,
+    parse_positions,
+    user_stacklevel,
+)
+from asidfe_phot.exceptions import PSFModelWarning
 from asidfe_phot.models import verify_model
 
 __all__ = ["MLPhotometry"]
 
-#: Flags serious enough for a (single, summary) warning.
-_WARN_FLAGS = (_flags.NO_OVERLAP | _flags.CORE_MASKED | _flags.SATURATED | _flags.COMPACT
-               | _flags.PSF_MISMATCH | _flags.NO_POSITION)
 #: The model card's sigma calibrations: of the network's outputs, and of the outputs of
 #: the PSF mode (with a given PSF model, with ``psf_model="auto"``).
 _NETWORK_CALIBRATION = "sigma_calibration"
 _PSF_MODE_CALIBRATIONS = ("sigma_calibration_psf", "sigma_calibration_auto")
-#: The network's own estimates before the PSF fit, as ``diagnostics`` columns.
-_NETWORK_COLUMNS = ("x_fit", "y_fit", "flux_fit", "x_err", "y_err", "flux_err")
 
 
 class MLPhotometry:
@@ -44,33 +55,8 @@ class MLPhotometry:
 
     Parameters
     ----------
-    model : str or path-like, optional
-        A shipped model name (see `asidfe_phot.models.list_models`) or a model
-        directory (``model.onnx`` + ``config.json``). Default: the shipped
-        default model. Its sha256 is checked against its card.
-    batch_size : int, optional
-        Stamps per network call; memory is bounded by this, not by the number
-        of sources.
-    providers : list of str, optional
-        onnxruntime execution providers. Default: CUDA when onnxruntime-gpu
-        and a GPU are present, else CPU.
-    progress_bar : bool, optional
-        Print progress to stderr.
-    finder : callable, optional
-        A photutils finder (e.g. `~photutils.detection.DAOStarFinder`) used when
-        ``init_params`` is not given; it runs on the background-subtracted image.
-    localbkg_estimator : `~photutils.background.LocalBackground`, optional
-        Subtract a local annulus background per source, after the 2-D background.
-    background_box_size : int, optional
-        Mesh size (px) of the default 2-D background estimate.
-    max_shift : float, optional
-        Flag sources whose fitted position is further than this (px) from the input.
-    threads : int, optional
-        CPU threads of the network (onnxruntime's intra-op threads). Default:
-        all cores. Use 1 when several processes share the machine (one image
-        per process).
     psf_model : photutils PSF model, str or path-like, optional
-        The image's PSF, as photutils' `~photutils.psf.PSFPhotometry` takes it:
+        The image's PSF, first as in photutils' `~photutils.psf.PSFPhotometry`:
         any photutils PSF model (`~photutils.psf.ImagePSF`, the ePSF of
         `~photutils.psf.EPSFBuilder`, `~photutils.psf.GriddedPSFModel` for a PSF
         that varies across the frame, `~photutils.psf.CircularGaussianPRF`,
@@ -80,9 +66,69 @@ class MLPhotometry:
         A PSF-conditioned model (contract 3) sees it, rendered at each stamp's
         reference pixel, as an extra input; the fluxes and centres are then
         refined by a PSF fit started at the network's estimates (see Notes).
+        Its ``x_0``, ``y_0`` and ``flux`` parameters' ``fixed`` are honoured
+        (forced photometry, see Notes); its other parameters must be fixed.
         ``None``: the network alone. Default ``"auto"``, quietly: an image
         with fewer than 10 good stars is measured as with ``None`` (``meta``
-        says ``psf_used``); pass ``"auto"`` to be warned instead.
+        says ``psf_used``); pass ``"auto"`` to be warned instead. (Before 0.1
+        the first argument was the network: a model name or directory given
+        here still works, with a deprecation warning; use ``model=``.)
+    fit_shape : int or 2-tuple of int, optional
+        The box ``(ny, nx)`` (odd) of the PSF fit, as photutils'. Default
+        ``2 ceil(1.5 FWHM) + 1`` px. Needs a ``psf_model``.
+    finder : callable, optional
+        A photutils finder (e.g. `~photutils.detection.DAOStarFinder`) used when
+        ``init_params`` is not given; it runs on the background-subtracted
+        image, and only its positions are used (as photutils').
+    grouper : `~photutils.psf.SourceGrouper` or callable, optional
+        Called as ``grouper(x, y)`` on the input positions for the
+        ``group_id`` and ``group_size`` columns (an ``init_params``
+        ``group_id`` wins). Without it each source is its own group (its
+        ``id``), as in photutils. The groups label only: the network sees
+        each source's neighbours in its stamp and the PSF fit solves all
+        overlapping fluxes jointly, whatever the groups.
+    fitter : None
+        photutils' astropy fitter: only None (our fit is not an astropy
+        fitter; any other value raises ValueError).
+    fitter_maxiters : int
+        Only photutils' default, 100 (the fit takes a fixed number of steps).
+    xy_bounds : float or 2-tuple of float or None, optional
+        The most the fitted position may move from the input, in px, per
+        axis ``(x, y)`` (None: unbounded), as photutils': the PSF fit is held
+        within it, and so is the network's position.
+    aperture_radius : float, optional
+        As photutils', the radius (px) of the circular aperture whose sum
+        (less the local background) is ``flux_init`` where ``init_params``
+        has no flux column: reported, and the held flux of a ``psf_model``
+        whose ``flux`` is fixed. The network measures every other flux.
+    local_bkg_estimator : `~photutils.background.LocalBackground`, optional
+        Subtract a local annulus background per source, after the 2-D
+        background (see the ``local_bkg`` column). ``localbkg_estimator`` is
+        its deprecated alias.
+    group_warning_threshold : int, optional
+        Warn when a group has more sources than this (default 25).
+    progress_bar : bool, optional
+        Print progress to stderr.
+    model : str or path-like, optional
+        The network: a shipped model name (see `asidfe_phot.models.list_models`)
+        or a model directory (``model.onnx`` + ``config.json``). Default: the
+        shipped default model. Its sha256 is checked against its card.
+    device_id : int, optional
+        The GPU of onnxruntime's CUDA provider (default 0).
+    batch_size : int, optional
+        Stamps per network call; memory is bounded by this, not by the number
+        of sources.
+    providers : list of str, optional
+        onnxruntime execution providers. Default: CUDA when onnxruntime-gpu
+        and a GPU are present, else CPU.
+    threads : int, optional
+        CPU threads of the network (onnxruntime's intra-op threads). Default:
+        all cores. Use 1 when several processes share the machine (one image
+        per process).
+    background_box_size : int, optional
+        Mesh size (px) of the default 2-D background estimate.
+    max_shift : float, optional
+        Flag sources whose fitted position is further than this (px) from the input.
     aperture_correction : {"auto", True, False} or float, optional
         Per-image correction of the fluxes for light beyond the 32x32 stamp
         (PSF wings and halos, PSF shapes the network was not trained on),
@@ -126,8 +172,28 @@ class MLPhotometry:
     iterates). The fitted values replace the network's where the fit is
     the more precise (has the smaller error); ``flux_fit`` is then the total flux as
     the PSF model defines it (unit-flux model), so no aperture correction is
-    measured. ``qfit`` and ``cfit`` are added with photutils' definitions, and
-    `make_model_image` and `make_residual_image` render the last result.
+    measured. ``qfit`` and ``cfit`` have photutils' definitions (NaN without a
+    PSF model), and `make_model_image` and `make_residual_image` render the
+    last result.
+
+    Forced photometry, as in photutils: a ``psf_model`` with ``x_0.fixed``
+    and ``y_0.fixed`` keeps each position at its input (``x_fit == x_init``)
+    and measures the flux of the PSF there, by a linear fit (every other
+    source held at its fit); a fixed ``flux`` keeps ``flux_init``. A fixed
+    parameter's error is NaN (photutils'); the flux errors are the fit's,
+    grown by the root of the reduced chi^2 where it exceeds 1 (a position off
+    the source's centre biases the flux low, as in photutils, and the error
+    grows to cover it), without the card's calibrations. ``"auto"`` and None
+    have no parameters to fix: build the PSF first (`asidfe_phot.psf.build_epsf`
+    or photutils' `~photutils.psf.EPSFBuilder`), set its ``fixed`` and pass
+    it. Without a usable PSF the network measures the source in its stamp
+    wherever its centre lies near the input (unbiased for inputs off by up
+    to ~1 px); fixed positions are then still reported as given.
+
+    ``local_bkg`` is the whole background per pixel subtracted at each
+    source, in data units: the 2-D background there plus the local
+    annulus level. The fluxes are sky-subtracted: do not subtract a sky
+    annulus from them again.
 
     ``flux_err``, ``x_err`` and ``y_err`` are the network's predicted 1-sigma
     uncertainties of the total flux and position. They include background and
@@ -140,20 +206,24 @@ class MLPhotometry:
     then ``sky / rms**2``). Otherwise rows get the ``NO_SOURCE_NOISE`` flag.
     """
 
-    def __init__(self, model=None, *, batch_size=2048, providers=None, progress_bar=False,
-                 finder=None, localbkg_estimator=None, background_box_size=64,
-                 max_shift=_t.DEFAULT_MAX_SHIFT, threads=None, aperture_correction="auto",
-                 psf_model=_psf.DEFAULT_PSF_MODEL, sigma_calibration=True,
-                 flux_bias_correction=True, diagnostics=False):
+    @deprecated_renamed_argument("localbkg_estimator", "local_bkg_estimator", "0.1")
+    def __init__(self, psf_model=_psf.DEFAULT_PSF_MODEL, fit_shape=None, *, finder=None,
+                 grouper=None, fitter=None, fitter_maxiters=_api.FITTER_MAXITERS,
+                 xy_bounds=None, aperture_radius=None, local_bkg_estimator=None,
+                 group_warning_threshold=_api.GROUP_WARNING_THRESHOLD, progress_bar=False,
+                 model=None, device_id=None, batch_size=2048, providers=None, threads=None,
+                 background_box_size=64, max_shift=_t.DEFAULT_MAX_SHIFT,
+                 aperture_correction="auto", sigma_calibration=True, flux_bias_correction=True,
+                 diagnostics=False):
+        model, psf_model = _api.split_model_and_psf(psf_model, model, _psf.DEFAULT_PSF_MODEL)
         if int(batch_size) != batch_size or batch_size < 1:
             msg = f"batch_size must be a positive integer, got {batch_size!r}"
             raise ValueError(msg)
-        if finder is not None and not callable(finder):
-            msg = "finder must be callable, e.g. photutils.detection.DAOStarFinder(...)"
-            raise TypeError(msg)
-        if localbkg_estimator is not None and not callable(localbkg_estimator):
-            msg = "localbkg_estimator must be callable, e.g. photutils.background.LocalBackground"
-            raise TypeError(msg)
+        finder = _api.callable_value(finder, "finder", "photutils.detection.DAOStarFinder(...)")
+        grouper = _api.callable_value(grouper, "grouper",
+                                      "photutils.psf.SourceGrouper(min_separation)")
+        local_bkg_estimator = _api.local_bkg_estimator_value(local_bkg_estimator)
+        _api.check_unsupported(fitter, fitter_maxiters)
         if background_box_size < 8:
             msg = f"background_box_size must be >= 8 px, got {background_box_size}"
             raise ValueError(msg)
@@ -179,16 +249,26 @@ class MLPhotometry:
                 msg = f"{name} must be True or False, got {value!r}"
                 raise ValueError(msg)
         self.psf_model = _psf.resolve_psf_model(psf_model)
+        _api.fixed_parameters(self.psf_model)   # refuses free PSF-shape parameters
+        self.fit_shape = _api.fit_shape_pair(fit_shape, self.psf_model)
+        self.xy_bounds = _api.xy_bounds_pair(xy_bounds)
+        self.aperture_radius = _api.aperture_radius_value(aperture_radius)
+        self.group_warning_threshold = _api.group_threshold_value(group_warning_threshold)
+        self.fitter = None
+        self.fitter_maxiters = _api.FITTER_MAXITERS
         self._model_dir, self._card = verify_model(model)
         self._n_channels = _stamps.input_channels(self._card["contract"]["version"])
         self._last = None
         self._session = _onnx.create_session(self._model_dir / self._card.get("file",
                                                                               "model.onnx"),
-                                             providers, threads, self._n_channels)
+                                             providers, threads, self._n_channels,
+                                             device_id=device_id)
+        self.device_id = device_id
         self.batch_size = int(batch_size)
         self.progress_bar = bool(progress_bar)
         self.finder = finder
-        self.localbkg_estimator = localbkg_estimator
+        self.grouper = grouper
+        self.local_bkg_estimator = local_bkg_estimator
         self.background_box_size = int(background_box_size)
         self.max_shift = float(max_shift)
         self.aperture_correction = aperture_correction
@@ -223,52 +303,99 @@ class MLPhotometry:
     def __repr__(self):
         return (f"<MLPhotometry(model={self._card['name']}_v{self._card['version']}, "
                 f"batch_size={self.batch_size}, providers={self.providers}, "
-                f"finder={self.finder!r}, localbkg_estimator={self.localbkg_estimator!r})>")
+                f"psf_model={self.psf_model!r}, fit_shape={self.fit_shape}, "
+                f"finder={self.finder!r}, grouper={self.grouper!r}, "
+                f"local_bkg_estimator={self.local_bkg_estimator!r})>")
 
-    def make_model_image(self, shape, table=None):
+    @property
+    def localbkg_estimator(self):
+        """Deprecated alias of ``local_bkg_estimator`` (photutils 3.0's spelling)."""
+        msg = "localbkg_estimator is deprecated; use local_bkg_estimator"
+        warnings.warn(msg, AstropyDeprecationWarning, stacklevel=2)
+        return self.local_bkg_estimator
+
+    def make_model_image(self, shape, *, psf_shape=None, include_local_bkg=False,
+                         results=None):
         """
         An image of the measured sources, rendered with the PSF model.
 
-        As photutils' `PSFPhotometry.make_model_image`: each source of the last
-        call (or of ``table``, a result of this instance) at its ``x_fit,
-        y_fit`` with ``flux_fit``, using the PSF of that call (for
-        ``psf_model="auto"``, the ePSF built from that image), within
-        ``RADIUS`` px of its centre.
+        photutils' `PSFPhotometry.make_model_image`: each source of the last
+        call (or of ``results``, a table this instance returned) with a finite
+        ``x_fit, y_fit, flux_fit``, rendered with the PSF of that call (for
+        ``psf_model="auto"``, the ePSF built from that image).
 
         Parameters
         ----------
-        shape : tuple of int
-            Shape of the output image.
-        table : `~astropy.table.QTable`, optional
+        shape : 2-tuple of int
+            The shape of the output array.
+        psf_shape : int or 2-tuple of int, optional
+            The region ``(ny, nx)`` around each source's centre to render.
+            Default: the PSF's tabulated extent, 33x33 px.
+        include_local_bkg : bool, optional
+            Add each source's ``local_bkg`` (the whole background per pixel
+            subtracted at the source: 2-D background plus local annulus) over
+            its ``psf_shape`` region; where regions overlap it adds up, as in
+            photutils. Non-finite values count as 0.
+        results : `~astropy.table.QTable`, optional
             A table returned by this instance; default the last one.
+
+        Returns
+        -------
+        array : 2-D `~numpy.ndarray`
+            The model image, in the data's unit but without units (as photutils').
 
         Raises
         ------
         ValueError
-            Before any call, or when the last call used no PSF model.
+            Before any call, or when the call used no PSF model.
         """
         sampler = self._last_psf_sampler()
-        if table is None:
-            x, y, flux, unit = (self._last[k] for k in ("x", "y", "flux", "unit"))
-        else:
-            x = np.asarray(table["x_fit"], dtype=float)
-            y = np.asarray(table["y_fit"], dtype=float)
-            flux = table["flux_fit"]
-            unit = getattr(flux, "unit", None)
-            flux = np.asarray(getattr(flux, "value", flux), dtype=float)
-        image = model_image(tuple(shape), sampler, x, y, flux, _psf.RADIUS)
-        return image if unit is None else image * unit
+        table = self._last["results"] if results is None else results
+        x = np.asarray(table["x_fit"], dtype=float)
+        y = np.asarray(table["y_fit"], dtype=float)
+        flux = np.asarray(getattr(table["flux_fit"], "value", table["flux_fit"]), dtype=float)
+        half = _api.half_shape(psf_shape, _psf.RADIUS)
+        image = _psf_fit.model_image(tuple(shape), sampler, x, y, flux, half)
+        if include_local_bkg:
+            local = np.asarray(getattr(table["local_bkg"], "value", table["local_bkg"]),
+                               dtype=float)
+            ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux)
+            image += _psf_fit.box_image(tuple(shape), x[ok], y[ok], np.nan_to_num(local[ok]),
+                                        half)
+        return image
 
-    def make_residual_image(self, data, table=None):
+    def make_residual_image(self, data, *, psf_shape=None, include_local_bkg=False,
+                            results=None):
         """
-        ``data`` minus `make_model_image` (photutils' `make_residual_image`).
+        ``data`` minus `make_model_image` (photutils' `PSFPhotometry.make_residual_image`).
 
-        ``data`` is the image as given to the call (its background is not
-        removed here: subtract it first to see the sources' residuals alone).
+        Parameters
+        ----------
+        data : 2-D array, `~astropy.units.Quantity` or `~astropy.nddata.NDData`
+            The image as given to the call. Its background is removed only
+            with ``include_local_bkg`` (around each source), as in photutils.
+        psf_shape, include_local_bkg, results
+            As in `make_model_image`.
+
+        Returns
+        -------
+        array : 2-D `~numpy.ndarray`, `~astropy.units.Quantity` or `~astropy.nddata.NDData`
+            Of the type of ``data`` (an NDData comes back as a copy with the
+            residual as its data).
         """
-        values = getattr(data, "data", data)
-        model = self.make_model_image(np.shape(values), table)
-        return values - model
+        import copy
+
+        from astropy.nddata import NDData
+
+        model = self.make_model_image(np.shape(getattr(data, "data", data)),
+                                      psf_shape=psf_shape, include_local_bkg=include_local_bkg,
+                                      results=results)
+        if isinstance(data, NDData):
+            residual = copy.deepcopy(data)
+            residual.data[:] = np.asarray(data.data) - model
+            return residual
+        unit = getattr(data, "unit", None)
+        return data - (model if unit is None else model * unit)
 
     def _last_psf_sampler(self):
         if self._last is None:
@@ -280,13 +407,37 @@ class MLPhotometry:
             raise ValueError(msg)
         return self._last["sampler"]
 
-    @staticmethod
-    def decode_flags(flags):
-        """Names of the flags set in ``flags`` (see `asidfe_phot.flags`)."""
-        return _flags.decode_flags(flags)
+    def results_to_init_params(self, *, remove_invalid=True, reset_ids=True, results=None):
+        """
+        The last result as ``init_params`` for another call (photutils' method).
+
+        ``id`` and the fitted values ``x_fit, y_fit, flux_fit`` as ``x_init,
+        y_init, flux_init``; rows with a non-finite fitted value removed
+        (``remove_invalid``) and then numbered from 1 (``reset_ids``).
+        ``results``: a table this instance returned, instead of the last one.
+        None before any call.
+        """
+        if results is None:
+            results = None if self._last is None else self._last["results"]
+        return _api.results_to_init_params(results, remove_invalid=remove_invalid,
+                                           reset_ids=reset_ids)
+
+    def decode_flags(self, flags=None, *, return_bit_values=False):
+        """
+        Names (or bit values) of the flags set, as `asidfe_phot.decode_flags`.
+
+        ``flags``: an int or array; default the ``flags`` column of the last
+        result (photutils' ``decode_flags()``).
+        """
+        if flags is None:
+            if self._last is None:
+                msg = "no results yet: call the instance on an image, or pass flags"
+                raise ValueError(msg)
+            flags = self._last["results"]["flags"]
+        return _flags.decode_flags(flags, return_bit_values=return_bit_values)
 
     def __call__(self, data, *, mask=None, error=None, init_params=None, background=None,
-                 gain=None, saturation=None, wcs=None):
+                 gain=None, saturation=None, wcs=None, x=None, y=None):
         """
         Measure the sources in ``data``.
 
@@ -300,12 +451,21 @@ class MLPhotometry:
             Merged with a MaskedArray's mask.
         error : 2-D array or Quantity, optional
             Total 1-sigma error per pixel, data units (see Notes of the class).
-        init_params : `~astropy.table.Table`, optional
+        init_params : `~astropy.table.Table` or positions, optional
             Input positions, under any of the column names photutils'
             PSFPhotometry accepts: x in ``x_init, xinit, x, x_0, x0, xcentroid,
             x_centroid, x_peak, xcen, x_cen, xpos, x_pos, x_fit, xfit`` (y alike),
             or a ``sky_centroid`` SkyCoord column with ``wcs``; optional unique
-            ``id``. Without it, the ``finder`` given at construction is used.
+            ``id`` (default 1..N), initial flux (``flux_init, fluxinit, flux,
+            flux_0, flux0, flux_fit, fluxfit, source_sum, segment_flux,
+            kron_flux``: reported as ``flux_init``; used only as the held flux
+            of a ``psf_model`` whose ``flux`` is fixed, the network measuring
+            every other flux afresh), ``local_bkg`` (the background per pixel
+            at the source, data units: it replaces the 2-D background's level
+            there) and ``group_id``. Also accepted: a pair ``(x, y)`` of arrays
+            (a tuple), an (N, 2) array of (x, y) rows, a photutils aperture (its
+            positions) or a pandas-like data frame. Without it, the ``finder``
+            given at construction is used.
         background : float, 2-D array, Quantity or `~photutils.background.Background2D`, optional
             The background to subtract. Default: estimated with a sigma-clipped
             mesh (``background_box_size``). Pass ``0`` for background-subtracted data.
@@ -317,17 +477,23 @@ class MLPhotometry:
             whose core reaches it are flagged ``SATURATED``.
         wcs : WCS, optional
             Adds a ``sky_centroid`` column; converts ``sky_centroid`` inputs.
+        x, y : float or array, optional
+            Positions instead of ``init_params`` (broadcast together, as sep's).
 
         Returns
         -------
         `~astropy.table.QTable`
-            One row per input row, in input order: ``id, x_init, y_init, x_fit,
-            y_fit, flux_fit, x_err, y_err, flux_err, flags`` (flux in the data's
-            unit; positions in pixels), ``qfit, cfit`` when a PSF model was used,
-            ``sky_centroid`` when a WCS is known, and the ``diagnostics``
-            columns when asked for at construction. ``meta`` records the model,
-            its sha256, the providers, the calibrations applied, the gain and
-            background used, and the package versions.
+            One row per input row, in input order, photutils' columns in its
+            order: ``id, group_id, group_size, local_bkg, x_init, y_init,
+            [flux_init], x_fit, y_fit, flux_fit, x_err, y_err, flux_err, qfit,
+            cfit, flags`` (fluxes and ``local_bkg`` in the data's unit;
+            positions in pixels; ``flux_init`` when ``init_params`` or
+            ``aperture_radius`` gives it; ``qfit, cfit`` NaN without a PSF
+            model), ``sky_centroid`` when a WCS is known, and the
+            ``diagnostics`` columns when asked for at construction. ``meta``
+            records the model, its sha256, the providers, the calibrations
+            applied, the gain and background used, photutils' settings, and
+            the package versions.
 
         Raises
         ------
@@ -335,16 +501,18 @@ class MLPhotometry:
             On bad input, with a message naming the problem.
         """
         return self._call(data, mask=mask, error=error, init_params=init_params,
-                          background=background, gain=gain, saturation=saturation, wcs=wcs)[0]
+                          background=background, gain=gain, saturation=saturation, wcs=wcs,
+                          x=x, y=y)[0]
 
     def _call(self, data, *, mask=None, error=None, init_params=None, background=None, gain=None,
-              saturation=None, wcs=None):
+              saturation=None, wcs=None, x=None, y=None):
         """
         `__call__`, also returning the per-source internals (``snr_core``, ``network``,
         ``psf_fit``, in internal units). Public code uses ``diagnostics=True`` instead.
         """
         coerced = coerce_data(data, mask, error, wcs)
         unit, wcs, scale = coerced.unit, coerced.wcs, coerced.scale
+        init_params = _api.init_params_table(init_params, x, y)
         if init_params is None:
             if self.finder is None:
                 msg = "give init_params (a table of positions) or construct with a finder"
@@ -356,16 +524,27 @@ class MLPhotometry:
             subtracted = (prepared.subtracted if scale == 1 else
                           np.ldexp(prepared.subtracted, coerced.exponent))
             found = self.finder(subtracted, mask=prepared.bad)
-            init_params = found if found is not None else QTable({"x": [], "y": []})
+            # Positions only, as photutils takes them from a finder (its fluxes are peak
+            # or aperture sums, no initial flux).
+            init_params = QTable({"x": [], "y": []})
+            if found is not None:
+                xname, yname = find_position_columns(found)
+                if xname is None or yname is None:
+                    msg = (f"the finder's table has no x/y columns under photutils' names "
+                           f"(got {found.colnames})")
+                    raise ValueError(msg)
+                init_params = QTable({"x": found[xname], "y": found[yname]})
         x, y, ids = parse_positions(init_params, wcs)
+        inputs = _api.source_inputs(init_params, x, y, ids, prepared, coerced, self)
+        fixed = _api.fixed_parameters(self.psf_model)
         # Input sources sharing a stamp's core: BLENDED, and their errors widened where
         # no PSF fit splits them.
         pairs = _blends.core_pairs(x, y)
         sampler, psf_info = _psf_mode.psf_sampler(self.psf_model, prepared)
         info.update(psf_info)
-        results = self._measure(prepared, x, y, pairs, sampler)
+        results = self._measure(prepared, x, y, pairs, sampler, inputs.local_extra)
         if sampler is not None:
-            info.update(self._fit_psf(prepared, results, sampler))
+            info.update(self._fit_psf(prepared, results, sampler, inputs, fixed))
             if info["psf_profile_error"] > _psf_mode.UNUSABLE_PSF_ERROR:
                 # The model describes the image's point sources so badly that it would
                 # mislead the network and the fit: measure as without one, and say so.
@@ -375,87 +554,49 @@ class MLPhotometry:
                 warnings.warn(msg, PSFModelWarning, stacklevel=user_stacklevel())
                 info["psf_used"] = False
                 sampler = None
-                results = self._measure(prepared, x, y, pairs, None)
+                results = self._measure(prepared, x, y, pairs, None, inputs.local_extra)
         if sampler is None:
             info.update(_aperture_correction.apply(self.aperture_correction, prepared,
                                                    results))
         _blends.cover_shared_light(results, x, y, pairs)
+        _api.hold_fixed(results, fixed, inputs.flux_init, self.xy_bounds)
+        results["local_bkg"] = inputs.local_total
+        if inputs.flux_init is not None:
+            results["flux_init"] = inputs.flux_init
         if scale != 1:
             # Back from the internal scale (see _validation.scale_exponent) to the data's.
-            for key in ("flux_fit", "flux_err"):
-                results[key] = results[key] * scale
+            for key in ("flux_fit", "flux_err", "flux_init", "local_bkg"):
+                if key in results:
+                    results[key] = results[key] * scale
             info["internal_scale"] = scale
-        extra = self._diagnostic_columns(results, scale) if self.diagnostics else {}
-        table = self._assemble(ids, x, y, results, unit, wcs, info, extra)
-        self._last = {"sampler": sampler, "x": results["x_fit"], "y": results["y_fit"],
-                      "flux": results["flux_fit"], "unit": unit}
+        results["group_id"], results["group_size"] = inputs.group_id, inputs.group_size
+        info.update(_api.settings_meta(self, fixed))
+        extra = _results.diagnostic_columns(results, scale) if self.diagnostics else {}
+        table = _results.assemble(ids, x, y, results, unit, wcs, self._meta(info), extra)
+        self._last = {"sampler": sampler, "results": table, "unit": unit}
         return table, results
 
-    def _fit_psf(self, prepared, res, sampler):
+    def _fit_psf(self, prepared, res, sampler, inputs, fixed):
         """Refine ``res`` in place by a PSF fit (see `_psf_mode.fit_psf`); meta entries."""
         auto = isinstance(self.psf_model, str)
         calibration = self._card_entry("sigma_calibration_auto" if auto
                                        else "sigma_calibration_psf")
-        return _psf_mode.fit_psf(prepared, res, sampler, self.psf_model, calibration)
+        options = _psf_fit.FitOptions(
+            self.fit_shape, free=(not fixed["flux"], not fixed["x"], not fixed["y"]),
+            xy_bounds=self.xy_bounds, local_bkg=inputs.local_extra)
+        return _psf_mode.fit_psf(prepared, res, sampler, self.psf_model, calibration,
+                                 options, flux_start=inputs.flux_init)
 
-    def _measure(self, prepared, x, y, pairs, sampler=None):
+    def _measure(self, prepared, x, y, pairs, sampler=None, local_bkg=None):
         """Per-source results of the network (see `_network.measure`); ``pairs`` BLENDED."""
         options = _network.NetworkOptions(
             self._session, self._n_channels, self.batch_size, self.max_shift,
             calibration=self._card_entry(_NETWORK_CALIBRATION),
             flux_bias=self._card_entry("flux_bias_correction"),
-            localbkg_estimator=self.localbkg_estimator, progress_bar=self.progress_bar)
-        results = _network.measure(prepared, x, y, options, sampler)
+            progress_bar=self.progress_bar)
+        results = _network.measure(prepared, x, y, options, sampler, local_bkg)
         results["flags"][pairs.ravel()] |= _flags.BLENDED
         return results
-
-    @staticmethod
-    def _diagnostic_columns(res, scale):
-        """
-        The ``diagnostics`` columns: ``snr_core``, and the network's estimates before a
-        PSF fit (``<name>_network``), fluxes back from the internal scale to the data's.
-        """
-        columns = {"snr_core": res["snr_core"]}
-        network = res.get("network")
-        if network is not None:
-            for key in _NETWORK_COLUMNS:
-                values = network[key]
-                if key.startswith("flux") and scale != 1:
-                    values = values * scale
-                columns[f"{key}_network"] = values
-        return columns
-
-    def _assemble(self, ids, x, y, res, unit, wcs, info, extra=None):
-        tbl = QTable()
-        tbl["id"] = ids
-        tbl["x_init"] = x
-        tbl["y_init"] = y
-        tbl["x_fit"] = res["x_fit"]
-        tbl["y_fit"] = res["y_fit"]
-        tbl["flux_fit"] = res["flux_fit"] if unit is None else res["flux_fit"] * unit
-        tbl["x_err"] = res["x_err"]
-        tbl["y_err"] = res["y_err"]
-        tbl["flux_err"] = res["flux_err"] if unit is None else res["flux_err"] * unit
-        tbl["flags"] = res["flags"]
-        if "qfit" in res:
-            tbl["qfit"] = res["qfit"]
-            tbl["cfit"] = res["cfit"]
-        if wcs is not None:
-            tbl["sky_centroid"] = wcs.pixel_to_world(tbl["x_fit"], tbl["y_fit"])
-        for name, values in (extra or {}).items():
-            tbl[name] = values * unit if unit is not None and name.startswith("flux") else values
-        tbl.meta.update(self._meta(info))
-        nwarn = int(np.count_nonzero(tbl["flags"] & _WARN_FLAGS))
-        if nwarn:
-            msg = (f"{nwarn} of {len(tbl)} sources are flagged (no usable pixels, masked core, "
-                   "saturated, sharper than a PSF, or a PSF unlike any trained on); see the "
-                   "'flags' column and MLPhotometry.decode_flags")
-            warnings.warn(msg, FlaggedSourcesWarning, stacklevel=user_stacklevel())
-        if len(tbl) and np.all(tbl["flags"] & _flags.NO_SOURCE_NOISE):
-            msg = ("no error map, gain or sky level tells the network the sources' Poisson "
-                   "noise, so flux_err is too small for bright sources; pass error= or gain=")
-            warnings.warn(msg, NoSourceNoiseWarning, stacklevel=user_stacklevel())
-        return tbl
 
     def _meta(self, info):
         import onnxruntime

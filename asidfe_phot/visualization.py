@@ -16,7 +16,7 @@ from asidfe_phot._stamps import cutout_stamps, stamp_origin
 from asidfe_phot._validation import coerce_data
 from asidfe_phot.exceptions import AsidfePhotWarning
 
-__all__ = ["plot_stamps", "plot_residuals", "plot_calibration"]
+__all__ = ["plot_stamps", "plot_residuals", "plot_calibration", "plot_artificial_stars"]
 
 #: Flags that mark a row as unreliable in the plots: all but NO_SOURCE_NOISE.
 DEFAULT_BAD_FLAGS = sum(bit for bit, _, _ in _flags.FLAG_DEFINITIONS) & ~_flags.NO_SOURCE_NOISE
@@ -543,5 +543,74 @@ def plot_calibration(table, value_col, truth_col, error_col, *, truth_error_col=
     ax_c.legend(fontsize=7, loc="lower right")
     ax_c.text(0.03, 0.97, "below the diagonal: errors too small\nabove: errors too large",
               transform=ax_c.transAxes, va="top", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_artificial_stars(bins, *, title=None, fig=None):
+    """
+    The summary of an artificial-star test against S/N.
+
+    Four panels, each point a bin at its stars' median true S/N: the
+    completeness (with its binomial error; the dotted line marks 50 %); the
+    median flux bias with the robust flux scatter as error bars; the robust
+    position scatter (px); and the z-score std of flux, x and y (solid: the
+    plain std; dashed: the robust 1.4826 MAD), 1 for calibrated errors.
+
+    Parameters
+    ----------
+    bins : `~astropy.table.Table`
+        The per-bin table of `asidfe_phot.artificial_stars.artificial_star_test`
+        (or `~asidfe_phot.artificial_stars.bin_statistics`).
+    title : str, optional
+        A title above the panels.
+    fig : `~matplotlib.figure.Figure`, optional
+        The figure to draw into (cleared). Default: a new pyplot figure.
+
+    Returns
+    -------
+    `~matplotlib.figure.Figure`
+
+    Raises
+    ------
+    ValueError
+        If ``bins`` lacks a column or has no row.
+    """
+    names = ("snr_median", "completeness", "completeness_err", "flux_bias", "flux_scatter",
+             "position_scatter", "zstd_flux", "zstd_x", "zstd_y", "zstd_flux_robust",
+             "zstd_x_robust", "zstd_y_robust")
+    col = {name: _column(bins, name, what="bins") for name in names}
+    if not len(bins):
+        msg = "bins has no row: nothing to plot"
+        raise ValueError(msg)
+    snr = col["snr_median"]
+    fig = _new_figure(fig, (10.0, 7.5))
+    fig.clear()
+    (ax_c, ax_f), (ax_p, ax_z) = fig.subplots(2, 2, sharex=True)
+    ax_c.errorbar(snr, col["completeness"], yerr=col["completeness_err"], marker="o",
+                  color="C0", capsize=2)
+    ax_c.axhline(0.5, color="0.6", lw=0.8, ls=":")
+    ax_c.set(ylabel="completeness (found / injected)", ylim=(-0.03, 1.05))
+    ax_f.errorbar(snr, col["flux_bias"], yerr=col["flux_scatter"], marker="o", color="C1",
+                  capsize=2, label="median bias, bars: 1.4826 MAD")
+    ax_f.axhline(0, color="k", lw=0.8)
+    ax_f.set(ylabel="flux_fit / flux_true - 1")
+    ax_f.legend(fontsize=7)
+    ax_p.plot(snr, col["position_scatter"], marker="o", color="C2")
+    ax_p.set(yscale="log", ylabel="position scatter (px, 1.4826 MAD)")
+    for k, q in enumerate(("flux", "x", "y")):
+        ax_z.plot(snr, col[f"zstd_{q}"], marker="o", color=f"C{k + 3}", label=f"{q}: std")
+        ax_z.plot(snr, col[f"zstd_{q}_robust"], ls="--", color=f"C{k + 3}",
+                  label=f"{q}: 1.4826 MAD")
+    ax_z.axhline(1, color="k", lw=0.8)
+    ax_z.set(yscale="log", ylabel="z-score std, z = (value - truth) / err")
+    ax_z.legend(fontsize=7, ncol=2, loc="best")
+    if title is not None:
+        fig.suptitle(title, fontsize=10)
+    for ax in (ax_c, ax_f, ax_p, ax_z):
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3, which="both")
+    for ax in (ax_p, ax_z):
+        ax.set_xlabel("true optimal S/N of the injected stars")
     fig.tight_layout()
     return fig

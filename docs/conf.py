@@ -2,8 +2,11 @@
 #
 # Build (tox -e build_docs): cd docs && sphinx-build -W --keep-going -b html . _build/html
 #
-# The build needs no network: intersphinx is off unless ASIDFE_DOCS_INTERSPHINX=1
-# (or on Read the Docs), and the build executes no example. The pages' examples are
+# The build needs no network: intersphinx reads the inventories committed in
+# _intersphinx/ (made by _intersphinx/make_inventories.py) unless
+# ASIDFE_DOCS_INTERSPHINX=1 (or on Read the Docs), which fetches the published ones.
+# The example gallery (../examples, sphinx-gallery) is executed at every build; its
+# output goes to generated/gallery (git-ignored). The pages' own examples are
 # doctests, run by pytest-doctestplus (tox -e docs_examples, i.e. pytest docs); its
 # sphinx extension (in sphinx-astropy's list) renders their testsetup/testcleanup
 # blocks as nothing and doctest-skip blocks as plain examples.
@@ -21,7 +24,11 @@ try:
 except ImportError:  # older sphinx-astropy
     from sphinx_astropy.conf.v2 import *  # noqa: F403
 
-sys.path.insert(0, str(Path(__file__).parent / "_ext"))
+_DOCS = Path(__file__).parent
+sys.path.insert(0, str(_DOCS / "_ext"))
+# The retraining example imports training/, which is not installed: the repository root
+# goes last on the path, so the installed asidfe_phot still wins.
+sys.path.append(str(_DOCS.parent))
 
 # -- Project information (from the installed package) -------------------------
 
@@ -51,13 +58,13 @@ copyright = f"{datetime.now(UTC).year}, {author}"
 _optional = {"sphinx_copybutton", "sphinx.ext.inheritance_diagram"}
 extensions = [ext for ext in extensions  # noqa: F405
               if ext not in _optional or importlib.util.find_spec(ext) is not None]
-extensions += ["asidfe_docs"]
+extensions += ["asidfe_docs", "myst_parser", "sphinx_gallery.gen_gallery"]
 # testsetup, testcleanup and doctest-skip in the pages (sphinx-astropy lists it already).
 if "pytest_doctestplus.sphinx.doctestplus" not in extensions:
     extensions.append("pytest_doctestplus.sphinx.doctestplus")
 
 # _static/ holds generated tables that pages include, not pages of their own.
-exclude_patterns += ["_templates", "_build", "**/*.inc", "_static"]  # noqa: F405
+exclude_patterns += ["_templates", "_build", "**/*.inc", "_static", "_intersphinx"]  # noqa: F405
 
 # Optional modules get a reference page only when they import cleanly.
 for _module, _page in (("asidfe_phot.visualization", "reference/visualization.rst"),
@@ -77,15 +84,47 @@ rst_epilog += """
 .. |MLPhotometry| replace:: `~asidfe_phot.MLPhotometry`
 """  # noqa: F405
 
-# -- Intersphinx: off by default so the build works offline --------------------
+# -- Intersphinx: local inventories, so the build works offline --------------------
 
+_INTERSPHINX = {
+    "numpy": "https://numpy.org/doc/stable/",
+    "astropy": "https://docs.astropy.org/en/stable/",
+    "photutils": "https://photutils.readthedocs.io/en/stable/",
+    "onnxruntime": "https://onnxruntime.ai/docs/api/python/",
+}
 if os.environ.get("ASIDFE_DOCS_INTERSPHINX") == "1" or on_rtd:  # noqa: F405
-    intersphinx_mapping.update({  # noqa: F405
-        "photutils": ("https://photutils.readthedocs.io/en/stable/", None),
-        "onnxruntime": ("https://onnxruntime.ai/docs/api/python/", None),
-    })
+    # The published inventories (network), on top of sphinx-astropy's python, scipy...
+    intersphinx_mapping.update({k: (url, None) for k, url in _INTERSPHINX.items()})  # noqa: F405
 else:
-    intersphinx_mapping = {}
+    intersphinx_mapping = {k: (url, str(_DOCS / "_intersphinx" / f"{k}.inv"))
+                           for k, url in _INTERSPHINX.items()}
+
+# -- The model card (markdown, rendered by myst-parser) ----------------------------
+
+# user_guide/model_card.md includes the default model's README.md: only that model ships.
+from asidfe_phot.models import DEFAULT_MODEL  # noqa: E402
+
+_card = f"models/{DEFAULT_MODEL}/README.md"
+if _card not in (_DOCS / "user_guide" / "model_card.md").read_text():
+    msg = f"docs/user_guide/model_card.md must include {_card}, the default model's card"
+    raise RuntimeError(msg)
+
+# -- Example gallery (sphinx-gallery; executed at every build) ----------------------
+
+# The retraining example needs PyTorch (the train extra, which tox -e build_docs installs);
+# without it that example is shown, not run.
+_has_torch = importlib.util.find_spec("torch") is not None
+sphinx_gallery_conf = {
+    "examples_dirs": "../examples",
+    "gallery_dirs": "generated/gallery",
+    "filename_pattern": "/plot_" if _has_torch else r"/plot_(?!retraining)",
+    "within_subsection_order": "asidfe_docs.GalleryOrder",
+    "download_all_examples": False,
+    "remove_config_comments": True,
+    "reset_modules": ("matplotlib",),
+    "matplotlib_animations": False,
+    "min_reported_time": 1,
+}
 
 # -- HTML ---------------------------------------------------------------------
 

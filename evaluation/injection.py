@@ -58,6 +58,7 @@ from photutils.utils import calc_total_error
 from scipy import ndimage
 from scipy.optimize import least_squares
 
+from asidfe_phot._progress import Progress
 from asidfe_phot.background import estimate_background
 from asidfe_phot.datasets import render_psf_stamps
 from asidfe_phot.io import header_float, read_image
@@ -443,6 +444,7 @@ def run_frame(name, phot, n_stars, rounds, rng, cutout=None, log=print):
     log(f"{name}: gain {frame['gain']:.3g} ({frame['gain_note']}); PSF {frame['psf_note']}, "
         f"FWHM {frame['fwhm']:.2f} px; median pixel noise {np.median(frame['noise']):.3g}")
     tables = []
+    progress = Progress(rounds, f"  {name} rounds", log=log, every=0)
     for k, n in enumerate(np.diff(np.linspace(0, n_stars, rounds + 1).round().astype(int))):
         image, truth = inject(frame, int(n), rng)
         res, n = measure(frame, image, truth, phot), len(truth)
@@ -450,7 +452,7 @@ def run_frame(name, phot, n_stars, rounds, rng, cutout=None, log=print):
         tables.append(Table({"frame": [name] * n, "round": np.full(n, k),
                              "ml_aperture_correction": np.full(n, apcorr), **truth.columns,
                              **res.columns}))
-        log(f"  round {k}: {len(truth)} stars, ML aperture correction {apcorr:.4f}")
+        progress.update(note=f"{len(truth)} stars, ML aperture correction {apcorr:.4f}")
     out = vstack(tables)
     out["id"] = np.arange(1, len(out) + 1)
     info = {"gain": f"{frame['gain']:.4g} ({frame['gain_note']})", "psf": frame["psf_note"],
@@ -520,7 +522,7 @@ def main(argv=None):
         return
     out.mkdir(parents=True, exist_ok=True)
     apcorr = {"auto": "auto", "on": True, "off": False}[args.aperture_correction]
-    phot = MLPhotometry(args.model, threads=1, aperture_correction=apcorr,
+    phot = MLPhotometry(model=args.model, threads=1, aperture_correction=apcorr,
                         psf_model=None if args.psf == "none" else "auto")
     phot_psf_mode = args.psf
     start = time.perf_counter()
@@ -532,7 +534,7 @@ def main(argv=None):
         rng = np.random.default_rng([args.seed, list(FRAMES).index(name)])
         n = args.n_stars or FRAMES[name]["n_stars"]
         if phot_psf_mode == "true":
-            phot = MLPhotometry(args.model, threads=1, aperture_correction=apcorr,
+            phot = MLPhotometry(model=args.model, threads=1, aperture_correction=apcorr,
                                 psf_model=load_frame(name)["psf"])
         tbl, finfo = run_frame(name, phot, n, args.rounds, rng)
         tables.append(tbl)

@@ -9,11 +9,11 @@ by the callers).
 
 import numpy as np
 
+# The package's bins (its artificial-star summaries use them too): one definition.
+from asidfe_phot.artificial_stars import SNR_BINS
+
 __all__ = ["SNR_BINS", "bin_label", "snr_bins", "relative_errors", "mare", "median_bias",
            "mae", "z_scores", "calibration"]
-
-#: Edges of the S/N bins (the last one open).
-SNR_BINS = (3, 5, 10, 20, 50, 100, 300, 1000, np.inf)
 
 
 def bin_label(lo, hi):

@@ -1,7 +1,7 @@
 """
 Regenerate the tables and figures of the docs' Performance page.
 
-    python -m evaluation.performance_page --model models/asidfe_tsmve_v4 [--data runs/v3/data] \
+    python -m evaluation.performance_page --model models/asidfe_tsmve_v5 [--data runs/v3/data] \
         [--n-frames 60] [--methods ml,sep,aper,sex,psfex,psf] [--skip-synthetic] [--skip-real] \
         [--evaluation runs/v3/evaluation] [--evaluation-broad runs/v3/evaluation_broad] \
         [--skip-broad] [--jobs 2] \
@@ -241,7 +241,7 @@ def write_calibration_figure(results_path, out, min_snr=3.0):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="models/asidfe_tsmve_v4")
+    parser.add_argument("--model", default="models/asidfe_tsmve_v5")
     parser.add_argument("--data", default="runs/v3/data")
     parser.add_argument("--n-frames", type=int, default=60)
     parser.add_argument("--work", default="runs/performance")

@@ -57,7 +57,7 @@ def _measure(image, params, model, noise, seed):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for label, psf in (("none", None), ("true", model), ("auto", "auto")):
-            t = MLPhotometry(_measure.model, psf_model=psf)(image, init_params=init,
+            t = MLPhotometry(model=_measure.model, psf_model=psf)(image, init_params=init,
                                                             error=error, background=0)
             out[label] = t
         fit = PSFPhotometry(model, (7, 7), aperture_radius=4)(

@@ -2,12 +2,14 @@
 What knowing the PSF costs: the ePSF build of ``psf_model="auto"`` and the PSF channel.
 
     python -m evaluation.psf_cost [--size 4096] [--n-sources 20000] [--model NAME]
+                                  [--two-channel-model DIR]
 
 On a simulated frame (Moffat stars, FWHM 2.5 px, sky 300, gain 2) prints:
 
 * the time to choose the PSF stars and build the ePSF (`asidfe_phot.psf.build_epsf`),
   with the stars used;
-* end-to-end MLPhotometry rates (sources/s) without a PSF (and v4's, two channels, for
+* end-to-end MLPhotometry rates (sources/s) without a PSF (and, with
+  ``--two-channel-model``, a contract-2 model's such as v4's, restored from git history:
   the channel's cost in the network), with the PSF channel only
   (the network fed the PSF, the fit skipped: the channel's own cost), and with
   ``psf_model`` given (channel + PSF fit) and ``"auto"`` (+ the build), in one run.
@@ -53,6 +55,9 @@ def main(argv=None):
     parser.add_argument("--n-sources", type=int, default=20_000)
     parser.add_argument("--model", default=None)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--two-channel-model", default=None,
+                        help="a contract-2 model directory (no PSF channel, e.g. v4 from git "
+                             "history, see models/CHANGELOG.md) for the channel's network cost")
     args = parser.parse_args(argv)
     shape = (args.size, args.size)
     image, truth, _ = make_star_field(shape, args.n_sources, flux_range=(300, 3e5),
@@ -69,10 +74,12 @@ def main(argv=None):
           f"px")
     alpha = 2.5 / (2 * np.sqrt(2 ** (1 / 3.0) - 1))
     true_psf = MoffatPSF(alpha=alpha, beta=3.0)
-    base = MLPhotometry(args.model, aperture_correction=False, psf_model=None)
-    rows = [("no PSF (network alone)", base),
-            ("v4, no PSF (2 input channels)",
-             MLPhotometry("asidfe_tsmve_v4", aperture_correction=False, psf_model=None))]
+    base = MLPhotometry(model=args.model, aperture_correction=False, psf_model=None)
+    rows = [("no PSF (network alone)", base)]
+    if args.two_channel_model:
+        rows.append(("no PSF, 2 input channels",
+                     MLPhotometry(model=args.two_channel_model, aperture_correction=False,
+                                  psf_model=None)))
     channel = None
     if base.model_card["contract"]["version"] >= 3:
         # The channel's own cost: a contract-3 network always reads three channels (zeros
@@ -83,9 +90,9 @@ def main(argv=None):
         ref = np.rint(np.asarray(truth["x"])), np.rint(np.asarray(truth["y"]))
         channel = min(_timed(lambda: sampler.stamps(*ref)) for _ in range(args.repeat))
     rows += [("psf_model=true PSF (channel + fit)",
-              MLPhotometry(args.model, aperture_correction=False, psf_model=true_psf)),
+              MLPhotometry(model=args.model, aperture_correction=False, psf_model=true_psf)),
              ('psf_model="auto" (+ ePSF build)',
-              MLPhotometry(args.model, aperture_correction=False, psf_model="auto"))]
+              MLPhotometry(model=args.model, aperture_correction=False, psf_model="auto"))]
     ref = None
     for label, phot in rows:
         rate, seconds = _rate(phot, image, init, args.repeat)

@@ -1,7 +1,7 @@
 """
 MLPhotometry on real images against SourceExtractor and DAOPHOT (paper Sect. 4.2, Tables 1-2).
 
-    python -m evaluation.real_frames --out runs/real_eval [--model models/asidfe_tsmve_v4]
+    python -m evaluation.real_frames --out runs/real_eval [--model models/asidfe_tsmve_v5]
 
 Real images have no truths, so, as Stoppa et al. (2023) do for MeerLICHT and
 ZTF, the model is compared with established software: Pearson correlation of
@@ -105,7 +105,7 @@ def run_mlphotometry(model, data, header, x, y):
 
     gain = header_float(header, "GAIN")
     saturation = header_float(header, "SATURATE")
-    phot = MLPhotometry(model)
+    phot = MLPhotometry(model=model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", AsidfePhotWarning)
         tbl = phot(data, init_params=Table({"x": x, "y": y}), gain=gain, saturation=saturation)

@@ -1,7 +1,7 @@
 """
 SmoothGrad saliency maps of a TS-MVE model (paper Sect. 3.2.4, Figs. 10-11).
 
-    python -m evaluation.saliency --weights models/asidfe_tsmve_v4 --out saliency.png \
+    python -m evaluation.saliency --weights models/asidfe_tsmve_v5 --out saliency.png \
         [--data runs/data_v1]
 
 SmoothGrad (Smilkov et al. 2017, arXiv:1706.03825): the gradient of one

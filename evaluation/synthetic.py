@@ -1,7 +1,7 @@
 """
 Accuracy of a model on held-out simulated frames, side by side with classical photometry.
 
-    python -m evaluation.synthetic --model models/asidfe_tsmve_v4 --data runs/data_v1 \
+    python -m evaluation.synthetic --model models/asidfe_tsmve_v5 --data runs/data_v1 \
         --n-frames 60 --out runs/v1/evaluation [--methods ml,sep,aper,sex,psfex,psf]
 
 Test frames are re-simulated in full from the data set's seeds (the test split

@@ -1,7 +1,7 @@
 """
 MLPhotometry on PSF shapes beyond the training recipes, per S/N bin.
 
-    python -m evaluation.unseen_psfs [--model asidfe_tsmve_v4] [--n-stars 500] [--seed 0]
+    python -m evaluation.unseen_psfs [--model asidfe_tsmve_v5] [--n-stars 500] [--seed 0]
 
 For each shape, a 1024x1024 field of isolated-to-moderately crowded stars
 (fluxes log-uniform, S/N ~ 3 to ~ 10^4) on a flat sky with Poisson and read
@@ -122,7 +122,8 @@ def main(argv=None):
     parser.add_argument("--shapes", default="airy_spikes,airy_undersampled,moffat_beta1.5,coma,"
                                             "trailed,donut")
     args = parser.parse_args(argv)
-    phot = {mode: MLPhotometry(args.model, aperture_correction=mode) for mode in ("auto", False)}
+    phot = {mode: MLPhotometry(model=args.model, aperture_correction=mode)
+            for mode in ("auto", False)}
     for shape in args.shapes.split(","):
         image, truth = star_field(shape, args.n_stars, seed=args.seed)
         rng = np.random.default_rng(args.seed + 1)

@@ -6,9 +6,10 @@ import pytest
 from astropy.table import QTable
 from numpy.testing import assert_allclose, assert_array_equal
 
-EXPECTED_COLUMNS = ["id", "x_init", "y_init", "x_fit", "y_fit", "flux_fit", "x_err", "y_err",
-                    "flux_err", "flags"]
-RESULT_COLUMNS = EXPECTED_COLUMNS[3:9]
+# photutils' PSFPhotometry columns, in its order (those MLPhotometry has).
+EXPECTED_COLUMNS = ["id", "group_id", "group_size", "local_bkg", "x_init", "y_init", "x_fit",
+                    "y_fit", "flux_fit", "x_err", "y_err", "flux_err", "qfit", "cfit", "flags"]
+RESULT_COLUMNS = EXPECTED_COLUMNS[6:12]
 
 # photutils' PSFPhotometry aliases, written out (not imported) so a change is noticed.
 POSITION_ALIASES = [("x_init", "y_init"), ("xinit", "yinit"), ("x", "y"), ("x_0", "y_0"),

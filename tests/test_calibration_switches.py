@@ -82,7 +82,7 @@ def _assert_same(a, b, columns=RESULT_COLUMNS):
 def test_sigma_calibration_off_gives_the_uncalibrated_card(tmp_path, stars, psf_model):
     raw_phot = MLPhotometry(psf_model=psf_model, sigma_calibration=False)
     raw = _measure(raw_phot, stars)
-    bare = _measure(MLPhotometry(_model_without(tmp_path, CALIBRATIONS), psf_model=psf_model),
+    bare = _measure(MLPhotometry(model=_model_without(tmp_path, CALIBRATIONS), psf_model=psf_model),
                     stars)
     calibrated = _measure(MLPhotometry(psf_model=psf_model), stars)
     assert raw.meta["psf_used"] == (psf_model is not None)
@@ -103,7 +103,7 @@ def test_sigma_calibration_network_leaves_out_the_psf_mode_calibrations(tmp_path
     for psf_model in (GAUSSIAN, "auto"):
         network = _measure(MLPhotometry(psf_model=psf_model, sigma_calibration="network"),
                            stars)
-        _assert_same(network, _measure(MLPhotometry(directory, psf_model=psf_model), stars))
+        _assert_same(network, _measure(MLPhotometry(model=directory, psf_model=psf_model), stars))
         assert network.meta["sigma_calibration"] == "network"
         full = _measure(MLPhotometry(psf_model=psf_model), stars)
         assert not np.array_equal(network["flux_err"], full["flux_err"])

@@ -185,13 +185,13 @@ def test_registry_name_is_not_hijacked_by_cwd(tmp_path, monkeypatch):
     assert model_path(None).is_relative_to(model_path(DEFAULT_MODEL).parent)
     MLPhotometry()                        # the shipped default still loads
     with pytest.raises(ModelError, match="has no config.json"):
-        MLPhotometry(f"./{DEFAULT_MODEL}")   # given as a path, the folder is used
+        MLPhotometry(model=f"./{DEFAULT_MODEL}")   # given as a path, the folder is used
 
 
 @pytest.mark.parametrize("model", [123, 1.5, ["asidfe_tsmve_v5"]])
 def test_model_of_wrong_type(model):
     with pytest.raises(ModelError, match="model must be a shipped model name or a model dir"):
-        MLPhotometry(model)
+        MLPhotometry(model=model)
 
 
 def test_providers_as_a_string():

@@ -222,7 +222,7 @@ def test_nonfinite_positions_are_flagged_rows(phot, image, init, bad):
     assert np.all(np.isfinite(tbl["flux_fit"][others]))
 
 
-@pytest.mark.parametrize("init_params", [{"x": [1.0], "y": [2.0]}, np.ones((3, 2)), [(1, 2)]])
+@pytest.mark.parametrize("init_params", [{"x": [1.0], "y": [2.0]}, "positions.ecsv", 3.0])
 def test_init_params_wrong_type(phot, image, init_params):
     with pytest.raises(TypeError, match="init_params must be an astropy Table"):
         phot(image, init_params=init_params)
@@ -240,7 +240,7 @@ def test_no_init_params_no_finder(phot, image):
     ({"batch_size": 0}, ValueError, "batch_size must be a positive integer"),
     ({"batch_size": 2.5}, ValueError, "batch_size must be a positive integer"),
     ({"finder": "dao"}, TypeError, "finder must be callable"),
-    ({"localbkg_estimator": 3}, TypeError, "localbkg_estimator must be callable"),
+    ({"local_bkg_estimator": 3}, TypeError, "local_bkg_estimator must be callable"),
     ({"background_box_size": 4}, ValueError, "background_box_size must be >= 8"),
     ({"max_shift": 0}, ValueError, "max_shift must be positive"),
     ({"threads": 0}, ValueError, "threads must be a positive integer"),
@@ -299,10 +299,10 @@ def test_finder(image, error, field):
     assert len(one) == 1
 
 
-def test_localbkg_estimator(image, error, init):
+def test_local_bkg_estimator(image, error, init):
     from photutils.background import LocalBackground
 
-    phot = MLPhotometry(localbkg_estimator=LocalBackground(9, 14))
+    phot = MLPhotometry(local_bkg_estimator=LocalBackground(9, 14))
     # A pedestal the global background does not know about is removed per source.
     ref = phot(image, error=error, background=0, init_params=init)
     tbl = phot(np.asarray(image) + 150.0, error=error, background=0, init_params=init)

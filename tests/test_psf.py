@@ -1,5 +1,6 @@
 """psf_model=: photutils models, PSFEx files, 'auto', the PSF fit, model and residual images."""
 
+import json
 import warnings
 
 import numpy as np
@@ -111,7 +112,7 @@ def test_without_a_psf_the_fit_is_not_run(image, init, error):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tbl = MLPhotometry(psf_model=None)(image, init_params=init, error=error)
-    assert "qfit" not in tbl.colnames
+    assert np.all(np.isnan(tbl["qfit"])) and np.all(np.isnan(tbl["cfit"]))
     assert tbl.meta["psf_model"] is None
 
 
@@ -225,7 +226,7 @@ def test_model_and_residual_images():
     assert abs(model.sum() / truth["flux"].sum() - 1) < 0.01
     residual = phot.make_residual_image(image)
     assert np.std(residual) < 1.2 * noise < 0.2 * np.std(image)
-    np.testing.assert_allclose(phot.make_model_image(image.shape, tbl), model)
+    np.testing.assert_allclose(phot.make_model_image(image.shape, results=tbl), model)
     no_psf = MLPhotometry()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -316,12 +317,58 @@ def test_auto_picks_oversampling_2_on_undersampled_images():
     assert np.median(np.abs(ratio - 1)) < 0.03
 
 
-def test_a_contract_2_model_uses_the_psf_in_its_fit_only():
-    """v4 (no PSF channel) still runs, with or without a PSF; the fit refines it."""
+def _contract_2_model(directory):
+    """
+    A contract-2 model (two input channels, no PSF channel, as v2-v4 were) written into
+    ``directory``: the shipped model behind a graph that appends its all-zero PSF channel
+    ("PSF not known"), with a card of contract 2 and without the PSF-mode calibrations.
+    """
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from asidfe_phot import _stamps
+    from asidfe_phot.models import file_sha256, load_model_card, model_path
+
+    model = onnx.load(str(model_path() / "model.onnx"))
+    graph = model.graph
+    (shipped_input,) = graph.input
+    name, widened = shipped_input.name, shipped_input.name + "_with_psf_channel"
+    for node in graph.node:
+        node.input[:] = [widened if i == name else i for i in node.input]
+    two = helper.make_tensor_value_info(name, TensorProto.FLOAT,
+                                        ["batch", 2, _stamps.STAMP_SIZE, _stamps.STAMP_SIZE])
+    consts = [helper.make_tensor(n, TensorProto.INT64, [1], [v])
+              for n, v in (("c2_start", 0), ("c2_end", 1), ("c2_axis", 1))]
+    consts.append(helper.make_tensor("c2_zero", TensorProto.FLOAT, [], [0.0]))
+    prefix = [helper.make_node("Slice", [name, "c2_start", "c2_end", "c2_axis"], ["c2_first"]),
+              helper.make_node("Mul", ["c2_first", "c2_zero"], ["c2_zeros"]),
+              helper.make_node("Concat", [name, "c2_zeros"], [widened], axis=1)]
+    nodes = prefix + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(consts)
+    del graph.input[:]
+    graph.input.append(two)
+    directory.mkdir()
+    onnx.save(model, str(directory / "model.onnx"))
+    card = load_model_card()
+    for key in ("sigma_calibration_psf", "sigma_calibration_auto"):
+        card.pop(key, None)
+    card.update(name="two_channel_test", version=2, contract=_stamps.contract(2),
+                sha256=file_sha256(directory / "model.onnx"),
+                input=dict(card["input"], shape=["batch", 2, 32, 32]))
+    (directory / "config.json").write_text(json.dumps(card))
+    return directory
+
+
+def test_a_contract_2_model_uses_the_psf_in_its_fit_only(tmp_path):
+    """A model without a PSF channel still runs, with or without a PSF; the fit refines it."""
     psf = CircularGaussianPRF(fwhm=2.5)
     image, truth, noise = _field(psf, seed=10)
-    phot, tbl = _measure(psf, image, truth, noise, model="asidfe_tsmve_v4")
+    model = _contract_2_model(tmp_path / "two_channel_test_v2")
+    phot, tbl = _measure(psf, image, truth, noise, model=model)
     assert phot.model_card["contract"]["version"] == 2
+    assert phot._n_channels == 2
     ratio = np.asarray(tbl["flux_fit"]) / truth["flux"]
     assert np.median(np.abs(ratio - 1)) < 0.01
 

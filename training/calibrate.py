@@ -8,8 +8,8 @@ detection selection, S/N log-uniform; `unselected_stars`) the median true /
 predicted flux per core-S/N bin gives factors that undo that on average
 (``flux_bias_correction`` in the card; `asidfe_phot._stamps.correct_flux_bias`).
 
-    python -m training.calibrate --model models/asidfe_tsmve_v4 \
-        [--data runs/v3/data,runs/v3/data_broad] [--n-frames 300] [--bias-fields 40]
+    python -m training.calibrate --model models/asidfe_tsmve_v5 \
+        [--data runs/v5/data_generic,runs/v5/data_broad] [--n-frames 150] [--bias-fields 20]
 
 Runs `MLPhotometry` (the user's code path: raw frame, gain, the package's own
 background, stamps, onnxruntime) with the network's *uncalibrated* sigmas on
@@ -114,7 +114,7 @@ def unselected_stars(model_dir, recipe, n_fields, seed, shape=(1024, 1024), n_st
     from asidfe_phot.datasets import make_star_field
     from training import simulate
 
-    phot = MLPhotometry(model_dir, aperture_correction=False, psf_model=None,
+    phot = MLPhotometry(model=model_dir, aperture_correction=False, psf_model=None,
                         flux_bias_correction=False, diagnostics=True)
     rng = np.random.default_rng(seed)
     core, ratio = [], []

@@ -1,7 +1,7 @@
 """
 Training curves (paper Figs. 4, 7-9): loss and validation MSE, MAE and NLL per evaluation.
 
-    python -m training.curves --model models/asidfe_tsmve_v4 --out training_curves.png
+    python -m training.curves --model models/asidfe_tsmve_v5 --out training_curves.png
     python -m training.curves --runs runs/v3/compare --out compare_curves.png
 
 ``--model`` draws the stages recorded in a model card's ``history`` one

@@ -1,9 +1,9 @@
 """
 Export trained weights to ONNX with a model card (``config.json``) and check parity.
 
-    python -m training.export --weights runs/v3/step2_mixed/best.pt \
-        --out models/asidfe_tsmve_v4 --name asidfe_tsmve --version 4 \
-        --card-extra runs/v3/card_extra.json
+    python -m training.export --weights runs/v5/step2/best.pt \
+        --out models/asidfe_tsmve_v5 --name asidfe_tsmve --version 5 \
+        --card-extra runs/v5/card_extra.json
 """
 
 import argparse

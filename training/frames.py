@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
+from asidfe_phot._progress import Progress
 from training import simulate as simulate_mod
 
 #: The methods measured here (the others belong to `evaluation.synthetic`).
@@ -119,10 +120,10 @@ def photometers(model, methods, single_threaded=False, calibrated=True):
     psf_options = {**options, "sigma_calibration": True if calibrated else "network"}
     out = {"options": (model, psf_options)}
     if "ml" in chosen:
-        out["ml"] = MLPhotometry(model, psf_model=None, sigma_calibration=calibrated,
+        out["ml"] = MLPhotometry(model=model, psf_model=None, sigma_calibration=calibrated,
                                  **options)
     if "mlauto" in chosen:
-        out["mlauto"] = MLPhotometry(model, psf_model="auto", **psf_options)
+        out["mlauto"] = MLPhotometry(model=model, psf_model="auto", **psf_options)
     # "mlpsf" gets each frame's true PSF (`measure_ml`).
     return out
 
@@ -141,7 +142,7 @@ def measure_ml(frame, phots, methods):
                 lambda gx, gy: simulate_mod._psf_at(cond, gx, gy, shape), shape, nodes=5,
                 half_size=16)
             model, options = phots["options"]
-            phot = MLPhotometry(model, psf_model=psf_model, **options)
+            phot = MLPhotometry(model=model, psf_model=psf_model, **options)
         else:
             phot = phots[m]
         with warnings.catch_warnings():
@@ -252,16 +253,16 @@ def measure_frames(model, data, n_frames=60, log=print, methods=ML_METHODS[:1], 
         pool = None
         _WORKER.clear()
         outcomes = map(_measure_in_worker, tasks)
+    progress = Progress(len(tasks), f"measure {split}", unit="frames", log=log)
     try:
-        for k, (table, frame_timings, messages) in enumerate(outcomes):
+        for table, frame_timings, messages in outcomes:
             for message in messages:
                 log(message)
             for m, s in frame_timings.items():
                 timings[m] += s
             if table is not None:
                 rows.append(table)
-            if (k + 1) % 10 == 0:
-                log(f"measured {k + 1} frames")
+            progress.update()
     finally:
         if pool is not None:
             pool.terminate()

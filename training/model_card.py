@@ -1,7 +1,7 @@
 """
 Render a model directory's ``README.md`` (the human-readable model card) from its config.json.
 
-    python -m training.model_card models/asidfe_tsmve_v4
+    python -m training.model_card models/asidfe_tsmve_v5
 """
 
 import argparse
@@ -112,7 +112,9 @@ def render(card):
     broad = card.get("training_data_broad") or (isinstance(data, list) and len(data) > 1)
     config = card.get("training_config", {})
     psf_stage = "parent_model" in card
-    regenerate = (f"python -m training.pipeline --psf-stage --out runs/v{card['version']} "
+    # The parent's weights (--init) need not ship: the pipeline takes its directory.
+    regenerate = (f"python -m training.pipeline --psf-stage --init PARENT_DIR "
+                  f"--out runs/v{card['version']} "
                   f"--model-dir models/{card['name']}_v{card['version']}" if psf_stage else
                   f"python -m training.pipeline --out runs/v{card['version']} "
                   f"--model-dir models/{card['name']}_v{card['version']}")
@@ -138,7 +140,8 @@ def render(card):
         "",
         *_data_lines(card),
         *([f"- parent model: `{card['parent_model']}` (its weights, widened by the PSF "
-           "channel with zero weights, start the training)"] if psf_stage else []),
+           "channel with zero weights, start the training; `PARENT_DIR` below is its model "
+           "directory)"] if psf_stage else []),
         f"- regenerate: `{regenerate}`",
         f"- configuration: `{json.dumps(config)}`",
         "",

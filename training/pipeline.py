@@ -10,12 +10,15 @@ the other way round (``evaluation`` -> ``training`` -> ``asidfe_phot``)::
     python -m evaluation.synthetic --model DIR --data runs/v3/data --out runs/v3/evaluation \
         --write-card [--card-key test_metrics_broad --data runs/v3/data_broad ...]
 
-    python -m training.pipeline --out runs/v3 --model-dir models/asidfe_tsmve_v4
+    python -m training.pipeline --out runs/v4       # v4's recipe: runs/v4/model/asidfe_tsmve_v4
     python -m training.pipeline --quick --out /tmp/quick        # minutes, tiny data (CI)
 
-The PSF-conditioned model (contract 3) continues the shipped v4 (`PSF_STAGE`):
+The PSF-conditioned model (contract 3, the shipped v5) continues v4 (`PSF_STAGE`). v4 no
+longer ships: pass its model directory (the run above, or restored from git history as
+`models/CHANGELOG.md` says) with ``--init``:
 
-    python -m training.pipeline --psf-stage --out runs/v5 --model-dir models/asidfe_tsmve_v5
+    python -m training.pipeline --psf-stage --init runs/v4/model/asidfe_tsmve_v4 \
+        --out runs/v5 --model-dir models/asidfe_tsmve_v5
 
 Every stage is resumable: rerunning the command skips finished stages
 (their ``DONE`` markers) and continues an interrupted training from its
@@ -71,6 +74,8 @@ QUICK = {
 #: The PSF-conditioned model (asidfe_tsmve_v5): v4's weights widened by a PSF input channel
 #: with zero weights (so it starts as v4), then both TS-MVE steps on data sets that carry
 #: each stamp's imperfect PSF (training.simulate.PSF_ERRORS), a quarter shown without it.
+#: ``init`` names the parent model (recorded in the card as ``parent_model``); its weights
+#: come from ``run_psf_stage(init=...)`` when it does not ship.
 PSF_STAGE = {
     "init": "asidfe_tsmve_v4",
     "data": [{"preset": "generic", "n_frames": 1200, "seed": 11,
@@ -89,10 +94,14 @@ QUICK_PSF_STAGE = {
 }
 
 
-def run_psf_stage(out, config, model_dir=None, name="asidfe_tsmve", version=5, log=print):
-    """The PSF-conditioned model from the shipped v4, in one resumable command."""
-    from asidfe_phot.models import model_path
+def run_psf_stage(out, config, model_dir=None, name="asidfe_tsmve", version=5, log=print,
+                  init=None):
+    """
+    The PSF-conditioned model from v4, in one resumable command.
 
+    ``init``: the parent's weights (a model directory, its ``model.onnx`` or a checkpoint);
+    default: the shipped model that ``config["init"]`` names.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config, indent=2))
@@ -105,7 +114,7 @@ def run_psf_stage(out, config, model_dir=None, name="asidfe_tsmve", version=5, l
             simulate_mod.write_dataset(folder, d["n_frames"], d["preset"], d["seed"],
                                        families=d["families"], with_psf=True, log=log)
         data_sets.append(folder)
-    init = model_path(config["init"])
+    init = Path(init) if init is not None else _shipped_parent(config["init"])
     common = {"eval_every": config["eval_every"], "log": log}
     if not _stage_done(out / "step1"):
         log("== step 1 (Huber, mean branch), from v4 widened by the PSF channel")
@@ -138,6 +147,20 @@ def run_psf_stage(out, config, model_dir=None, name="asidfe_tsmve", version=5, l
                             with_psf=True)
     log(f"== done in {time.time() - t0:.0f} s: {model_dir}")
     return export_mod.update_card(model_dir, {})
+
+
+def _shipped_parent(name):
+    """The directory of the shipped model ``name``, or a ModelError saying how to get it."""
+    from asidfe_phot.exceptions import ModelError
+    from asidfe_phot.models import model_path
+
+    try:
+        return model_path(name)
+    except ModelError as exc:
+        msg = (f"the PSF stage starts from {name}'s weights, which do not ship with this "
+               "version: pass its model directory with --init (restore it from git history, "
+               "see models/CHANGELOG.md, or train it with the FULL recipe)")
+        raise ModelError(msg) from exc
 
 
 def _recipe(index):
@@ -301,11 +324,14 @@ def main(argv=None):
     parser.add_argument("--model-dir", default=None, help="where to write the exported model")
     parser.add_argument("--version", type=int, default=4)
     parser.add_argument("--psf-stage", action="store_true",
-                        help="make the PSF-conditioned model from the shipped v4 (PSF_STAGE)")
+                        help="make the PSF-conditioned model from v4 (PSF_STAGE)")
+    parser.add_argument("--init", default=None,
+                        help="--psf-stage: the parent's model directory or checkpoint (v4, which "
+                             "no longer ships: see models/CHANGELOG.md)")
     args = parser.parse_args(argv)
     if args.psf_stage:
         run_psf_stage(args.out, QUICK_PSF_STAGE if args.quick else PSF_STAGE, args.model_dir,
-                      version=5 if args.version == 4 else args.version)
+                      version=5 if args.version == 4 else args.version, init=args.init)
         return
     config = dict(QUICK if args.quick else FULL)
     if args.preset:

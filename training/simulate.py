@@ -29,6 +29,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from asidfe_phot import _stamps
+from asidfe_phot._progress import Progress
 from asidfe_phot.background import estimate_background
 from asidfe_phot.datasets import (
     PSF_FAMILIES,
@@ -389,14 +390,14 @@ def write_dataset(out, n_frames, preset="generic", seed=0, families=None,
     writers = {s: _ShardWriter(out, s, shard_size) for s in SPLITS}
     processes = processes or os.cpu_count()
     start = time.time()
+    progress = Progress(n_frames, "simulate", unit="frames", log=log)
     # Results are written in frame order so the data set is identical for a given seed.
     with mp.get_context("fork").Pool(processes) as pool:
-        for done, (frame_id, result) in enumerate(pool.imap(_worker, tasks, chunksize=4), 1):
+        for frame_id, result in pool.imap(_worker, tasks, chunksize=4):
             writers[split_of(frame_id)].add(*result)
-            if done % 100 == 0 or done == n_frames:
-                total = sum(w.count for w in writers.values())
-                rate = total / (time.time() - start)
-                log(f"frames {done}/{n_frames}  stamps {total}  {rate:.0f} stamps/s")
+            total = sum(w.count for w in writers.values())
+            progress.update(note=f"{total} stamps, "
+                                 f"{total / max(time.time() - start, 1e-9):.0f} stamps/s")
     for w in writers.values():
         w.flush()
     elapsed = time.time() - start

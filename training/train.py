@@ -8,7 +8,7 @@ both branches) or a plain MVE baseline member (NLL from scratch).
 
 Resumable: rerunning the same command continues from ``OUT/last.pt``.
 ``--init`` starts from given weights (a checkpoint, or an exported model such as the shipped
-``models/asidfe_tsmve_v4``) and ``--freeze`` holds layers fixed (transfer learning).
+``models/asidfe_tsmve_v5``) and ``--freeze`` holds layers fixed (transfer learning).
 """
 
 import argparse
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from asidfe_phot import _stamps
+from asidfe_phot._progress import Progress
 from training.data import StampSet
 from training.model import (
     LOGVAR_MAX,
@@ -232,6 +233,7 @@ def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batc
 
     # max_steps splits a long training into several runs (each resumes from last.pt).
     stop_at = last_step if max_steps is None else min(last_step, state["step"] + max_steps)
+    progress = Progress(stop_at, f"train {stage}", unit="steps", log=log, initial=state["step"])
     while state["step"] < stop_at and state["bad_evals"] < patience:
         idx = rng.integers(0, len(train_set), batch_size)
         x, t, _ = train_set.batch(idx, rng)
@@ -244,6 +246,7 @@ def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batc
         scheduler.step()
         state["step"] += 1
         running.append(loss.item())
+        progress.update(note=f"loss {running[-1]:.4g}")
         if state["step"] % steps_per_eval == 0 or state["step"] == last_step:
             metrics = evaluate(model, val_set, with_variance=with_variance)
             key = metrics["nll"] if with_variance else metrics["huber"]

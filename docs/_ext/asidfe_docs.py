@@ -12,6 +12,8 @@ Sphinx directives that keep the docs in step with the code.
     Every PNG under DIR (relative to the page), or the directive's content
     when there is none yet.
 
+`GalleryOrder` sorts the example gallery (``sphinx_gallery_conf`` in ``conf.py``).
+
 Nothing here runs the network.
 """
 
@@ -138,6 +140,24 @@ class CLIHelp(_GeneratedRST):
         block = nodes.literal_block(text, text)
         block["language"] = "text"
         return [block]
+
+
+class GalleryOrder:
+    """Sort key of the example gallery: the order a new user reads them in."""
+
+    ORDER = ("plot_replace_aperture_photometry.py", "plot_crowded_field_residuals.py",
+             "plot_calibrated_errors.py", "plot_batch_of_frames.py",
+             "plot_retraining_in_brief.py")
+
+    def __init__(self, src_dir):
+        self.src_dir = src_dir
+
+    def __call__(self, filename):
+        name = Path(filename).name
+        return (self.ORDER.index(name) if name in self.ORDER else len(self.ORDER), name)
+
+    def __repr__(self):
+        return f"<{type(self).__name__}>"
 
 
 def _data_docstrings(app, what, name, obj, options, lines):

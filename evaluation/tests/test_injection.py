@@ -17,7 +17,7 @@ def test_injected_stars_recovered():
 
     frame = ir.load_frame("ntt", cutout=(slice(300, 556), slice(300, 556)))
     image, truth = ir.inject(frame, 30, np.random.default_rng(3))
-    res = ir.measure(frame, image, truth, MLPhotometry(None, threads=1))
+    res = ir.measure(frame, image, truth, MLPhotometry(threads=1))
     assert len(truth) == len(res) == 30
     # The injection itself: the image changed by the injected total.
     assert np.isclose(float((image - frame["data"]).sum(dtype=np.float64)),

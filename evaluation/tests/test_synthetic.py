@@ -26,7 +26,7 @@ def _packaged_model_error():
     from asidfe_phot.exceptions import ModelError
 
     try:
-        MLPhotometry(None)
+        MLPhotometry()
     except ModelError as exc:
         return str(exc)
     return None
@@ -162,7 +162,9 @@ def test_methods_option_from_the_command_line(data, tmp_path, capsys):
     timings = json.loads((out / "timings.json").read_text())
     assert set(timings["seconds_per_frame"]) == {"ml", "sep"}
     printed = capsys.readouterr().out
-    assert printed.startswith("seconds per frame: ml ")
+    # The frames' progress (with its ETA) comes through the same log, first.
+    assert printed.startswith("measure test: 1/1 frames (100%), done in ")
+    assert "\nseconds per frame: ml " in printed
     printed = json.loads(printed[printed.index("\n[") + 1:])
     assert printed[0]["snr_lo"] == ev.SNR_BINS[0]
     with pytest.raises(ValueError, match="unknown methods"):

@@ -134,7 +134,7 @@ def test_quick_pipeline_end_to_end(tmp_path):
 
     config = dict(pipeline.QUICK)
     card = pipeline.run(tmp_path / "run", config, log=lambda *a: None)
-    model_dir = tmp_path / "run" / "model" / "asidfe_tsmve_v4"
+    model_dir = tmp_path / "run" / "model" / f"{card['name']}_v{card['version']}"
     _, card2 = verify_model(model_dir)
     assert card2["sha256"] == card["sha256"]
     assert card["parity"]["max_abs_diff"] < 1e-4
@@ -154,7 +154,7 @@ def test_quick_pipeline_end_to_end(tmp_path):
     image, truth = make_test_image(shape=(64, 64), n_sources=4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tbl = MLPhotometry(model_dir)(image, init_params=truth, gain=2.0)
+        tbl = MLPhotometry(model=model_dir)(image, init_params=truth, gain=2.0)
     assert len(tbl) == 4 and np.all(np.isfinite(tbl["flux_fit"]))
 
 
@@ -259,6 +259,15 @@ def test_training_curves_from_histories(tmp_path):
     assert (tmp_path / "c.png").stat().st_size > 0
 
 
+def test_psf_stage_names_the_missing_parent():
+    from asidfe_phot.exceptions import ModelError
+    from training import pipeline
+
+    with pytest.raises(ModelError, match="pass its model directory with --init"):
+        pipeline._shipped_parent(pipeline.PSF_STAGE["init"])
+    assert pipeline._shipped_parent("asidfe_tsmve_v5").name == "asidfe_tsmve_v5"
+
+
 def test_quick_psf_stage_end_to_end(tmp_path):
     """The PSF-conditioned stage: v4 widened -> steps 1, 2 on data with PSF stamps -> export
     (contract 3) -> calibrations without and with a PSF."""
@@ -268,12 +277,20 @@ def test_quick_psf_stage_end_to_end(tmp_path):
 
     from asidfe_phot import MLPhotometry
     from asidfe_phot.datasets import make_test_image
+    from asidfe_phot.models import model_path
     from training import pipeline
 
+    # The parent (v4) no longer ships: the shipped model without its PSF channel's input
+    # weights stands in for it, so the stage still widens a contract-2 model.
+    state = load_model(model_path("asidfe_tsmve_v5")).state_dict()
+    state = {k: (v[:, :2].contiguous() if v.ndim == 4 and v.shape[1] == 3 else v)
+             for k, v in state.items()}
+    parent = tmp_path / "parent.pt"
+    torch.save({"model": state}, parent)
     card = pipeline.run_psf_stage(tmp_path / "run", dict(pipeline.QUICK_PSF_STAGE),
-                                  log=lambda *a: None)
+                                  log=lambda *a: None, init=parent)
     assert card["contract"]["version"] == 3 and card["input"]["shape"][1] == 3
-    assert card["parent_model"] == "asidfe_tsmve_v4"
+    assert card["parent_model"] == pipeline.PSF_STAGE["init"]
     assert all(d.get("psf_errors") for d in card["training_data"])
     for key in ("sigma_calibration", "sigma_calibration_psf", "sigma_calibration_auto"):
         assert all(f > 0 for f in card[key]["flux"]), key
@@ -281,6 +298,6 @@ def test_quick_psf_stage_end_to_end(tmp_path):
     image, truth = make_test_image(shape=(64, 64), n_sources=4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tbl = MLPhotometry(model_dir, psf_model=CircularGaussianPRF(fwhm=3.0))(
+        tbl = MLPhotometry(model=model_dir, psf_model=CircularGaussianPRF(fwhm=3.0))(
             image, init_params=truth, gain=2.0)
     assert len(tbl) == 4 and np.all(np.isfinite(tbl["flux_fit"]))

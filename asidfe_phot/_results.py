@@ -1,0 +1,80 @@
+"""
+The result table of `~asidfe_phot.MLPhotometry` (private): photutils' PSFPhotometry
+columns in its order, the ``diagnostics`` columns, and the call's summary warnings.
+"""
+
+import warnings
+
+import numpy as np
+from astropy.table import QTable
+
+from asidfe_phot import flags as _flags
+from asidfe_phot._validation import user_stacklevel
+from asidfe_phot.exceptions import FlaggedSourcesWarning, NoSourceNoiseWarning
+
+__all__ = []  # private module
+
+#: Flags serious enough for a (single, summary) warning.
+WARN_FLAGS = (_flags.NO_OVERLAP | _flags.CORE_MASKED | _flags.SATURATED | _flags.COMPACT
+              | _flags.PSF_MISMATCH | _flags.NO_POSITION)
+#: The network's own estimates before the PSF fit, as ``diagnostics`` columns.
+NETWORK_COLUMNS = ("x_fit", "y_fit", "flux_fit", "x_err", "y_err", "flux_err")
+
+
+def diagnostic_columns(res, scale):
+    """
+    The ``diagnostics`` columns: ``snr_core``, and the network's estimates before a
+    PSF fit (``<name>_network``), fluxes back from the internal scale to the data's.
+    """
+    columns = {"snr_core": res["snr_core"]}
+    network = res.get("network")
+    if network is not None:
+        for key in NETWORK_COLUMNS:
+            values = network[key]
+            if key.startswith("flux") and scale != 1:
+                values = values * scale
+            columns[f"{key}_network"] = values
+    return columns
+
+
+def assemble(ids, x, y, res, unit, wcs, meta, extra=None):
+    """The result table (fluxes in ``unit``), its ``meta``; warns once per call."""
+    def in_unit(values):
+        return values if unit is None else values * unit
+
+    # photutils' PSFPhotometry columns, in its order (those we have).
+    tbl = QTable()
+    tbl["id"] = ids
+    tbl["group_id"] = res["group_id"]
+    tbl["group_size"] = res["group_size"]
+    tbl["local_bkg"] = in_unit(res["local_bkg"])
+    tbl["x_init"] = x
+    tbl["y_init"] = y
+    if "flux_init" in res:
+        tbl["flux_init"] = in_unit(res["flux_init"])
+    tbl["x_fit"] = res["x_fit"]
+    tbl["y_fit"] = res["y_fit"]
+    tbl["flux_fit"] = in_unit(res["flux_fit"])
+    tbl["x_err"] = res["x_err"]
+    tbl["y_err"] = res["y_err"]
+    tbl["flux_err"] = in_unit(res["flux_err"])
+    nan = np.full(len(tbl), np.nan)
+    tbl["qfit"] = res.get("qfit", nan)
+    tbl["cfit"] = res.get("cfit", nan)
+    tbl["flags"] = res["flags"]
+    if wcs is not None:
+        tbl["sky_centroid"] = wcs.pixel_to_world(tbl["x_fit"], tbl["y_fit"])
+    for name, values in (extra or {}).items():
+        tbl[name] = values * unit if unit is not None and name.startswith("flux") else values
+    tbl.meta.update(meta)
+    nwarn = int(np.count_nonzero(tbl["flags"] & WARN_FLAGS))
+    if nwarn:
+        msg = (f"{nwarn} of {len(tbl)} sources are flagged (no usable pixels, masked core, "
+               "saturated, sharper than a PSF, or a PSF unlike any trained on); see the "
+               "'flags' column and MLPhotometry.decode_flags")
+        warnings.warn(msg, FlaggedSourcesWarning, stacklevel=user_stacklevel())
+    if len(tbl) and np.all(tbl["flags"] & _flags.NO_SOURCE_NOISE):
+        msg = ("no error map, gain or sky level tells the network the sources' Poisson "
+               "noise, so flux_err is too small for bright sources; pass error= or gain=")
+        warnings.warn(msg, NoSourceNoiseWarning, stacklevel=user_stacklevel())
+    return tbl
