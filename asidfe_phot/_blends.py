@@ -3,8 +3,9 @@ Input sources that share a stamp's core, and what their sharing leaves uncertain
 
 The network measures the light in a stamp's core as one source's: two input
 sources closer than the core radius each get (nearly) the pair's total. A PSF
-fit splits them where the data allow; where nothing splits them, the flux
-error must cover the light that may be the neighbour's.
+fit splits them where the data allow; where nothing splits them, the reading
+is shared equally (so the pair's total light is counted once, also in a model
+image) and the flux error covers the light that may be the neighbour's.
 """
 
 import numpy as np
@@ -57,11 +58,20 @@ def shared_light(x, y, flux, rows, pairs):
 
 def cover_shared_light(res, x, y, pairs):
     """
-    Widen the errors of core neighbours (``pairs``) that no PSF fit split
-    (`shared_light`), in place.
+    Share the readings of core neighbours (``pairs``) that no PSF fit split,
+    and widen their errors (`shared_light`), in place.
+
+    Each unsplit source's reading is divided by one plus its number of unsplit
+    core neighbours: an equal pair read as one gets its true fluxes, an unequal
+    one the mean, within the widened error (half the neighbours' readings).
     """
     unsplit = ~res.get("split", np.zeros(np.size(x), bool))
     flux_extra, position_extra = shared_light(x, y, res["flux_fit"], unsplit, pairs)
-    res["flux_err"] = np.hypot(res["flux_err"], flux_extra)
+    sharing = np.ones(np.size(x))
+    if pairs.size:
+        both = unsplit[pairs[:, 0]] & unsplit[pairs[:, 1]]
+        np.add.at(sharing, pairs[both].ravel(), 1.0)
+    res["flux_fit"] = res["flux_fit"] / sharing
+    res["flux_err"] = np.hypot(res["flux_err"] / sharing, flux_extra)
     res["x_err"] = np.hypot(res["x_err"], position_extra)
     res["y_err"] = np.hypot(res["y_err"], position_extra)

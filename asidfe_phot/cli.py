@@ -280,6 +280,8 @@ def _write_atomically(path, overwrite, write):
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp makes the file private (0600); a catalogue gets the mode any new file gets.
+        os.chmod(tmp, 0o666 & ~_umask())
         if overwrite:
             os.replace(tmp, path)
         else:
@@ -293,6 +295,12 @@ def _write_atomically(path, overwrite, write):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _check_plot_name(path):
@@ -579,6 +587,25 @@ def _write_outputs(args, job, results, stdout):
             print(f"wrote {path}", file=stdout)
 
 
+def _tailor_main(argv):
+    """``asidfe-phot tailor``: `asidfe_phot.tailor.tailor_model` from the shell."""
+    from asidfe_phot import tailor
+
+    try:
+        training_tailor = tailor._training_tailor()
+    except ImportError as exc:
+        print(f"{PROG} tailor: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        training_tailor.main(argv, prog=f"{PROG} tailor")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    except (ValueError, FITSReadError) as exc:
+        print(f"{PROG} tailor: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv=None):
     """
     Run the ``asidfe-phot`` command.
@@ -600,6 +627,8 @@ def main(argv=None):
         from asidfe_phot._cli_ast import main as ast_main
 
         return ast_main(argv[1:])
+    if argv and argv[0] == "tailor":
+        return _tailor_main(argv[1:])
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)

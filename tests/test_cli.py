@@ -198,6 +198,21 @@ def test_overwrite(image_files, tmp_path, capsys):
     assert len(QTable.read(out_path)) == 8
 
 
+def test_outputs_get_the_usual_file_mode(image_files, tmp_path, capsys):
+    # The atomic write goes through a private temporary file: the result must not stay 0600.
+    import os
+
+    image, cat, _ = image_files
+    out_path = tmp_path / "mode.ecsv"
+    old = os.umask(0o022)
+    try:
+        rc, _, err = _run(capsys, image, "--catalog", cat, "-o", out_path)
+    finally:
+        os.umask(old)
+    assert rc == 0, err
+    assert out_path.stat().st_mode & 0o777 == 0o644
+
+
 def _bad_catalogs(tmp_path):
     sextractor = tmp_path / "sex.ecsv"
     QTable({"X_IMAGE": [10.0], "Y_IMAGE": [10.0]}).write(sextractor)

@@ -50,7 +50,7 @@ def predict_frames(model_dir, data, n_frames=300, jobs=1, log=print, method="ml"
     Returns ``pred`` (``dx, dy, flux`` and their ``_err``; positions in
     frame pixels, which leaves the residuals unchanged) and ``truth``.
     """
-    from training import frames
+    from . import frames
 
     results = frames.measure_frames(model_dir, data, n_frames, log=log, methods=[method],
                                     jobs=jobs, split="val", calibrated=False)
@@ -112,7 +112,8 @@ def unselected_stars(model_dir, recipe, n_fields, seed, shape=(1024, 1024), n_st
 
     from asidfe_phot import MLPhotometry
     from asidfe_phot.datasets import make_star_field
-    from training import simulate
+
+    from . import simulate
 
     phot = MLPhotometry(model=model_dir, aperture_correction=False, psf_model=None,
                         flux_bias_correction=False, diagnostics=True)
@@ -166,8 +167,8 @@ def calibrate(model_dir, data, n_frames=300, jobs=1, log=print, bias_fields=40, 
     true PSF; ``sigma_calibration_auto``: with ``psf_model="auto"``), applied by
     `MLPhotometry` after its PSF fit. Returns the sigma calibration.
     """
-    from training.export import update_card
-    from training.frames import data_recipe
+    from .export import update_card
+    from .frames import data_recipe
 
     data_sets = data if isinstance(data, (list, tuple)) else [data]
     if bias_fields:
@@ -202,7 +203,7 @@ def calibrate_psf(model_dir, data, n_frames=300, jobs=1, log=print):
     ``psf_model="auto"``), fitted as `fit_sigma_calibration` on the outputs as chosen
     (PSF fit or network) and written into the card.
     """
-    from training.export import update_card
+    from .export import update_card
 
     data_sets = data if isinstance(data, (list, tuple)) else [data]
     per_set = max(1, n_frames // len(data_sets))

@@ -17,7 +17,8 @@ import torch
 
 from asidfe_phot import _stamps
 from asidfe_phot.models import file_sha256
-from training.model import LOGVAR_MAX, LOGVAR_MIN, TSMVE
+
+from .model import LOGVAR_MAX, LOGVAR_MIN, TSMVE
 
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "stamps", "outputs"

@@ -18,7 +18,8 @@ import numpy as np
 from astropy.table import Table
 
 from asidfe_phot._progress import Progress
-from training import simulate as simulate_mod
+
+from . import simulate as simulate_mod
 
 #: The methods measured here (the others belong to `evaluation.synthetic`).
 ML_METHODS = ("ml", "mlpsf", "mlauto")

@@ -31,9 +31,9 @@ import os
 import time
 from pathlib import Path
 
-from training import export as export_mod
-from training import simulate as simulate_mod
-from training import train as train_mod
+from . import export as export_mod
+from . import simulate as simulate_mod
+from . import train as train_mod
 
 #: The recipe of the shipped model (recorded in its card).
 FULL = {
@@ -127,7 +127,7 @@ def run_psf_stage(out, config, model_dir=None, name="asidfe_tsmve", version=5, l
                         seed=config["step2_seed"], **common)
     stages = {k: json.loads((out / k / "history.json").read_text()) for k in ("step1", "step2")
               if (out / k / "history.json").exists()}
-    from training import curves
+    from . import curves
 
     curves.plot_curves(stages, out / "training_curves.png", consecutive=True,
                        title=f"{name}_v{version}: PSF-conditioned stages")
@@ -140,7 +140,7 @@ def run_psf_stage(out, config, model_dir=None, name="asidfe_tsmve", version=5, l
     log("== export")
     export_mod.export(out / "step2" / "best.pt", model_dir, name, version, card_extra)
     log("== calibrate (validation frames, without and with the PSF)")
-    from training import calibrate as calibrate_mod
+    from . import calibrate as calibrate_mod
 
     calibrate_mod.calibrate(model_dir, data_sets, n_frames=config["calibration_frames"],
                             jobs=os.cpu_count(), log=log, bias_fields=config["bias_fields"],
@@ -228,7 +228,7 @@ def run(out, config, model_dir=None, name="asidfe_tsmve", version=4, log=print):
     for stage in ("step1", "step2", "step2_restart", "step2_mixed"):
         if (out / stage / "history.json").exists():
             stages[stage] = json.loads((out / stage / "history.json").read_text())
-    from training import curves
+    from . import curves
 
     curves.plot_curves(stages, out / "training_curves.png", consecutive=True,
                        title=f"{name}_v{version}: training stages")
@@ -242,7 +242,7 @@ def run(out, config, model_dir=None, name="asidfe_tsmve", version=4, log=print):
     log("== export")
     card = export_mod.export(final / "best.pt", model_dir, name, version, card_extra)
     log("== calibrate sigmas (validation frames)")
-    from training import calibrate as calibrate_mod
+    from . import calibrate as calibrate_mod
 
     calibrate_mod.calibrate(model_dir, data_sets, n_frames=config["calibration_frames"],
                             jobs=os.cpu_count(), log=log,
@@ -266,8 +266,8 @@ def compare_with_ensemble(data, out, config, log=print):
     """
     import torch
 
-    from training.data import StampSet
-    from training.model import gaussian_nll
+    from .data import StampSet
+    from .model import gaussian_nll
 
     out = Path(out)
     b = config["compare_samples"]
@@ -306,7 +306,7 @@ def compare_with_ensemble(data, out, config, log=print):
     result["tsmve_wins"] = {k: result["tsmve"][k] < result["ensemble"][k]
                             for k in ("mse", "mae", "nll")}
     (out / "comparison.json").write_text(json.dumps(result, indent=2))
-    from training import curves
+    from . import curves
 
     curves.plot_curves(curves.read_runs(out), out / "curves.png",
                        title="TS-MVE (step1, step2) and the MVE members (mve*)")

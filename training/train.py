@@ -22,8 +22,9 @@ import torch
 
 from asidfe_phot import _stamps
 from asidfe_phot._progress import Progress
-from training.data import StampSet
-from training.model import (
+
+from .data import StampSet
+from .model import (
     LOGVAR_MAX,
     LOGVAR_MIN,
     TSMVE,

@@ -35,9 +35,10 @@ import numpy as np
 
 from asidfe_phot import _stamps
 from asidfe_phot.consistency import contest
-from training import simulate as simulate_mod
-from training import train as train_mod
-from training.data import StampSet
+
+from . import simulate as simulate_mod
+from . import train as train_mod
+from .data import StampSet
 
 #: The study's recipe: the target data set and the training budget of each trained mode.
 STUDY = {

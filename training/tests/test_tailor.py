@@ -1,0 +1,69 @@
+"""Tailored training from a user's frame, on a tiny frame and budget."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import QTable
+
+from asidfe_phot import MLPhotometry, cli
+from asidfe_phot.datasets import make_star_field
+from training import tailor
+
+
+@pytest.fixture(name="frame_file", scope="module")
+def fixture_frame_file(tmp_path_factory):
+    # Enough bright isolated stars for the ePSF of psf_model="auto".
+    image, _, _ = make_star_field((256, 256), 40, psf={"family": "moffat", "fwhm": 3.0,
+                                                       "beta": 3.0},
+                                  flux_range=(2e4, 4e5), sky=200.0, gain=2.0, border=14, seed=2)
+    path = tmp_path_factory.mktemp("tailor") / "frame.fits"
+    fits.PrimaryHDU(image.astype(np.float32), header=fits.Header({"GAIN": 2.0})).writeto(path)
+    return path
+
+
+def test_tailor_writes_a_usable_model_with_its_provenance(frame_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    card = tailor.tailor(frame_file, out, config=tailor.QUICK, log=lambda *a: None)
+    model_dir = out / "model"
+    assert card["parent_model"] == "asidfe_tsmve_v5"
+    assert card["tailored_to"]["image"] == "frame.fits"
+    assert len(card["tailored_to"]["sha256"]) == 64
+    conditions = card["tailored_to"]["conditions"]
+    assert conditions["gain"] == 2.0 and conditions["gain_source"] == "given"
+    assert 2.5 < conditions["psf_fwhm"] < 3.6
+    assert sum(conditions["luminosity_function"]["counts"]) == conditions["n_sources"] > 10
+    # The tailored set: injected stars with truths, split by round.
+    index = json.loads((out / "data" / "index.json").read_text())
+    assert all(index["splits"][s]["count"] > 0 for s in ("train", "val", "test"))
+    meta = np.load(out / "data" / f"{index['splits']['train']['shards'][0]}.meta.npy")
+    assert np.all(np.abs(meta["true_dx"] - meta["det_dx"]) < 2.0)
+    assert np.all(meta["flux"] > 0) and np.all(meta["gain"] == 2.0)
+    # Calibrations refitted on the frame, and the before/after statistics.
+    for key in ("sigma_calibration", "sigma_calibration_auto", "flux_bias_correction"):
+        assert card[key]["log10_core_snr"]
+    assert {"parent", "tailored"} <= set(card["tailored_validation"])
+    # The model is usable as any model directory.
+    image = fits.getdata(frame_file)
+    phot = MLPhotometry(model=model_dir)
+    assert phot.model_card["name"].endswith("_tailored")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tbl = phot(image, init_params=QTable({"x": [128.0], "y": [128.0]}), gain=2.0)
+    assert len(tbl) == 1
+    # The command resumes: the set and the training are reused, nothing is redone.
+    trained = (out / "step2" / "best.pt").stat().st_mtime_ns
+    rc = cli.main(["tailor", str(frame_file), "--out", str(out), "--quick"])
+    assert rc == 0
+    assert (out / "step2" / "best.pt").stat().st_mtime_ns == trained
+    assert "tailored:" in capsys.readouterr().out
+
+
+def test_tailor_refuses_a_frame_without_a_gain(frame_file, tmp_path):
+    data = fits.getdata(frame_file)
+    path = tmp_path / "nogain.fits"
+    fits.PrimaryHDU(data - 200.0).writeto(path)      # sky removed: no gain from sky / rms^2
+    with pytest.raises(ValueError, match="gain"):
+        tailor.tailor(path, tmp_path / "run", config=tailor.QUICK, log=lambda *a: None)
