@@ -239,41 +239,61 @@ def _pred_truth(stars):
     return pred, truth
 
 
+#: Fewest good artificial stars to refit a calibration from (else the parent's is kept).
+MIN_CALIBRATION_STARS = 40
+
+
+def _n_bins(pred):
+    return min(12, max(2, pred["flux"].size // 40))
+
+
 def calibrate_on_frame(model_dir, data, config, *, gain, saturation, mask, error, log=print):
     """
     The card's flux-bias correction and sigma calibrations, refitted on the frame's own
     artificial stars: the network alone first (bias, then its sigmas), then the PSF mode
-    with the network's calibration applied (as MLPhotometry chains them).
+    with the network's calibration applied (as MLPhotometry chains them). A fit with fewer
+    than ``MIN_CALIBRATION_STARS`` good stars keeps the parent's entry (and says so).
     """
     from . import calibrate as calibrate_mod
     from .export import update_card
 
     common = {"gain": gain, "saturation": saturation, "mask": mask, "error": error}
     n, seed = config["calibration_stars"], config["seed"] + 1000
-    # The network alone: positions need a PSF only to render the injected stars.
-    update_card(model_dir, {"sigma_calibration": None, "flux_bias_correction": None,
-                            "sigma_calibration_psf": None, "sigma_calibration_auto": None})
+    parent = json.loads((Path(model_dir) / "config.json").read_text())
+    keys = ("flux_bias_correction", "sigma_calibration", "sigma_calibration_psf",
+            "sigma_calibration_auto")
+    inherited = {key: parent.get(key) for key in keys}
+    notes = {}
+    update_card(model_dir, dict.fromkeys(keys))
     log("== calibrate: the network alone")
     stars, _ = _ast_results(data, model_dir, None, n, seed, **common)
     pred, truth = _pred_truth(stars)
-    bias = calibrate_mod.fit_flux_bias(pred["snr_core"], pred["flux"] / truth["flux"],
-                                       n_bins=min(12, max(2, pred["flux"].size // 40)))
-    _stamps.correct_flux_bias(pred, bias, pred["snr_core"])
-    network = calibrate_mod.fit_sigma_calibration(
-        pred, truth, n_bins=min(12, max(2, pred["flux"].size // 40)))
+    if pred["flux"].size >= MIN_CALIBRATION_STARS:
+        bias = calibrate_mod.fit_flux_bias(pred["snr_core"], pred["flux"] / truth["flux"],
+                                           n_bins=_n_bins(pred))
+        _stamps.correct_flux_bias(pred, bias, pred["snr_core"])
+        network = calibrate_mod.fit_sigma_calibration(pred, truth, n_bins=_n_bins(pred))
+        notes["network"] = f"refitted on {pred['flux'].size} artificial stars"
+    else:
+        bias, network = inherited["flux_bias_correction"], inherited["sigma_calibration"]
+        notes["network"] = f"the parent's: only {pred['flux'].size} good artificial stars"
     update_card(model_dir, {"flux_bias_correction": bias, "sigma_calibration": network})
     log("== calibrate: the PSF mode")
     stars, _ = _ast_results(data, model_dir, "auto", n, seed + 1, sigma_calibration="network",
                             **common)
     pred, truth = _pred_truth(stars)
-    psf_mode = calibrate_mod.fit_sigma_calibration(
-        pred, truth, n_bins=min(12, max(2, pred["flux"].size // 40)))
-    return update_card(model_dir, {"sigma_calibration_auto": psf_mode,
-                                   "sigma_calibration_psf": psf_mode,
-                                   "calibration_note": (
-                                       "fitted on artificial stars injected into the "
-                                       "tailored frame (training.tailor), not simulations; "
-                                       "sigma_calibration_psf = sigma_calibration_auto")})
+    if pred["flux"].size >= MIN_CALIBRATION_STARS:
+        psf_mode = calibrate_mod.fit_sigma_calibration(pred, truth, n_bins=_n_bins(pred))
+        notes["psf_mode"] = (f"refitted on {pred['flux'].size} artificial stars; "
+                             "sigma_calibration_psf = sigma_calibration_auto")
+    else:
+        psf_mode = inherited["sigma_calibration_auto"]
+        notes["psf_mode"] = f"the parent's: only {pred['flux'].size} good artificial stars"
+    log(f"   calibrations: {notes}")
+    return update_card(model_dir, {
+        "sigma_calibration_auto": psf_mode, "sigma_calibration_psf": psf_mode,
+        "calibration_note": {"source": "artificial stars injected into the tailored frame "
+                                       "(training.tailor), not simulations", **notes}})
 
 
 def _bins_json(bins):

@@ -184,20 +184,20 @@ def run(out, config, log=print):
 
 def rst_tables(results):
     """The paper's Table 2 layout, then the per-bin metrics against the truth."""
-    lines = ["======== ========= ========= ========== ============= =========== ======",
-             "Mode     Pearson x Pearson y Pearson f  ConTEST x/y/f Samples     CPU min",
-             "======== ========= ========= ========== ============= =========== ======"]
+    lines = ["========== ========= ========= ========== ============= =========== ======",
+             "Mode       Pearson x Pearson y Pearson f  ConTEST x/y/f Samples     CPU min",
+             "========== ========= ========= ========== ============= =========== ======"]
     short = {"Rejected": "R", "Not Rejected": "NR"}
     for mode, m in results["modes"].items():
         verdict = "/".join(short[m[f"contest_{k}"]] for k in ("dx", "dy", "flux"))
-        lines.append(f"{mode:<8} {m['pearson_dx']:<9.3f} {m['pearson_dy']:<9.3f} "
+        lines.append(f"{mode:<10} {m['pearson_dx']:<9.3f} {m['pearson_dy']:<9.3f} "
                      f"{m['pearson_flux']:<10.4f} {verdict:<13} {m['samples']:<11d} "
                      f"{m['cpu_minutes']:<6.1f}")
     lines.append(lines[0])
     lines += ["", "Per S/N bin (flux MARE / position MAE px / z std flux / z std x):", ""]
     modes = list(results["modes"])
-    header = "======= " + " ".join("=" * 27 for _ in modes)
-    lines += [header, "S/N     " + " ".join(f"{m:<27}" for m in modes), header]
+    header = "======== " + " ".join("=" * 27 for _ in modes)
+    lines += [header, "S/N      " + " ".join(f"{m:<27}" for m in modes), header]
     snrs = [b["snr"] for b in results["modes"][modes[0]]["bins"]]
     for snr in snrs:
         cells = []
@@ -205,7 +205,7 @@ def rst_tables(results):
             b = next(b for b in results["modes"][mode]["bins"] if b["snr"] == snr)
             cells.append(f"{b['flux_mare']:.3f}/{b['position_mae']:.3f}/"
                          f"{b['z_std_flux']:.2f}/{b['z_std_x']:.2f}".ljust(27))
-        lines.append(f"{snr:<7} " + " ".join(cells))
+        lines.append(f"{snr:<8} " + " ".join(cells))
     lines.append(header)
     return "\n".join(lines) + "\n"
 
