@@ -171,6 +171,18 @@ def fixed_parameters(psf_model):
     return {alias: bool(fixed.get(name, False)) for alias, name in MAIN_PARAMETERS.items()}
 
 
+def parameter_bounds(psf_model):
+    """
+    The bounds a PSF model puts on x, y, flux (photutils' ``model.flux.bounds``; absolute
+    values, None where open); ``"auto"`` and None have none.
+    """
+    bounds = getattr(psf_model, "bounds", None)
+    if psf_model is None or isinstance(psf_model, str) or bounds is None:
+        return {}
+    return {alias: tuple(bounds[name]) for alias, name in MAIN_PARAMETERS.items()
+            if name in bounds and any(b is not None for b in bounds[name])}
+
+
 # --- init_params in every form photutils users have positions in ---------------------------
 
 #: Flux column aliases of photutils' PSFPhotometry (first match wins).
@@ -418,12 +430,13 @@ def source_inputs(table, x, y, ids, prepared, coerced, phot):
     return SourceInputs(flux_init, local_extra, local_total, group, size)
 
 
-def hold_fixed(res, fixed, flux_init, xy_bounds):
+def hold_fixed(res, fixed, flux_init, xy_bounds, bounds=None):
     """
-    photutils' fixed parameters and ``xy_bounds`` on the final values, in place: a
-    fixed position is the input's, a fixed flux ``flux_init``, each with a NaN error
-    (photutils' convention for parameters not fitted); a position stays within
-    ``xy_bounds`` of the input.
+    photutils' fixed parameters, ``xy_bounds`` and parameter bounds on the final values,
+    in place: a fixed position is the input's, a fixed flux ``flux_init``, each with a
+    NaN error (photutils' convention for parameters not fitted); a position stays within
+    ``xy_bounds`` of the input; a value stays within its parameter's ``bounds``
+    (`parameter_bounds`), as photutils' bounded fit keeps it.
     """
     for axis in ("x", "y"):
         if fixed[axis]:
@@ -437,6 +450,10 @@ def hold_fixed(res, fixed, flux_init, xy_bounds):
             if bound is not None:
                 start = res[f"{axis}_init"]
                 res[f"{axis}_fit"] = np.clip(res[f"{axis}_fit"], start - bound, start + bound)
+    for name, (low, high) in (bounds or {}).items():
+        key = f"{name}_fit"
+        res[key] = np.clip(res[key], -np.inf if low is None else low,
+                           np.inf if high is None else high)
 
 
 def half_shape(psf_shape, default):

@@ -230,8 +230,10 @@ def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes
     fit = known if fit is None else (np.asarray(fit, bool) & known)
     out = {k: np.full(n, np.nan) for k in ("x", "y", "flux", "x_err", "y_err", "flux_err",
                                             "flux_lin", "flux_lin_err", "qfit", "cfit",
-                                            "blend_inflation", "chi2")}
+                                            "blend_inflation", "chi2", "chi2_core")}
     out["npix"] = np.zeros(n, dtype=np.int64)
+    out["npix_core"] = np.zeros(n, dtype=np.int64)
+    out["nfree"] = 0
     out["blended"] = np.zeros(n, bool)
     idx = np.flatnonzero(fit)
     if idx.size == 0:
@@ -375,9 +377,7 @@ def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes
     core = (np.hypot((x0[:, None, None] + grid[None, None, :]) - fx[:, None, None],
                      (y0[:, None, None] + grid[None, :, None]) - fy[:, None, None])
             <= max(sampler.fwhm, _MIN_CORE_RADIUS)) & (weight > 0)
-    out["chi2_core"] = np.full(n, np.nan)
     out["chi2_core"][idx] = (resid**2 * weight * core).sum(axis=(1, 2))
-    out["npix_core"] = np.zeros(n, dtype=np.int64)
     out["npix_core"][idx] = np.count_nonzero(core, axis=(1, 2))
     # Light the model does not explain (an unlisted neighbour, a galaxy, the PSF's own
     # errors) leaves chi^2 above its degrees of freedom: the errors grow by the root of

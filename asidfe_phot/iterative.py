@@ -235,9 +235,10 @@ class IterativeMLPhotometry:
         `~astropy.table.QTable`
             The `~asidfe_phot.MLPhotometry` columns of every source found plus
             ``iter_detected`` (after ``group_size``); the first pass's rows
-            first, in input order. ``meta`` is the last full pass's plus
-            ``psf_class``, ``maxiters``, ``mode``, ``sub_shape`` and
-            ``iter_nsources`` (the sources found in each pass).
+            first, in input order. ``meta`` is that of the first pass
+            (``'new'``) or of the last (``'all'``), plus ``psf_class``,
+            ``maxiters``, ``mode``, ``sub_shape`` and ``iter_nsources`` (the
+            sources found in each pass).
         """
         _check_integer_ids(init_params)
         later = {k: v for k, v in options.items() if k not in _FIRST_PASS_ONLY}

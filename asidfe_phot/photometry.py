@@ -523,7 +523,7 @@ class MLPhotometry:
             # The finder's thresholds are in the data's units: it sees the data's values.
             subtracted = (prepared.subtracted if scale == 1 else
                           np.ldexp(prepared.subtracted, coerced.exponent))
-            found = self.finder(subtracted, mask=prepared.bad)
+            found = _run_finder(self.finder, subtracted, prepared.bad, unit)
             # Positions only, as photutils takes them from a finder (its fluxes are peak
             # or aperture sums, no initial flux).
             init_params = QTable({"x": [], "y": []})
@@ -559,7 +559,8 @@ class MLPhotometry:
             info.update(_aperture_correction.apply(self.aperture_correction, prepared,
                                                    results))
         _blends.cover_shared_light(results, x, y, pairs)
-        _api.hold_fixed(results, fixed, inputs.flux_init, self.xy_bounds)
+        _api.hold_fixed(results, fixed, inputs.flux_init, self.xy_bounds,
+                        _api.parameter_bounds(self.psf_model))
         results["local_bkg"] = inputs.local_total
         if inputs.flux_init is not None:
             results["flux_init"] = inputs.flux_init
@@ -618,6 +619,22 @@ class MLPhotometry:
             "flux_bias_correction": self.flux_bias_correction,
             **info,
         }
+
+
+def _run_finder(finder, subtracted, bad, unit):
+    """
+    The finder on the background-subtracted data: as a Quantity when the data have a unit
+    (photutils' finders then want a Quantity threshold), else plain values; a finder
+    built with a plain threshold still gets plain values.
+    """
+    if unit is None:
+        return finder(subtracted, mask=bad)
+    import astropy.units as u
+
+    try:
+        return finder(subtracted * unit, mask=bad)
+    except (u.UnitsError, TypeError, ValueError):
+        return finder(subtracted, mask=bad)
 
 
 def _is_bool(value):

@@ -482,3 +482,29 @@ def test_decode_flags_has_photutils_call_shape(small):
     assert asidfe_phot.decode_flags(F.EDGE | F.BLENDED, return_bit_values=True) == [F.EDGE,
                                                                                     F.BLENDED]
     assert phot.decode_flags(F.MASKED) == ["MASKED"]   # ours: any flags too
+
+
+def test_no_sources_with_a_psf_model_gives_an_empty_table():
+    # The PSF fit of nothing (every position missing, or none given) is an empty result.
+    image = np.random.default_rng(0).normal(100, 5, (64, 64))
+    phot = MLPhotometry(CircularGaussianPRF(fwhm=2.7))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert len(phot(image, init_params=QTable({"x": [], "y": []}))) == 0
+        tbl = phot(image, init_params=QTable({"x": [np.nan], "y": [np.nan]}))
+    assert len(tbl) == 1 and tbl["flags"][0] & F.NO_POSITION
+
+
+def test_finder_with_a_quantity_threshold_on_quantity_data():
+    # photutils' finders want a Quantity threshold for Quantity data: both kinds work.
+    from photutils.detection import DAOStarFinder
+
+    image = make_test_image()[0]
+    counts = []
+    for threshold in (50.0, 50.0 * u.electron):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tbl = MLPhotometry(finder=DAOStarFinder(threshold=threshold, fwhm=3.0))(
+                np.asarray(image) * u.electron)
+        counts.append(len(tbl))
+    assert counts[0] == counts[1] > 5

@@ -284,10 +284,6 @@ def test_forced_photometry(guide):
                                values(theirs["phot"]["flux_init"]), atol=1.0)
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="MLPhotometry ignores a psf_model's parameter bounds (it honours "
-                          "fixed only): fluxes beyond psf_model.flux.bounds come back, "
-                          "silently")
 def test_bounded_flux(guide):
     """The guide's bounds, run: photutils holds every flux within them."""
     from astropy.table import QTable
