@@ -291,6 +291,19 @@ class MLPhotometry:
         return self._card.get(key)
 
     @property
+    def results(self):
+        """The table of the last call (photutils' ``results``); None before any."""
+        return None if self._last is None else self._last["results"]
+
+    @property
+    def finder_results(self):
+        """
+        The finder's table of the last call (photutils' ``finder_results``); None before
+        any call, or when the call was given positions.
+        """
+        return None if self._last is None else self._last["finder_results"]
+
+    @property
     def model_card(self):
         """A copy of the model card (dict)."""
         return dict(self._card)
@@ -511,6 +524,7 @@ class MLPhotometry:
         ``psf_fit``, in internal units). Public code uses ``diagnostics=True`` instead.
         """
         coerced = coerce_data(data, mask, error, wcs)
+        found_table = None
         unit, wcs, scale = coerced.unit, coerced.wcs, coerced.scale
         init_params = _api.init_params_table(init_params, x, y)
         if init_params is None:
@@ -523,7 +537,7 @@ class MLPhotometry:
             # The finder's thresholds are in the data's units: it sees the data's values.
             subtracted = (prepared.subtracted if scale == 1 else
                           np.ldexp(prepared.subtracted, coerced.exponent))
-            found = _run_finder(self.finder, subtracted, prepared.bad, unit)
+            found = found_table = _run_finder(self.finder, subtracted, prepared.bad, unit)
             # Positions only, as photutils takes them from a finder (its fluxes are peak
             # or aperture sums, no initial flux).
             init_params = QTable({"x": [], "y": []})
@@ -574,7 +588,8 @@ class MLPhotometry:
         info.update(_api.settings_meta(self, fixed))
         extra = _results.diagnostic_columns(results, scale) if self.diagnostics else {}
         table = _results.assemble(ids, x, y, results, unit, wcs, self._meta(info), extra)
-        self._last = {"sampler": sampler, "results": table, "unit": unit}
+        self._last = {"sampler": sampler, "results": table, "unit": unit,
+                      "finder_results": found_table}
         return table, results
 
     def _fit_psf(self, prepared, res, sampler, inputs, fixed):

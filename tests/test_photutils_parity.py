@@ -253,10 +253,6 @@ def test_nddata_input(guide):
         np.testing.assert_array_equal(values(ours["phot2"][name]), values(first["phot"][name]))
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="MLPhotometry keeps no finder_results attribute: the instance is "
-                          "immutable after construction (no per-call state beyond the last "
-                          "result); the finder's positions are the x_init, y_init columns")
 def test_finder_results(guide):
     theirs, ours = outputs(guide, "finder_results")
     assert len(ours["finder_results"]) == len(theirs["finder_results"])
