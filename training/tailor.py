@@ -35,7 +35,6 @@ the before/after metrics.
 """
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -61,14 +60,6 @@ QUICK = {**TAILOR, "stamps": 300, "stars_per_round": 60, "samples": 1024, "eval_
 #: artificial-star test's 5: the set wants many stars per round; the network's stamps see
 #: the neighbours, as in crowded fields).
 SPACING_FWHM = 3.0
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def measure_frame(data, *, gain=None, saturation=None, psf_model="auto", mask=None,
@@ -313,7 +304,7 @@ def tailor(image, out, *, hdu=None, gain=None, saturation=None, psf_model="auto"
     Resumable: finished steps (the set, the training) are kept.
     """
     from asidfe_phot.io import header_float, read_image
-    from asidfe_phot.models import DEFAULT_MODEL, model_path
+    from asidfe_phot.models import DEFAULT_MODEL, file_sha256, model_path
 
     from . import export as export_mod
     from . import train as train_mod
@@ -357,7 +348,7 @@ def tailor(image, out, *, hdu=None, gain=None, saturation=None, psf_model="auto"
         "parent_model": f"{parent_card['name']}_v{parent_card['version']}",
         "parent_sha256": parent_card["sha256"],
         "tailored_to": {"image": image_path.name, "hdu": used_hdu,
-                        "sha256": _sha256(image_path), "conditions": conditions},
+                        "sha256": file_sha256(image_path), "conditions": conditions},
         "training_data": {"recipe": "stars injected into the tailored frame",
                           "counts": {s: v["count"] for s, v in index["splits"].items()},
                           "rounds": index["n_frames"]},
