@@ -5,10 +5,12 @@ Does a model tailored to a frame beat the shipped one there? Before and after, p
 
 Frames:
 
-* ``ntt``: the real ESO NTT/EMMI frame (``shared/real``, mostly galaxies). No truth: the
-  comparison is the artificial-star test that `training.tailor` runs after training (stars
-  of the frame's ePSF injected with a seed the training and calibration never used; the
-  card's ``tailored_validation``).
+* ``ntt``, ``m51``, ``eyuma``, ``ukidss``: the real frames of ``shared/real``. No truth:
+  the comparison is the artificial-star test that `training.tailor` runs after training
+  (stars of the frame's PSF injected with a seed the training and calibration never used;
+  the card's ``tailored_validation``). ``ntt`` uses the ePSF of ``psf_model="auto"``; the
+  others have too few stars for one and use `evaluation.injection`'s PSF (a Moffat fitted
+  to their bright stars), gain and saturation.
 * ``donut``, ``coma``, ``trailed``, ``airy_spikes``: simulated 1024x1024 frames
   (`evaluation.unseen_psfs`) with PSF shapes no shipped model was trained on. The model is
   tailored on the frame (``psf_model="auto"``: the ePSF it builds), then both models
@@ -32,18 +34,21 @@ from astropy.table import Table
 
 from asidfe_phot import MLPhotometry
 from asidfe_phot.models import DEFAULT_MODEL
-from evaluation import real_data_dir
+from evaluation import injection, real_data_dir
 from evaluation.metrics import bin_label, calibration, mare, median_bias, snr_bins
 from evaluation.unseen_psfs import star_field
 from training import tailor as tailor_mod
 
-REAL = {"ntt": "eso_ntt_emmi/galaxies.fits"}
+#: Real frames: the ePSF of psf_model="auto" where the frame has the stars for one (ntt),
+#: else the PSF, gain and saturation of `evaluation.injection`'s frame (a Moffat fitted
+#: to its few bright stars; the gain from the header or as assumed there).
+REAL = ("ntt", "m51", "eyuma", "ukidss")
 SIMULATED = ("airy_spikes", "coma", "trailed", "donut")
 
 
 def _frame_file(name, out, n_stars, seed):
     if name in REAL:
-        return real_data_dir() / REAL[name], None
+        return real_data_dir() / injection.FRAMES[name]["file"], None
     path = out / f"{name}.fits"
     image, truth = star_field(name, n_stars, seed=seed)
     if not path.exists():
@@ -92,7 +97,12 @@ def run(out, frames, config, n_stars=800, seed=0, log=print):
         log(f"== {name}")
         path, truth = _frame_file(name, out, n_stars, seed)
         t0 = time.time()
-        card = tailor_mod.tailor(path, out / name, config=config, log=log)
+        options = {}
+        if name in REAL and name != "ntt":
+            spec, frame = injection.FRAMES[name], injection.load_frame(name)
+            options = {"hdu": spec["hdu"], "gain": frame["gain"], "psf_model": frame["psf"],
+                       "saturation": spec["saturation"]}
+        card = tailor_mod.tailor(path, out / name, config=config, log=log, **options)
         entry = {"tailor_minutes": card.get("tailor_minutes", (time.time() - t0) / 60)}
         if truth is None:
             entry["method"] = "artificial stars (card's tailored_validation)"

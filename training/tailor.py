@@ -201,13 +201,16 @@ def write_tailored_set(frame, finder, sources, out, config, log=print):
 
 
 def _ast_results(data, model, psf_model, n_stars, seed, *, gain, saturation, mask, error,
-                 **options):
-    """Per-star table of an artificial-star test of ``model`` on the frame."""
+                 frame_psf="auto", **options):
+    """
+    Per-star table of an artificial-star test of ``model`` on the frame: stars rendered
+    with ``frame_psf``, measured with ``psf_model`` (None: the network alone).
+    """
     from asidfe_phot import MLPhotometry
     from asidfe_phot.artificial_stars import artificial_star_test
 
     phot = MLPhotometry(model=model, psf_model=psf_model, diagnostics=True, **options)
-    stars, bins = artificial_star_test(data, n_stars=n_stars, psf_model=psf_model or "auto",
+    stars, bins = artificial_star_test(data, n_stars=n_stars, psf_model=frame_psf,
                                        phot=phot, gain=gain, saturation=saturation,
                                        mask=mask, error=error, seed=seed)
     return stars, bins
@@ -238,7 +241,8 @@ def _n_bins(pred):
     return min(12, max(2, pred["flux"].size // 40))
 
 
-def calibrate_on_frame(model_dir, data, config, *, gain, saturation, mask, error, log=print):
+def calibrate_on_frame(model_dir, data, config, *, gain, saturation, mask, error,
+                       psf_model="auto", log=print):
     """
     The card's flux-bias correction and sigma calibrations, refitted on the frame's own
     artificial stars: the network alone first (bias, then its sigmas), then the PSF mode
@@ -248,7 +252,8 @@ def calibrate_on_frame(model_dir, data, config, *, gain, saturation, mask, error
     from . import calibrate as calibrate_mod
     from .export import update_card
 
-    common = {"gain": gain, "saturation": saturation, "mask": mask, "error": error}
+    common = {"gain": gain, "saturation": saturation, "mask": mask, "error": error,
+              "frame_psf": psf_model}
     n, seed = config["calibration_stars"], config["seed"] + 1000
     parent = json.loads((Path(model_dir) / "config.json").read_text())
     keys = ("flux_bias_correction", "sigma_calibration", "sigma_calibration_psf",
@@ -270,7 +275,7 @@ def calibrate_on_frame(model_dir, data, config, *, gain, saturation, mask, error
         notes["network"] = f"the parent's: only {pred['flux'].size} good artificial stars"
     update_card(model_dir, {"flux_bias_correction": bias, "sigma_calibration": network})
     log("== calibrate: the PSF mode")
-    stars, _ = _ast_results(data, model_dir, "auto", n, seed + 1, sigma_calibration="network",
+    stars, _ = _ast_results(data, model_dir, psf_model, n, seed + 1, sigma_calibration="network",
                             **common)
     pred, truth = _pred_truth(stars)
     if pred["flux"].size >= MIN_CALIBRATION_STARS:
@@ -360,18 +365,19 @@ def tailor(image, out, *, hdu=None, gain=None, saturation=None, psf_model="auto"
     log("== export")
     export_mod.export(step / "best.pt", model_dir, name, parent_card["version"], card_extra)
     common = {"gain": gain, "saturation": saturation, "mask": None, "error": None}
-    calibrate_on_frame(model_dir, data, config, log=log, **common)
+    calibrate_on_frame(model_dir, data, config, psf_model=psf_model, log=log, **common)
     log("== before and after: artificial stars (a new seed)")
     seed = config["seed"] + 2000
     validation = {}
     for label, model in (("parent", parent_dir), ("tailored", model_dir)):
-        _, bins = _ast_results(data, model, "auto", config["validation_stars"], seed,
-                               **common)
+        _, bins = _ast_results(data, model, psf_model, config["validation_stars"], seed,
+                               frame_psf=psf_model, **common)
         validation[label] = _bins_json(bins)
     card = export_mod.update_card(model_dir, {
         "tailored_validation": {
             "method": (f"asidfe_phot.artificial_stars.artificial_star_test, "
-                       f"{config['validation_stars']} stars, seed {seed}, psf_model='auto'"),
+                       f"{config['validation_stars']} stars, seed {seed}, psf_model="
+                       f"{psf_model if isinstance(psf_model, str) else type(psf_model).__name__}"),
             **validation},
         "tailor_minutes": (time.time() - t0) / 60})
     log(f"== done in {(time.time() - t0) / 60:.1f} min: {model_dir}")
