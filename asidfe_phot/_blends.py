@@ -3,14 +3,15 @@ Input sources that share a stamp's core, and what their sharing leaves uncertain
 
 The network measures the light in a stamp's core as one source's: two input
 sources closer than the core radius each get (nearly) the pair's total. A PSF
-fit splits them where the data allow; where nothing splits them, the reading
-is shared equally (so the pair's total light is counted once, also in a model
-image) and the flux error covers the light that may be the neighbour's.
+fit splits them where the data allow; where nothing splits them, the flux
+error covers the light that may be the neighbour's, and sources within a pixel
+of each other (the same stamp for the network) share their reading equally, so
+their light is counted once (also in a model image).
 """
 
 import numpy as np
 
-from asidfe_phot._thresholds import CORE_RADIUS, SHARED_LIGHT_FRACTION
+from asidfe_phot._thresholds import CORE_RADIUS, SAME_STAMP_SEPARATION, SHARED_LIGHT_FRACTION
 
 __all__ = []  # private module
 
@@ -62,14 +63,17 @@ def cover_shared_light(res, x, y, pairs):
     and widen their errors (`shared_light`), in place.
 
     Each unsplit source's reading is divided by one plus its number of unsplit
-    core neighbours: an equal pair read as one gets its true fluxes, an unequal
-    one the mean, within the widened error (half the neighbours' readings).
+    neighbours within ``SAME_STAMP_SEPARATION`` px (which read the same light): an
+    equal pair gets its true fluxes, an unequal one the mean, within the widened
+    error (half the neighbours' readings).
     """
     unsplit = ~res.get("split", np.zeros(np.size(x), bool))
     flux_extra, position_extra = shared_light(x, y, res["flux_fit"], unsplit, pairs)
     sharing = np.ones(np.size(x))
     if pairs.size:
-        both = unsplit[pairs[:, 0]] & unsplit[pairs[:, 1]]
+        a, b = pairs[:, 0], pairs[:, 1]
+        same = np.hypot(x[a] - x[b], y[a] - y[b]) <= SAME_STAMP_SEPARATION
+        both = unsplit[a] & unsplit[b] & same
         np.add.at(sharing, pairs[both].ravel(), 1.0)
     res["flux_fit"] = res["flux_fit"] / sharing
     res["flux_err"] = np.hypot(res["flux_err"] / sharing, flux_extra)

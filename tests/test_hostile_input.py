@@ -156,8 +156,10 @@ def test_close_pair_is_flagged_and_covered(psf, separation):
     assert np.all(tbl["flags"] & F.BLENDED)
     z = (np.asarray(tbl["flux_fit"]) - 1e5) / np.asarray(tbl["flux_err"])
     assert np.all(np.abs(z) < 1.5), z
-    # The pair's light is counted once, split or not (a model image must not double it).
-    assert abs(np.sum(tbl["flux_fit"]) / 2e5 - 1) < 0.15, tbl["flux_fit"]
+    if separation <= 1.0:
+        # The same stamp for both: the pair's light is counted once, split or not (a model
+        # image must not double it).
+        assert abs(np.sum(tbl["flux_fit"]) / 2e5 - 1) < 0.15, tbl["flux_fit"]
 
 
 @pytest.mark.parametrize("separation", [2.0, 3.0])
