@@ -318,6 +318,10 @@ def tailor(image, out, *, hdu=None, gain=None, saturation=None, psf_model="auto"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    # A resumed run adds its minutes to those already spent (the set, the training).
+    previous_card = out / "model" / "config.json"
+    spent = (json.loads(previous_card.read_text()).get("tailor_minutes", 0.0)
+             if previous_card.exists() else 0.0)
     data, header, used_hdu = read_image(image, hdu)
     if gain is None:
         gain = header_float(header, "GAIN")
@@ -379,7 +383,7 @@ def tailor(image, out, *, hdu=None, gain=None, saturation=None, psf_model="auto"
                        f"{config['validation_stars']} stars, seed {seed}, psf_model="
                        f"{psf_model if isinstance(psf_model, str) else type(psf_model).__name__}"),
             **validation},
-        "tailor_minutes": (time.time() - t0) / 60})
+        "tailor_minutes": spent + (time.time() - t0) / 60})
     log(f"== done in {(time.time() - t0) / 60:.1f} min: {model_dir}")
     return card
 
