@@ -23,7 +23,13 @@ def _training_tailor():
         import torch  # noqa: F401
     except ImportError as exc:
         raise ImportError(INSTALL_TRAIN) from exc
-    from asidfe_phot.training import tailor
+    try:
+        from asidfe_phot.training import tailor
+    except ModuleNotFoundError as exc:
+        if exc.name != "asidfe_phot.training":
+            raise
+        # A source checkout whose package is not installed: training/ is beside it.
+        from training import tailor
 
     return tailor
 

@@ -392,7 +392,9 @@ def write_dataset(out, n_frames, preset="generic", seed=0, families=None,
     start = time.time()
     progress = Progress(n_frames, "simulate", unit="frames", log=log)
     # Results are written in frame order so the data set is identical for a given seed.
-    with mp.get_context("fork").Pool(processes) as pool:
+    # spawn, not fork: a fork after PyTorch (or any OpenMP runtime) has started its threads
+    # can deadlock the workers (as training/frames.py does).
+    with mp.get_context("spawn").Pool(processes) as pool:
         for frame_id, result in pool.imap(_worker, tasks, chunksize=4):
             writers[split_of(frame_id)].add(*result)
             total = sum(w.count for w in writers.values())
