@@ -35,8 +35,7 @@ from astropy.table import Table
 from asidfe_phot import MLPhotometry
 from asidfe_phot.models import DEFAULT_MODEL
 from evaluation import injection, real_data_dir
-from evaluation.metrics import bin_label, calibration, mare, median_bias, snr_bins
-from evaluation.unseen_psfs import star_field
+from evaluation.unseen_psfs import bin_rows, star_field
 from training import tailor as tailor_mod
 
 #: Real frames: the ePSF of psf_model="auto" where the frame has the stars for one (ntt),
@@ -64,17 +63,7 @@ def truth_bins(image, truth, model, seed):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tbl = MLPhotometry(model=model)(image, init_params=init, gain=1.0)
-    ok = np.asarray(tbl["flags"]) == 0
-    rows = []
-    for lo, hi, in_bin in snr_bins(truth["snr"]):
-        s = ok & in_bin
-        if s.sum() < 10:
-            continue
-        f, t = np.asarray(tbl["flux_fit"])[s], np.asarray(truth["flux"])[s]
-        rows.append({"snr_bin": bin_label(lo, hi), "n": int(s.sum()),
-                     "flux_mare": mare(f, t), "flux_bias": median_bias(f, t),
-                     "zstd_flux": calibration(f - t, np.asarray(tbl["flux_err"])[s])["zstd"]})
-    return rows
+    return bin_rows(tbl, truth)
 
 
 def card_bins(card, label):

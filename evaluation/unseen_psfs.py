@@ -98,20 +98,27 @@ def star_field(shape, n, size=1024, sky=100.0, read_noise=5.0, seed=0):
     return counts.astype(np.float32), Table({"x": cx, "y": cy, "flux": flux, "snr": snr})
 
 
-def bin_lines(tbl, truth):
+def bin_rows(tbl, truth):
+    """Per S/N bin (>= 10 unflagged stars): n, flux bias, MARE, z std of flux and x."""
     ok = np.asarray(tbl["flags"]) == 0
-    out = []
+    rows = []
     for lo, hi, in_bin in snr_bins(truth["snr"]):
         s = ok & in_bin
         if s.sum() < 10:
             continue
         f, t = np.asarray(tbl["flux_fit"])[s], np.asarray(truth["flux"])[s]
-        zf = calibration(f - t, np.asarray(tbl["flux_err"])[s])["zstd"]
-        zx = calibration(np.asarray(tbl["x_fit"])[s] - truth["x"][s],
-                         np.asarray(tbl["x_err"])[s])["zstd"]
-        out.append(f"{bin_label(lo, hi)}: n {s.sum()}, bias {median_bias(f, t):+.3f}, "
-                   f"MARE {mare(f, t):.3f}, flux z-std {zf:.2f}, x z-std {zx:.2f}")
-    return out
+        rows.append({"snr_bin": bin_label(lo, hi), "n": int(s.sum()),
+                     "flux_bias": median_bias(f, t), "flux_mare": mare(f, t),
+                     "zstd_flux": calibration(f - t, np.asarray(tbl["flux_err"])[s])["zstd"],
+                     "zstd_x": calibration(np.asarray(tbl["x_fit"])[s] - truth["x"][s],
+                                           np.asarray(tbl["x_err"])[s])["zstd"]})
+    return rows
+
+
+def bin_lines(tbl, truth):
+    return [f"{r['snr_bin']}: n {r['n']}, bias {r['flux_bias']:+.3f}, MARE {r['flux_mare']:.3f}, "
+            f"flux z-std {r['zstd_flux']:.2f}, x z-std {r['zstd_x']:.2f}"
+            for r in bin_rows(tbl, truth)]
 
 
 def main(argv=None):
