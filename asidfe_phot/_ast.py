@@ -13,11 +13,10 @@ from astropy.table import QTable, vstack
 from asidfe_phot import _psf_mode
 from asidfe_phot import artificial_stars as _as
 from asidfe_phot import psf as _psf
-from asidfe_phot._detection import make_finder
+from asidfe_phot._detection import finder_positions, make_finder
 from asidfe_phot._prepare import prepare
 from asidfe_phot._validation import (
     coerce_data,
-    find_position_columns,
     parse_positions,
     saturation_value,
 )
@@ -37,14 +36,8 @@ def _check_count(value, name):
 
 def _detections(finder, subtracted, bad):
     """Positions found by ``finder`` on the background-subtracted image (data units)."""
-    found = finder(subtracted, mask=bad)
-    if found is None or not len(found):
-        return np.zeros(0), np.zeros(0)
-    xname, yname = find_position_columns(found)
-    if xname is None or yname is None:
-        msg = f"the finder's table has no x/y columns (columns: {found.colnames})"
-        raise ValueError(msg)
-    return (np.asarray(found[xname], dtype=float), np.asarray(found[yname], dtype=float))
+    x, y, _ = finder_positions(finder, subtracted, bad)
+    return x, y
 
 
 def match(x_true, y_true, x, y, radius):

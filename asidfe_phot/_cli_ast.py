@@ -19,11 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-import astropy.units as u
 import numpy as np
 
 from asidfe_phot import cli as _cli
-from asidfe_phot._fitsio import FITSReadError, header_float, header_unit, header_wcs, read_image
+from asidfe_phot._fitsio import header_float, header_unit, header_wcs, read_image
 
 __all__ = []  # private module
 
@@ -128,7 +127,7 @@ def _run(args, stdout):
                                             [*inputs, out_path])
         outputs.append(stars_path)
     if args.plot is not None:
-        _cli._check_plot_name(Path(args.plot))
+        _cli._outputs.check_plot_name(Path(args.plot))
         _cli._check_writable(Path(args.plot), args.overwrite, "--plot", [*inputs, *outputs])
 
     unit, wcs = header_unit(header), header_wcs(header)
@@ -190,16 +189,4 @@ def _run(args, stdout):
 
 def main(argv):
     """Run ``asidfe-phot ast`` with ``argv`` (the arguments after ``ast``); the exit status."""
-    parser = _build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse: --help (0) or a usage error (2), already printed
-        return exc.code if isinstance(exc.code, int) else 2
-    try:
-        return _run(args, sys.stdout)
-    except (_cli.CLIError, FITSReadError, ValueError, TypeError, u.UnitsError, OSError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    return _cli.run_command(_build_parser(), argv, lambda args: _run(args, sys.stdout), PROG)

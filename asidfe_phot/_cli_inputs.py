@@ -5,6 +5,7 @@ catalogues) and the noise images (``--error``, ``--weight``, ``--mask``).
 """
 
 import argparse
+import sys
 import warnings
 from pathlib import Path
 
@@ -298,3 +299,44 @@ def noise_inputs(args, hdu, image, unit):
     if mask is not None:
         keywords["mask"] = mask
     return keywords, notes
+
+
+def version_text(prog):
+    """``--version``: the package's, Python's and onnxruntime's versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from asidfe_phot import __version__
+
+    runtime = "onnxruntime not installed"
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            runtime = f"onnxruntime {version(dist)}"
+            break
+        except PackageNotFoundError:
+            continue
+    return f"{prog} {__version__} (Python {sys.version.split()[0]}, {runtime})"
+
+
+def providers_value(text):
+    """The ``--providers`` value: a comma list of onnxruntime provider names."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        msg = ("expected a comma list of onnxruntime providers, e.g. "
+               f"CUDAExecutionProvider,CPUExecutionProvider; got {text!r}")
+        raise argparse.ArgumentTypeError(msg)
+    return names
+
+
+def aperture_correction_value(text):
+    """The ``--aperture-correction`` value: auto, on, off or a positive factor."""
+    modes = {"auto": "auto", "on": True, "off": False}
+    if text.lower() in modes:
+        return modes[text.lower()]
+    try:
+        factor = float(text)
+    except ValueError:
+        factor = float("nan")
+    if not 0 < factor < float("inf"):
+        msg = f"expected auto, on, off or a positive factor, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return factor

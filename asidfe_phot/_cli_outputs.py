@@ -15,6 +15,19 @@ from asidfe_phot import flags as _flags
 __all__ = []  # private module
 
 
+def check_plot_name(path):
+    """A ``--plot`` name must end in a figure format matplotlib writes."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    from asidfe_phot._cli_inputs import CLIError
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix.lower().lstrip(".") not in formats:
+        msg = (f"--plot {path}: unknown figure format {path.suffix!r}; use one of "
+               f"{', '.join('.' + f for f in sorted(formats))}")
+        raise CLIError(msg)
+
+
 def per_hdu_name(path, hdu, several):
     """``REG_hduN.reg`` for ``REG.reg`` when several HDUs are measured, else ``path``."""
     path = Path(path)

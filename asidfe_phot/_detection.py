@@ -40,3 +40,34 @@ def make_finder(image, fwhm, nsigma, *, names=("fwhm", "threshold")):
     rms = background_rms(image)
     threshold = nsigma * rms if rms > 0 else nsigma
     return DAOStarFinder(threshold=threshold, fwhm=fwhm), threshold
+
+
+def finder_positions(finder, image, bad, unit=None):
+    """
+    Positions found by ``finder`` on the background-subtracted ``image`` (data units), and
+    the finder's table (None when it found nothing).
+
+    ``unit``: the data's unit: the finder then gets a Quantity (photutils' finders want a
+    Quantity threshold for one); a finder built with a plain threshold still gets plain
+    values.
+    """
+    from asidfe_phot._validation import find_position_columns
+
+    if unit is None:
+        found = finder(image, mask=bad)
+    else:
+        import astropy.units as u
+
+        try:
+            found = finder(image * unit, mask=bad)
+        except (u.UnitsError, TypeError, ValueError):
+            found = finder(image, mask=bad)
+    if found is None or not len(found):
+        return np.zeros(0), np.zeros(0), found
+    xname, yname = find_position_columns(found)
+    if xname is None or yname is None:
+        msg = (f"the finder's table has no x/y columns under photutils' names "
+               f"(got {found.colnames})")
+        raise ValueError(msg)
+    return (np.asarray(found[xname], dtype=float), np.asarray(found[yname], dtype=float),
+            found)

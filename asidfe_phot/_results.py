@@ -1,13 +1,16 @@
 """
 The result table of `~asidfe_phot.MLPhotometry` (private): photutils' PSFPhotometry
-columns in its order, the ``diagnostics`` columns, and the call's summary warnings.
+columns in its order, the ``diagnostics`` columns, its ``meta``, the call's summary
+warnings, and the model and residual images of a result.
 """
 
 import warnings
+from datetime import UTC, datetime
 
 import numpy as np
 from astropy.table import QTable
 
+from asidfe_phot import _psf_fit
 from asidfe_phot import flags as _flags
 from asidfe_phot._validation import user_stacklevel
 from asidfe_phot.exceptions import FlaggedSourcesWarning, NoSourceNoiseWarning
@@ -78,3 +81,56 @@ def assemble(ids, x, y, res, unit, wcs, meta, extra=None):
                "noise, so flux_err is too small for bright sources; pass error= or gain=")
         warnings.warn(msg, NoSourceNoiseWarning, stacklevel=user_stacklevel())
     return tbl
+
+
+def model_image(shape, sampler, table, half, include_local_bkg=False):
+    """`MLPhotometry.make_model_image` of ``table``'s sources rendered with ``sampler``."""
+    x = np.asarray(table["x_fit"], dtype=float)
+    y = np.asarray(table["y_fit"], dtype=float)
+    flux = np.asarray(getattr(table["flux_fit"], "value", table["flux_fit"]), dtype=float)
+    image = _psf_fit.model_image(tuple(shape), sampler, x, y, flux, half)
+    if include_local_bkg:
+        local = np.asarray(getattr(table["local_bkg"], "value", table["local_bkg"]),
+                           dtype=float)
+        ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux)
+        image += _psf_fit.box_image(tuple(shape), x[ok], y[ok], np.nan_to_num(local[ok]),
+                                    half)
+    return image
+
+
+def subtract(data, model):
+    """``data`` minus ``model``, of the type of ``data`` (an NDData: a copy)."""
+    import copy
+
+    from astropy.nddata import NDData
+
+    if isinstance(data, NDData):
+        residual = copy.deepcopy(data)
+        residual.data[:] = np.asarray(data.data) - model
+        return residual
+    unit = getattr(data, "unit", None)
+    return data - (model if unit is None else model * unit)
+
+
+def meta(phot, info):
+    """The result table's ``meta``: the run's provenance, settings and ``info``."""
+    import onnxruntime
+
+    from asidfe_phot import __version__
+
+    card = phot.model_card
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "asidfe_phot_version": __version__,
+        "onnxruntime_version": onnxruntime.__version__,
+        "numpy_version": np.__version__,
+        "model_name": card["name"],
+        "model_version": card["version"],
+        "model_sha256": card["sha256"],
+        "providers": phot.providers,
+        "batch_size": phot.batch_size,
+        "max_shift": phot.max_shift,
+        "sigma_calibration": phot.sigma_calibration,
+        "flux_bias_correction": phot.flux_bias_correction,
+        **info,
+    }

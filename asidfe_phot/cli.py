@@ -53,45 +53,6 @@ _FORMAT_CHOICES = {"ecsv": ("ascii.ecsv", ".ecsv"), "csv": ("ascii.csv", ".csv")
                    "fits": ("fits", ".fits")}
 
 
-def _version_text():
-    from importlib.metadata import PackageNotFoundError, version
-
-    from asidfe_phot import __version__
-
-    runtime = "onnxruntime not installed"
-    for dist in ("onnxruntime", "onnxruntime-gpu"):
-        try:
-            runtime = f"onnxruntime {version(dist)}"
-            break
-        except PackageNotFoundError:
-            continue
-    return f"{PROG} {__version__} (Python {sys.version.split()[0]}, {runtime})"
-
-
-def _providers(text):
-    """The ``--providers`` value: a comma list of onnxruntime provider names."""
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
-        msg = ("expected a comma list of onnxruntime providers, e.g. "
-               f"CUDAExecutionProvider,CPUExecutionProvider; got {text!r}")
-        raise argparse.ArgumentTypeError(msg)
-    return names
-
-
-def _aperture_correction(text):
-    """The ``--aperture-correction`` value: auto, on, off or a positive factor."""
-    modes = {"auto": "auto", "on": True, "off": False}
-    if text.lower() in modes:
-        return modes[text.lower()]
-    try:
-        factor = float(text)
-    except ValueError:
-        factor = float("nan")
-    if not 0 < factor < float("inf"):
-        msg = f"expected auto, on, off or a positive factor, got {text!r}"
-        raise argparse.ArgumentTypeError(msg)
-    return factor
-
 def _build_parser():
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -102,7 +63,7 @@ def _build_parser():
                 "or a SourceExtractor ASCII_HEAD or FITS_LDAC catalogue, whose 1-based "
                 "X_IMAGE/Y_IMAGE are converted), or --find (DAOStarFinder). Exit status 2 on "
                 "input errors."))
-    parser.add_argument("--version", action="version", version=_version_text())
+    parser.add_argument("--version", action="version", version=_inputs.version_text(PROG))
     parser.add_argument("image", nargs="?", help="FITS image (any HDU; see --hdu)")
     parser.add_argument("--hdu", type=_inputs.hdu_option, default=None,
                         metavar="N|N,M,...|all",
@@ -162,7 +123,7 @@ def _build_parser():
     net.add_argument("--batch-size", type=int, default=2048,
                      help="stamps per network call (default 2048)")
     net.add_argument("--aperture-correction", metavar="MODE", default="auto",
-                     type=_aperture_correction,
+                     type=_inputs.aperture_correction_value,
                      help="auto (default: applied where the image's bright stars show it), "
                           "on, off, or a factor to apply")
     net.add_argument("--psf", metavar="auto|none|FILE", default=None,
@@ -174,7 +135,7 @@ def _build_parser():
     net.add_argument("--threads", type=int, default=None,
                      help="CPU threads of the network (default: all cores; use 1 when "
                           "running one process per image)")
-    net.add_argument("--providers", type=_providers, default=None,
+    net.add_argument("--providers", type=_inputs.providers_value, default=None,
                      metavar="NAME[,NAME...]",
                      help="onnxruntime execution providers in order of preference, e.g. "
                           "CUDAExecutionProvider,CPUExecutionProvider (default: CUDA when "
@@ -303,16 +264,6 @@ def _umask():
     return mask
 
 
-def _check_plot_name(path):
-    from matplotlib.backend_bases import FigureCanvasBase
-
-    formats = FigureCanvasBase.get_supported_filetypes()
-    if path.suffix.lower().lstrip(".") not in formats:
-        msg = (f"--plot {path}: unknown figure format {path.suffix!r}; use one of "
-               f"{', '.join('.' + f for f in sorted(formats))}")
-        raise CLIError(msg)
-
-
 def _write_table(tbl, path, fmt, overwrite=False):
     """Write ``tbl`` to ``path`` atomically (see `_write_atomically`)."""
     _write_atomically(path, overwrite, lambda tmp: _write_table_to(tbl, tmp, fmt))
@@ -393,7 +344,7 @@ def _plan(args):
         if getattr(args, option) is None:
             continue
         if option == "plot":
-            _check_plot_name(Path(args.plot))
+            _outputs.check_plot_name(Path(args.plot))
         for hdu in hdus:
             path = _outputs.per_hdu_name(getattr(args, option), hdu, several)
             clash = next((p for p in written if _same_file(path, p)), None)
@@ -587,25 +538,6 @@ def _write_outputs(args, job, results, stdout):
             print(f"wrote {path}", file=stdout)
 
 
-def _tailor_main(argv):
-    """``asidfe-phot tailor``: `asidfe_phot.tailor.tailor_model` from the shell."""
-    from asidfe_phot import tailor
-
-    try:
-        training_tailor = tailor._training_tailor()
-    except ImportError as exc:
-        print(f"{PROG} tailor: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        training_tailor.main(argv, prog=f"{PROG} tailor")
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 2
-    except (ValueError, FITSReadError) as exc:
-        print(f"{PROG} tailor: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
 def main(argv=None):
     """
     Run the ``asidfe-phot`` command.
@@ -620,7 +552,8 @@ def main(argv=None):
     int
         The exit status: 0 on success, 2 on a usage or input error (the
         message goes to stderr, without a traceback). ``asidfe-phot ast ...``
-        runs the artificial-star test (`asidfe_phot._cli_ast`).
+        runs the artificial-star test (`asidfe_phot._cli_ast`), ``asidfe-phot
+        tailor ...`` the tailored training (`asidfe_phot.tailor`).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "ast":
@@ -628,19 +561,29 @@ def main(argv=None):
 
         return ast_main(argv[1:])
     if argv and argv[0] == "tailor":
-        return _tailor_main(argv[1:])
-    parser = _build_parser()
+        from asidfe_phot.tailor import _main as tailor_main
+
+        return tailor_main(argv[1:], prog=f"{PROG} tailor")
+    return run_command(_build_parser(), argv,
+                       lambda args: _run(args, sys.stdout, sys.stderr), PROG)
+
+
+def run_command(parser, argv, run, prog):
+    """
+    Parse ``argv`` and ``run(args)``; the exit status: ``run``'s, 2 on a usage or input
+    error (the message on stderr, no traceback), 130 when interrupted.
+    """
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2), already printed
         return exc.code if isinstance(exc.code, int) else 2
     try:
-        return _run(args, sys.stdout, sys.stderr)
+        return run(args)
     except (CLIError, FITSReadError, ValueError, TypeError, u.UnitsError, OSError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -1,7 +1,6 @@
 """Machine-learning photometry: the photutils-compatible `MLPhotometry` class."""
 
 import warnings
-from datetime import UTC, datetime
 
 import numpy as np
 from astropy.table import QTable
@@ -22,10 +21,10 @@ from asidfe_phot import _photutils_api as _api
 from asidfe_phot import _thresholds as _t
 from asidfe_phot import flags as _flags
 from asidfe_phot import psf as _psf
+from asidfe_phot._detection import finder_positions
 from asidfe_phot._prepare import prepare
 from asidfe_phot._validation import (
     coerce_data,
-    find_position_columns,
     parse_positions,
     user_stacklevel,
 )
@@ -364,18 +363,8 @@ class MLPhotometry:
         """
         sampler = self._last_psf_sampler()
         table = self._last["results"] if results is None else results
-        x = np.asarray(table["x_fit"], dtype=float)
-        y = np.asarray(table["y_fit"], dtype=float)
-        flux = np.asarray(getattr(table["flux_fit"], "value", table["flux_fit"]), dtype=float)
-        half = _api.half_shape(psf_shape, _psf.RADIUS)
-        image = _psf_fit.model_image(tuple(shape), sampler, x, y, flux, half)
-        if include_local_bkg:
-            local = np.asarray(getattr(table["local_bkg"], "value", table["local_bkg"]),
-                               dtype=float)
-            ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux)
-            image += _psf_fit.box_image(tuple(shape), x[ok], y[ok], np.nan_to_num(local[ok]),
-                                        half)
-        return image
+        return _results.model_image(shape, sampler, table,
+                                    _api.half_shape(psf_shape, _psf.RADIUS), include_local_bkg)
 
     def make_residual_image(self, data, *, psf_shape=None, include_local_bkg=False,
                             results=None):
@@ -396,19 +385,10 @@ class MLPhotometry:
             Of the type of ``data`` (an NDData comes back as a copy with the
             residual as its data).
         """
-        import copy
-
-        from astropy.nddata import NDData
-
         model = self.make_model_image(np.shape(getattr(data, "data", data)),
                                       psf_shape=psf_shape, include_local_bkg=include_local_bkg,
                                       results=results)
-        if isinstance(data, NDData):
-            residual = copy.deepcopy(data)
-            residual.data[:] = np.asarray(data.data) - model
-            return residual
-        unit = getattr(data, "unit", None)
-        return data - (model if unit is None else model * unit)
+        return _results.subtract(data, model)
 
     def _last_psf_sampler(self):
         if self._last is None:
@@ -537,17 +517,11 @@ class MLPhotometry:
             # The finder's thresholds are in the data's units: it sees the data's values.
             subtracted = (prepared.subtracted if scale == 1 else
                           np.ldexp(prepared.subtracted, coerced.exponent))
-            found = found_table = _run_finder(self.finder, subtracted, prepared.bad, unit)
             # Positions only, as photutils takes them from a finder (its fluxes are peak
             # or aperture sums, no initial flux).
-            init_params = QTable({"x": [], "y": []})
-            if found is not None:
-                xname, yname = find_position_columns(found)
-                if xname is None or yname is None:
-                    msg = (f"the finder's table has no x/y columns under photutils' names "
-                           f"(got {found.colnames})")
-                    raise ValueError(msg)
-                init_params = QTable({"x": found[xname], "y": found[yname]})
+            found_x, found_y, found_table = finder_positions(self.finder, subtracted,
+                                                             prepared.bad, unit)
+            init_params = QTable({"x": found_x, "y": found_y})
         x, y, ids = parse_positions(init_params, wcs)
         inputs = _api.source_inputs(init_params, x, y, ids, prepared, coerced, self)
         fixed = _api.fixed_parameters(self.psf_model)
@@ -587,7 +561,8 @@ class MLPhotometry:
         results["group_id"], results["group_size"] = inputs.group_id, inputs.group_size
         info.update(_api.settings_meta(self, fixed))
         extra = _results.diagnostic_columns(results, scale) if self.diagnostics else {}
-        table = _results.assemble(ids, x, y, results, unit, wcs, self._meta(info), extra)
+        table = _results.assemble(ids, x, y, results, unit, wcs,
+                                  _results.meta(self, info), extra)
         self._last = {"sampler": sampler, "results": table, "unit": unit,
                       "finder_results": found_table}
         return table, results
@@ -613,43 +588,6 @@ class MLPhotometry:
         results = _network.measure(prepared, x, y, options, sampler, local_bkg)
         results["flags"][pairs.ravel()] |= _flags.BLENDED
         return results
-
-    def _meta(self, info):
-        import onnxruntime
-
-        from asidfe_phot import __version__
-
-        return {
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "asidfe_phot_version": __version__,
-            "onnxruntime_version": onnxruntime.__version__,
-            "numpy_version": np.__version__,
-            "model_name": self._card["name"],
-            "model_version": self._card["version"],
-            "model_sha256": self._card["sha256"],
-            "providers": self.providers,
-            "batch_size": self.batch_size,
-            "max_shift": self.max_shift,
-            "sigma_calibration": self.sigma_calibration,
-            "flux_bias_correction": self.flux_bias_correction,
-            **info,
-        }
-
-
-def _run_finder(finder, subtracted, bad, unit):
-    """
-    The finder on the background-subtracted data: as a Quantity when the data have a unit
-    (photutils' finders then want a Quantity threshold), else plain values; a finder
-    built with a plain threshold still gets plain values.
-    """
-    if unit is None:
-        return finder(subtracted, mask=bad)
-    import astropy.units as u
-
-    try:
-        return finder(subtracted * unit, mask=bad)
-    except (u.UnitsError, TypeError, ValueError):
-        return finder(subtracted, mask=bad)
 
 
 def _is_bool(value):

@@ -18,11 +18,19 @@ INSTALL_TRAIN = ("tailoring trains a network and needs PyTorch: install the trai
                  "--extra-index-url https://download.pytorch.org/whl/cpu)")
 
 
-def _training_tailor():
+def _has_torch():
+    """Whether PyTorch can be imported (found, not imported: inference never loads it)."""
+    from importlib.util import find_spec
+
     try:
-        import torch  # noqa: F401
-    except ImportError as exc:
-        raise ImportError(INSTALL_TRAIN) from exc
+        return find_spec("torch") is not None
+    except (ImportError, ValueError):   # ValueError: a module set to None in sys.modules
+        return False
+
+
+def _training_tailor():
+    if not _has_torch():
+        raise ImportError(INSTALL_TRAIN)
     try:
         from asidfe_phot.training import tailor
     except ModuleNotFoundError as exc:
@@ -82,3 +90,24 @@ def tailor_model(image, out, *, hdu=None, gain=None, saturation=None, psf_model=
             config[key] = int(value)
     return tailor.tailor(image, out, hdu=hdu, gain=gain, saturation=saturation,
                          psf_model=psf_model, parent=parent, config=config, log=log)
+
+
+def _main(argv, prog):
+    """``asidfe-phot tailor``: `tailor_model` from the shell; the exit status."""
+    import sys
+
+    from asidfe_phot._fitsio import FITSReadError
+
+    try:
+        training_tailor = _training_tailor()
+    except ImportError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        training_tailor.main(argv, prog=prog)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    except (ValueError, FITSReadError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
