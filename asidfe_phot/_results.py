@@ -127,6 +127,7 @@ def meta(phot, info):
         "model_name": card["name"],
         "model_version": card["version"],
         "model_sha256": card["sha256"],
+        "precision": phot.precision,
         "providers": phot.providers,
         "batch_size": phot.batch_size,
         "max_shift": phot.max_shift,

@@ -16,11 +16,15 @@ from pathlib import Path
 from asidfe_phot import _stamps
 from asidfe_phot.exceptions import ModelError
 
-__all__ = ["DEFAULT_MODEL", "list_models", "model_path", "load_model_card", "verify_model",
-           "file_sha256"]
+__all__ = ["DEFAULT_MODEL", "PRECISIONS", "list_models", "model_path", "load_model_card",
+           "verify_model", "network_file", "file_sha256"]
 
 #: The model used when none is named.
 DEFAULT_MODEL = "asidfe_tsmve_v5"
+
+#: The network graphs a model directory may hold: ``model.onnx`` (fp32) and, when the
+#: training's int8 quantization passed its accuracy-parity check, ``model_int8.onnx``.
+PRECISIONS = ("fp32", "int8")
 
 _CONTRACT_KEYS = ("version", "stamp_size", "core_size", "core_floor", "input_gain")
 
@@ -138,3 +142,44 @@ def verify_model(model=None):
                    f"but this package preprocesses with {key}={ours[key]!r}")
             raise ModelError(msg)
     return directory, card
+
+
+def network_file(directory, card, precision="fp32"):
+    """
+    The ONNX graph of a verified model (see `verify_model`) at ``precision``.
+
+    ``"int8"`` is the statically quantized graph, offered only where the model card
+    records that it passed the parity check against fp32 (flux MARE and z-score std
+    per S/N bin on held-out test stamps); its sha256 is checked like the fp32 one's.
+
+    Raises
+    ------
+    ValueError
+        For a precision not in `PRECISIONS`.
+    ModelError
+        When the model has no int8 graph, its graph failed the parity check, or
+        the file differs from its card.
+    """
+    if precision not in PRECISIONS:
+        msg = f"precision must be one of {PRECISIONS}, got {precision!r}"
+        raise ValueError(msg)
+    directory = Path(directory)
+    if precision == "fp32":
+        return directory / card.get("file", "model.onnx")
+    record = card.get("int8")
+    name = f"{card['name']}_v{card['version']}"
+    if not record:
+        msg = f"model {name} has no int8 graph: use precision='fp32'"
+        raise ModelError(msg)
+    if not record.get("passed"):
+        msg = (f"model {name}'s int8 graph failed its accuracy-parity check (worst relative "
+               f"change {record.get('worst_relative_change')} against a tolerance of "
+               f"{record.get('tolerance')}): use precision='fp32'")
+        raise ModelError(msg)
+    path = directory / record["file"]
+    digest = file_sha256(path) if path.exists() else "missing"
+    if digest != record["sha256"]:
+        msg = (f"{path} is missing, corrupt or was replaced: sha256 {digest} differs from "
+               f"the model card's {record['sha256']}")
+        raise ModelError(msg)
+    return path

@@ -29,7 +29,7 @@ from asidfe_phot._validation import (
     user_stacklevel,
 )
 from asidfe_phot.exceptions import PSFModelWarning
-from asidfe_phot.models import verify_model
+from asidfe_phot.models import network_file, verify_model
 
 __all__ = ["MLPhotometry"]
 
@@ -124,6 +124,10 @@ class MLPhotometry:
         CPU threads of the network (onnxruntime's intra-op threads). Default:
         all cores. Use 1 when several processes share the machine (one image
         per process).
+    precision : {'fp32', 'int8'}, optional
+        The network graph: ``'int8'`` runs the model's statically quantized graph
+        (faster on CPU), offered only where its card records that it passed the
+        parity check against fp32 (`asidfe_phot.models.network_file`).
     background_box_size : int, optional
         Mesh size (px) of the default 2-D background estimate.
     max_shift : float, optional
@@ -211,7 +215,7 @@ class MLPhotometry:
                  xy_bounds=None, aperture_radius=None, local_bkg_estimator=None,
                  group_warning_threshold=_api.GROUP_WARNING_THRESHOLD, progress_bar=False,
                  model=None, device_id=None, batch_size=2048, providers=None, threads=None,
-                 background_box_size=64, max_shift=_t.DEFAULT_MAX_SHIFT,
+                 precision="fp32", background_box_size=64, max_shift=_t.DEFAULT_MAX_SHIFT,
                  aperture_correction="auto", sigma_calibration=True, flux_bias_correction=True,
                  diagnostics=False):
         model, psf_model = _api.split_model_and_psf(psf_model, model, _psf.DEFAULT_PSF_MODEL)
@@ -258,10 +262,10 @@ class MLPhotometry:
         self._model_dir, self._card = verify_model(model)
         self._n_channels = _stamps.input_channels(self._card["contract"]["version"])
         self._last = None
-        self._session = _onnx.create_session(self._model_dir / self._card.get("file",
-                                                                              "model.onnx"),
-                                             providers, threads, self._n_channels,
-                                             device_id=device_id)
+        self._session = _onnx.create_session(
+            network_file(self._model_dir, self._card, precision), providers, threads,
+            self._n_channels, device_id=device_id)
+        self.precision = precision
         self.device_id = device_id
         self.batch_size = int(batch_size)
         self.progress_bar = bool(progress_bar)
@@ -314,7 +318,8 @@ class MLPhotometry:
 
     def __repr__(self):
         return (f"<MLPhotometry(model={self._card['name']}_v{self._card['version']}, "
-                f"batch_size={self.batch_size}, providers={self.providers}, "
+                f"precision={self.precision}, batch_size={self.batch_size}, "
+                f"providers={self.providers}, "
                 f"psf_model={self.psf_model!r}, fit_shape={self.fit_shape}, "
                 f"finder={self.finder!r}, grouper={self.grouper!r}, "
                 f"local_bkg_estimator={self.local_bkg_estimator!r})>")

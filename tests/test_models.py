@@ -168,3 +168,34 @@ def test_onnx_shape_not_following_contract(model_copy, in_shape, out_shape):
     verify_model(model_copy)  # checksum and card are fine ...
     with pytest.raises(ModelError, match="does not follow the contract"):
         MLPhotometry(model=model_copy)  # ... but the graph is not
+
+
+def test_int8_graph_offered_only_after_its_parity_check(model_copy):
+    """precision='int8' needs the card's record of a passed parity check and a matching file."""
+    from asidfe_phot.models import network_file
+
+    card = load_model_card(model_copy)
+    assert network_file(model_copy, card) == model_copy / "model.onnx"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        network_file(model_copy, card, "fp16")
+    if "int8" not in card:
+        with pytest.raises(ModelError, match="has no int8 graph"):
+            MLPhotometry(model=model_copy, precision="int8")
+    # Stand-in int8 file: the fp32 bytes (the gate, not the quantization, is tested here).
+    int8 = model_copy / "model_int8.onnx"
+    shutil.copyfile(model_copy / "model.onnx", int8)
+    record = {"file": int8.name, "sha256": sha256(int8), "passed": False,
+              "worst_relative_change": 0.05, "tolerance": 0.02}
+    edit_card(model_copy, int8=record)
+    with pytest.raises(ModelError, match="failed its accuracy-parity check"):
+        MLPhotometry(model=model_copy, precision="int8")
+    edit_card(model_copy, int8={**record, "passed": True})
+    phot = MLPhotometry(model=model_copy, precision="int8")
+    assert phot.precision == "int8" and "precision=int8" in repr(phot)
+    image = np.random.default_rng(1).normal(100.0, 5.0, (48, 48)).astype(np.float32)
+    image[20:23, 20:23] += 300.0
+    result = phot(image, gain=1.0, init_params=QTable({"x": [21.0], "y": [21.0]}))
+    assert result.meta["precision"] == "int8"
+    int8.write_bytes(int8.read_bytes()[:-10])
+    with pytest.raises(ModelError, match="corrupt or was replaced"):
+        MLPhotometry(model=model_copy, precision="int8")

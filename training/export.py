@@ -18,7 +18,7 @@ import torch
 from asidfe_phot import _stamps
 from asidfe_phot.models import file_sha256
 
-from .model import LOGVAR_MAX, LOGVAR_MIN, TSMVE
+from .model import LOGVAR_MAX, LOGVAR_MIN, TSMVE, shared_convs_of
 
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "stamps", "outputs"
@@ -148,7 +148,7 @@ def export(weights, out, name, version, card_extra=None):
     state = torch.load(weights, map_location="cpu", weights_only=True)
     state = state["model"] if "model" in state else state
     channels = int(state["mean.convs.0.weight"].shape[1])
-    model = TSMVE(in_channels=channels)
+    model = TSMVE(in_channels=channels, shared_convs=shared_convs_of(state))
     model.load_state_dict(state)
     onnx_path = out / "model.onnx"
     export_onnx(model, onnx_path)
@@ -165,6 +165,8 @@ def export(weights, out, name, version, card_extra=None):
         "output": {"name": OUTPUT_NAME, "shape": ["batch", 6]},
         "contract": _stamps.contract(channels),
         "logvar_bounds": [LOGVAR_MIN, LOGVAR_MAX],
+        "architecture": {"conv_blocks": 3, "channels": 32, "kernel": 4,
+                         "shared_convs": model.shared_convs},
         "parity": check,
         "training_commit": _git_commit(),
     }

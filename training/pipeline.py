@@ -86,18 +86,34 @@ PSF_STAGE = {
     "step2_samples": 1_200_000, "step2_lr": 5e-4, "step2_seed": 6,
     "eval_every": 200_000, "calibration_frames": 150, "bias_fields": 20,
 }
+#: The faster shared-trunk model (asidfe_tsmve_v6, issue 16): v5's weights with the variance
+#: branch reading the mean branch's features after two of its three conv blocks
+#: (`training.model.TSMVE` ``shared_convs``), so the mean branch starts exactly as v5's;
+#: then both TS-MVE steps on v5's data sets (same recipes and seeds): a short step 1
+#: (Huber, means) and step 2 (NLL), whose variance blocks learn from the shared features.
+FAST_STAGE = {
+    **PSF_STAGE,
+    "init": "asidfe_tsmve_v5", "shared_convs": 2,
+    "step1_samples": 200_000, "step1_lr": 1e-4, "step1_seed": 7,
+    "step2_samples": 1_000_000, "step2_lr": 5e-4, "step2_seed": 8,
+    # The int8 graph beside the fp32 one, kept usable only if it passes the parity check.
+    "int8": {"calibration_stamps": 4096, "parity_stamps": 60_000},
+}
 QUICK_PSF_STAGE = {
     **PSF_STAGE,
     "data": [{**d, "n_frames": 6} for d in PSF_STAGE["data"]],
     "step1_samples": 1024, "step2_samples": 1024, "eval_every": 512,
     "calibration_frames": 2, "bias_fields": 2,
 }
+QUICK_FAST_STAGE = {**QUICK_PSF_STAGE, "init": "asidfe_tsmve_v5", "shared_convs": 2,
+                    "int8": {"calibration_stamps": 256, "parity_stamps": 2000}}
 
 
 def run_psf_stage(out, config, model_dir=None, name="asidfe_tsmve", version=5, log=print,
                   init=None):
     """
-    The PSF-conditioned model from v4, in one resumable command.
+    The PSF-conditioned model from v4 (`PSF_STAGE`), or the shared-trunk one from
+    v5 (`FAST_STAGE`), in one resumable command.
 
     ``init``: the parent's weights (a model directory, its ``model.onnx`` or a checkpoint);
     default: the shipped model that ``config["init"]`` names.
@@ -115,9 +131,10 @@ def run_psf_stage(out, config, model_dir=None, name="asidfe_tsmve", version=5, l
                                        families=d["families"], with_psf=True, log=log)
         data_sets.append(folder)
     init = Path(init) if init is not None else _shipped_parent(config["init"])
-    common = {"eval_every": config["eval_every"], "log": log}
+    common = {"eval_every": config["eval_every"], "log": log,
+              "shared_convs": config.get("shared_convs")}
     if not _stage_done(out / "step1"):
-        log("== step 1 (Huber, mean branch), from v4 widened by the PSF channel")
+        log(f"== step 1 (Huber, mean branch), from {config['init']}")
         train_mod.train(data_sets, "step1", out / "step1", config["step1_samples"], init=init,
                         lr=config["step1_lr"], seed=config["step1_seed"], **common)
     if not _stage_done(out / "step2"):
@@ -130,7 +147,7 @@ def run_psf_stage(out, config, model_dir=None, name="asidfe_tsmve", version=5, l
     from . import curves
 
     curves.plot_curves(stages, out / "training_curves.png", consecutive=True,
-                       title=f"{name}_v{version}: PSF-conditioned stages")
+                       title=f"{name}_v{version}: TS-MVE stages from {config['init']}")
     indexes = [json.loads((d / "index.json").read_text()) for d in data_sets]
     card_extra = {"training_data": [_recipe(i) | {"psf_errors": i.get("psf_errors")}
                                     for i in indexes],
@@ -145,6 +162,11 @@ def run_psf_stage(out, config, model_dir=None, name="asidfe_tsmve", version=5, l
     calibrate_mod.calibrate(model_dir, data_sets, n_frames=config["calibration_frames"],
                             jobs=os.cpu_count(), log=log, bias_fields=config["bias_fields"],
                             with_psf=True)
+    if config.get("int8"):
+        from . import quantize as quantize_mod
+
+        quantize_mod.quantize(model_dir, data_sets, config["int8"]["calibration_stamps"],
+                              config["int8"]["parity_stamps"], log=log)
     log(f"== done in {time.time() - t0:.0f} s: {model_dir}")
     return export_mod.update_card(model_dir, {})
 
@@ -328,7 +350,13 @@ def main(argv=None):
     parser.add_argument("--init", default=None,
                         help="--psf-stage: the parent's model directory or checkpoint (v4, which "
                              "no longer ships: see models/CHANGELOG.md)")
+    parser.add_argument("--fast-stage", action="store_true",
+                        help="make the shared-trunk model from v5 (FAST_STAGE)")
     args = parser.parse_args(argv)
+    if args.fast_stage:
+        run_psf_stage(args.out, QUICK_FAST_STAGE if args.quick else FAST_STAGE, args.model_dir,
+                      version=6 if args.version == 4 else args.version, init=args.init)
+        return
     if args.psf_stage:
         run_psf_stage(args.out, QUICK_PSF_STAGE if args.quick else PSF_STAGE, args.model_dir,
                       version=5 if args.version == 4 else args.version, init=args.init)

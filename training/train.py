@@ -30,6 +30,8 @@ from .model import (
     TSMVE,
     gaussian_nll,
     huber,
+    share_trunk,
+    shared_convs_of,
     sigma_head_parameters,
     widen_inputs,
 )
@@ -47,13 +49,16 @@ def _metrics(outputs, targets, with_variance):
     return out
 
 
-def load_model(weights, device="cpu", in_channels=None):
+def load_model(weights, device="cpu", in_channels=None, shared_convs=None):
     """
     A `TSMVE` with the given weights, in eval mode.
 
     ``in_channels``: build the network with this many inputs (default: as the
     weights have); more than the weights have widens them with zero weights
     (`widen_inputs`: a contract-2 model warm-starts a PSF-conditioned one).
+    ``shared_convs``: the architecture to build (default: the weights'); a
+    two-branch model asked for a shared trunk keeps its means exactly
+    (`share_trunk`: the warm start of the faster architecture).
 
     ``weights``: a training checkpoint (``.pt``, as written by `train`), or
     an exported model (its ``model.onnx`` or model directory): the ONNX
@@ -80,7 +85,11 @@ def load_model(weights, device="cpu", in_channels=None):
     in_channels = stored if in_channels is None else int(in_channels)
     if in_channels > stored:
         state = widen_inputs(state, in_channels)
-    model = TSMVE(in_channels=in_channels)
+    stored_shared = shared_convs_of(state)
+    shared_convs = stored_shared if shared_convs is None else int(shared_convs)
+    if shared_convs != stored_shared:
+        state = share_trunk(state, shared_convs)
+    model = TSMVE(in_channels=in_channels, shared_convs=shared_convs)
     # strict: a renamed or missing parameter must fail loudly, not start from random weights.
     model.load_state_dict(state, strict=True)
     model.eval()
@@ -152,7 +161,8 @@ def freeze(model, what):
 def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batch_size=256,
           lr=1e-3, eval_every=250_000, val_limit=50_000, patience=8, train_limit=None,
           threads=None, device="cpu", checkpoint_seconds=300, max_steps=None,
-          exclude_families=(), stop_after=None, mean_lr_factor=None, log=print):
+          exclude_families=(), stop_after=None, mean_lr_factor=None, shared_convs=None,
+          log=print):
     """Train one network; returns its history. See the module docstring."""
     if stage not in STAGES:
         msg = f"stage must be one of {STAGES}, got {stage!r}"
@@ -164,11 +174,15 @@ def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batc
     torch.manual_seed(seed)
     train_set = StampSet(data, "train", limit=train_limit, exclude_families=exclude_families)
     val_set = StampSet(data, "val", limit=val_limit, exclude_families=exclude_families)
-    model = TSMVE(in_channels=train_set.n_channels).to(device=device,
-                                                       memory_format=torch.channels_last)
+    init_model = (load_model(init, in_channels=train_set.n_channels, shared_convs=shared_convs)
+                  if init is not None else None)
+    if shared_convs is None:
+        shared_convs = init_model.shared_convs if init_model is not None else 0
+    model = TSMVE(in_channels=train_set.n_channels, shared_convs=shared_convs).to(
+        device=device, memory_format=torch.channels_last)
     init_stage = None
     if init is not None:
-        model.load_state_dict(load_model(init, in_channels=train_set.n_channels).state_dict())
+        model.load_state_dict(init_model.state_dict())
         # An exported model is a finished step 2; a checkpoint records its stage.
         init_stage = (torch.load(init, map_location="cpu", weights_only=True).get("stage")
                       if Path(init).suffix == ".pt" else "step2")
@@ -303,6 +317,9 @@ def main(argv=None):
                              "rate schedule of --samples")
     parser.add_argument("--mean-lr-factor", type=float, default=None,
                         help="rate of the mean branch relative to --lr in step 2 (default 0.1)")
+    parser.add_argument("--shared-convs", type=int, default=None,
+                        help="conv blocks the variance branch shares with the mean branch "
+                             "(default: as --init, else 0)")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="stop after this many steps (resume later with the same command)")
     args = parser.parse_args(argv)
@@ -311,6 +328,7 @@ def main(argv=None):
           batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
           train_limit=args.train_limit, threads=args.threads, max_steps=args.max_steps,
           device=args.device, stop_after=args.stop_after, mean_lr_factor=args.mean_lr_factor,
+          shared_convs=args.shared_convs,
           exclude_families=[f for f in args.exclude_families.split(",") if f])
 
 

@@ -301,3 +301,74 @@ def test_quick_psf_stage_end_to_end(tmp_path):
         tbl = MLPhotometry(model=model_dir, psf_model=CircularGaussianPRF(fwhm=3.0))(
             image, init_params=truth, gain=2.0)
     assert len(tbl) == 4 and np.all(np.isfinite(tbl["flux_fit"]))
+
+
+def test_shared_trunk_starts_with_the_parent_means(tmp_path):
+    """share_trunk keeps the mean branch exactly; export and reload keep the architecture."""
+    from asidfe_phot.models import model_path
+    from training.export import export
+    from training.model import share_trunk, shared_convs_of
+
+    parent = load_model(model_path("asidfe_tsmve_v5"))
+    shared = load_model(model_path("asidfe_tsmve_v5"), shared_convs=2)
+    assert shared.shared_convs == 2 and len(shared.logvar.convs) == 1
+    x = torch.randn(8, _stamps.N_INPUT_CHANNELS, _stamps.STAMP_SIZE, _stamps.STAMP_SIZE)
+    with torch.no_grad():
+        a, b = parent(x), shared(x)
+    torch.testing.assert_close(a[:, :3], b[:, :3], rtol=0, atol=0)
+    assert torch.all(b[:, 3:] >= -16) and torch.all(b[:, 3:] <= 6)
+    with pytest.raises(ValueError, match="two-branch"):
+        share_trunk(shared.state_dict(), 1)
+    with pytest.raises(ValueError, match="shared_convs must be"):
+        TSMVE(shared_convs=3)
+    torch.save({"model": shared.state_dict()}, tmp_path / "w.pt")
+    card = export(tmp_path / "w.pt", tmp_path / "m", "t", 1)
+    assert card["architecture"]["shared_convs"] == 2
+    assert card["parity"]["max_abs_diff"] < 1e-4
+    again = load_model(tmp_path / "m")
+    assert shared_convs_of(again.state_dict()) == 2
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), b)
+
+
+def test_int8_parity_judges_each_bin():
+    from training.quantize import bin_figures, parity
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    targets = np.column_stack([rng.normal(0, 0.3, n), rng.normal(0, 0.3, n),
+                               rng.uniform(1, 50, n)]).astype(np.float32)
+    sigma = np.full((n, 3), 0.1, np.float32)
+    outputs = np.hstack([targets + rng.normal(0, 1, (n, 3)) * sigma, 2 * np.log(sigma)])
+    snr = rng.uniform(3, 2000, n)
+    fp32 = bin_figures(outputs, targets, snr)
+    assert [r["snr_lo"] for r in fp32][:2] == [3.0, 5.0]
+    assert all(abs(r["flux_zstd"] - 1) < 0.2 for r in fp32 if r["n"] > 300)
+    same = parity(fp32, fp32, min_stamps=100)
+    assert same["passed"] and same["worst_relative_change"] == 0 and same["bins_judged"] > 3
+    worse = outputs.copy()
+    worse[:, 3:] += 2 * np.log(1.1)  # sigmas 10 % larger: z-score std 9 % smaller
+    verdict = parity(fp32, bin_figures(worse, targets, snr), min_stamps=100)
+    assert not verdict["passed"] and 0.08 < verdict["worst_relative_change"] < 0.1
+    assert not parity(fp32, fp32, min_stamps=10**6)["passed"]  # nothing judged: no pass
+
+
+def test_quick_fast_stage_end_to_end(tmp_path):
+    """The shared-trunk stage: v5 -> step 1 -> step 2 -> export -> calibrations -> int8 graph
+    with its parity record; the exported model runs in MLPhotometry."""
+    from asidfe_phot import MLPhotometry
+    from asidfe_phot.datasets import make_test_image
+    from training import pipeline
+
+    card = pipeline.run_psf_stage(tmp_path / "run", dict(pipeline.QUICK_FAST_STAGE),
+                                  version=6, log=lambda *a: None)
+    assert card["architecture"]["shared_convs"] == 2
+    assert card["parent_model"] == "asidfe_tsmve_v5"
+    assert set(card["history"]) == {"step1", "step2"}
+    record = card["int8"]
+    assert record["file"] == "model_int8.onnx" and len(record["int8_bins"]) == 8
+    model_dir = tmp_path / "run" / "model" / "asidfe_tsmve_v6"
+    assert (model_dir / "model_int8.onnx").stat().st_size > 0
+    image, truth = make_test_image(shape=(64, 64), n_sources=4)
+    tbl = MLPhotometry(model=model_dir, psf_model=None)(image, init_params=truth, gain=2.0)
+    assert len(tbl) == 4 and np.all(np.isfinite(tbl["flux_fit"]))
