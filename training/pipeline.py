@@ -94,7 +94,7 @@ PSF_STAGE = {
 FAST_STAGE = {
     **PSF_STAGE,
     "init": "asidfe_tsmve_v5", "shared_convs": 2,
-    "step1_samples": 200_000, "step1_lr": 1e-4, "step1_seed": 7,
+    "step1_samples": 200_000, "step1_lr": 1e-4, "step1_seed": 7, "step1_presets": ["generic"],
     "step2_samples": 1_000_000, "step2_lr": 5e-4, "step2_seed": 8,
     # The int8 graph beside the fp32 one, kept usable only if it passes the parity check.
     "int8": {"calibration_stamps": 4096, "parity_stamps": 60_000},
@@ -122,21 +122,27 @@ def run_psf_stage(out, config, model_dir=None, name="asidfe_tsmve", version=5, l
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config, indent=2))
     t0 = time.time()
-    data_sets = []
-    for d in config["data"]:
+    def data_set(d):
         folder = out / f"data_{d['preset']}"
         if not (folder / "index.json").exists():
             log(f"== simulate ({d['preset']}, with PSF stamps)")
             simulate_mod.write_dataset(folder, d["n_frames"], d["preset"], d["seed"],
                                        families=d["families"], with_psf=True, log=log)
-        data_sets.append(folder)
+        return folder
+
     init = Path(init) if init is not None else _shipped_parent(config["init"])
     common = {"eval_every": config["eval_every"], "log": log,
               "shared_convs": config.get("shared_convs")}
+    # Step 1 may use some of the data sets only (``step1_presets``): the mean branch's
+    # short fine-tune can start while the others are still being simulated.
+    step1_presets = config.get("step1_presets")
+    step1_sets = [data_set(d) for d in config["data"]
+                  if step1_presets is None or d["preset"] in step1_presets]
     if not _stage_done(out / "step1"):
         log(f"== step 1 (Huber, mean branch), from {config['init']}")
-        train_mod.train(data_sets, "step1", out / "step1", config["step1_samples"], init=init,
+        train_mod.train(step1_sets, "step1", out / "step1", config["step1_samples"], init=init,
                         lr=config["step1_lr"], seed=config["step1_seed"], **common)
+    data_sets = [data_set(d) for d in config["data"]]
     if not _stage_done(out / "step2"):
         log("== step 2 (Gaussian NLL, both branches)")
         train_mod.train(data_sets, "step2", out / "step2", config["step2_samples"],
