@@ -95,7 +95,7 @@ FAST_STAGE = {
     **PSF_STAGE,
     "init": "asidfe_tsmve_v5", "shared_convs": 2,
     "step1_samples": 200_000, "step1_lr": 1e-4, "step1_seed": 7, "step1_presets": ["generic"],
-    "step2_samples": 1_000_000, "step2_lr": 5e-4, "step2_seed": 8,
+    "step2_samples": 600_000, "step2_lr": 5e-4, "step2_seed": 8,
     # The int8 graph beside the fp32 one, kept usable only if it passes the parity check.
     "int8": {"calibration_stamps": 4096, "parity_stamps": 60_000},
 }
