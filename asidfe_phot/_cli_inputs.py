@@ -317,6 +317,14 @@ def version_text(prog):
     return f"{prog} {__version__} (Python {sys.version.split()[0]}, {runtime})"
 
 
+class VersionAction(argparse.Action):
+    """``--version`` on one line: argparse's own action wraps it at the terminal width."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text(parser.prog))
+        parser.exit()
+
+
 def providers_value(text):
     """The ``--providers`` value: a comma list of onnxruntime provider names."""
     names = [name.strip() for name in text.split(",") if name.strip()]

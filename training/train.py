@@ -27,6 +27,7 @@ from .data import StampSet
 from .model import (
     LOGVAR_MAX,
     LOGVAR_MIN,
+    N_CONVS,
     TSMVE,
     gaussian_nll,
     huber,
@@ -85,7 +86,8 @@ def load_model(weights, device="cpu", in_channels=None, shared_convs=None):
     in_channels = stored if in_channels is None else int(in_channels)
     if in_channels > stored:
         state = widen_inputs(state, in_channels)
-    stored_shared = shared_convs_of(state)
+    # No variance-branch convolution at all: another architecture, for the strict load below.
+    stored_shared = min(shared_convs_of(state), N_CONVS - 1)
     shared_convs = stored_shared if shared_convs is None else int(shared_convs)
     if shared_convs != stored_shared:
         state = share_trunk(state, shared_convs)
