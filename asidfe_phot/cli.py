@@ -63,7 +63,8 @@ def _build_parser():
                 "or a SourceExtractor ASCII_HEAD or FITS_LDAC catalogue, whose 1-based "
                 "X_IMAGE/Y_IMAGE are converted), or --find (DAOStarFinder). Exit status 2 on "
                 "input errors."))
-    parser.add_argument("--version", action="version", version=_inputs.version_text(PROG))
+    parser.add_argument("--version", action=_inputs.VersionAction, nargs=0,
+                        help="print the versions of asidfe_phot, Python and onnxruntime")
     parser.add_argument("image", nargs="?", help="FITS image (any HDU; see --hdu)")
     parser.add_argument("--hdu", type=_inputs.hdu_option, default=None,
                         metavar="N|N,M,...|all",
@@ -135,6 +136,9 @@ def _build_parser():
     net.add_argument("--threads", type=int, default=None,
                      help="CPU threads of the network (default: all cores; use 1 when "
                           "running one process per image)")
+    net.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                     help="network graph: int8 is the quantized one (faster on CPU), where "
+                          "the model's card records that it passed its parity check")
     net.add_argument("--providers", type=_inputs.providers_value, default=None,
                      metavar="NAME[,NAME...]",
                      help="onnxruntime execution providers in order of preference, e.g. "
@@ -370,13 +374,25 @@ def _photometry(args, progress, finder=None):
     # Keywords only: MLPhotometry's leading parameters follow photutils' order.
     kw = {"model": args.model, "batch_size": args.batch_size, "progress_bar": progress,
           "finder": finder, "aperture_correction": args.aperture_correction,
-          "threads": args.threads, "providers": args.providers}
+          "threads": args.threads, "providers": args.providers,
+          "precision": args.precision}
     if args.psf is not None:
         kw["psf_model"] = None if args.psf == "none" else args.psf
     return MLPhotometry(**kw)
 
 
 def _run(args, stdout, stderr):
+    job, results = _measure(args, stdout, stderr)
+    _write_outputs(args, job, results, stdout)
+    return 0
+
+
+def _measure(args, stdout, stderr):
+    """
+    Plan and measure one image, writing nothing: ``(job, results)``, the per-HDU
+    ``(table, data for --plot)`` that `_write_outputs` writes (also each frame of
+    ``asidfe-phot batch``, `asidfe_phot.batch`).
+    """
     job = _plan(args)
     shared = None
     if not args.find:
@@ -395,8 +411,7 @@ def _run(args, stdout, stderr):
         msg = (f"no sources found by --find in any HDU (threshold {args.threshold:g} x rms, "
                f"fwhm {args.fwhm:g} px); lower --threshold or give --catalog")
         raise CLIError(msg)
-    _write_outputs(args, job, results, stdout)
-    return 0
+    return job, results
 
 
 def _measure_hdu(args, job, hdu, phot, stdout, stderr):
@@ -553,7 +568,9 @@ def main(argv=None):
         The exit status: 0 on success, 2 on a usage or input error (the
         message goes to stderr, without a traceback). ``asidfe-phot ast ...``
         runs the artificial-star test (`asidfe_phot._cli_ast`), ``asidfe-phot
-        tailor ...`` the tailored training (`asidfe_phot.tailor`).
+        tailor ...`` the tailored training (`asidfe_phot.tailor`), ``asidfe-phot
+        batch ...`` many frames on Dask (`asidfe_phot.batch`; exit status 1 when
+        some frames failed).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "ast":
@@ -564,6 +581,10 @@ def main(argv=None):
         from asidfe_phot.tailor import _main as tailor_main
 
         return tailor_main(argv[1:], prog=f"{PROG} tailor")
+    if argv and argv[0] == "batch":
+        from asidfe_phot._cli_batch import main as batch_main
+
+        return batch_main(argv[1:])
     return run_command(_build_parser(), argv,
                        lambda args: _run(args, sys.stdout, sys.stderr), PROG)
 

@@ -1,0 +1,638 @@
+"""
+Many frames on Dask: each frame measured as ``asidfe-phot FRAME`` measures it.
+
+`measure_many` measures a list of FITS frames on a Dask ``distributed`` cluster
+(a ``LocalCluster`` of one single-threaded worker process per core by default,
+or the user's ``distributed.Client``) and writes, in one output folder:
+
+* ``<stem>.ecsv`` per frame: the table the single-image command
+  ``asidfe-phot FRAME --catalog CAT [options] --threads 1`` writes (the same
+  code path, ``asidfe_phot.cli``), moved into place when complete;
+* ``<stem>.json`` beside it: the manifest of that result (the content hash of
+  its inputs, the row count, the time taken);
+* ``asidfe_batch.fits``: every frame's rows in one FITS table with an ``image``
+  column (the frame's path as given), and its manifest ``asidfe_batch.json``.
+
+``<stem>`` is the frame's file name without its FITS suffix (``field.r.fits.fz``
+gives ``field.r``). Frames whose stems clash (``a/x.fits`` and ``b/X.fits``;
+compared without case, for case-insensitive file systems) or equal
+``asidfe_batch`` get ``<stem>-<8 hex digits>`` instead, the digits starting the
+sha256 of the frame's absolute path: the same path always gets the same name,
+provided the same set of frames is given.
+
+A rerun skips every frame whose manifest holds the same content hash (sha256 of
+the frame's bytes, of its catalogue's bytes, of the options and of the model
+file) and whose table is still there, and rewrites the combined table only when
+its list of frames changed: a rerun of a finished batch writes nothing. A frame
+that cannot be measured (unreadable, corrupt, no sources) is reported with its
+error, and the others complete. `measure_many_delayed` gives the per-frame
+tasks as ``dask.delayed`` objects, for graphs of one's own.
+
+Needs Dask: ``pip install "asidfe_phot[batch]"``.
+"""
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from asidfe_phot import cli as _cli
+from asidfe_phot._cli_inputs import CLIError as _CLIError
+
+__all__ = ["measure_many", "measure_many_delayed", "write_combined", "FrameResult",
+           "BatchResult", "COMBINED_NAME", "OPTIONS"]
+
+#: Stem of the combined table (``asidfe_batch.fits``) and of its manifest.
+COMBINED_NAME = "asidfe_batch"
+#: The single-image command's options a batch passes on to every frame (`measure_many`'s
+#: ``options``), by their Python names; ``asidfe-phot --help`` describes them.
+OPTIONS = ("hdu", "fwhm", "threshold", "gain", "saturation", "aperture_correction", "psf",
+           "model", "batch_size", "providers", "precision")
+_INSTALL = 'pip install "asidfe_phot[batch]"'
+#: Version of the content hash: bump it when what the hash covers changes.
+_HASH_VERSION = "asidfe-batch-1"
+
+
+class _BatchInputError(_CLIError, ValueError):
+    """Bad arguments, found before any work (a ValueError; the command prints it)."""
+
+
+def _require_dask(distributed=True):
+    """Import Dask (and ``distributed``), or say how to install them."""
+    names = ("dask", "distributed") if distributed else ("dask",)
+    for name in names:
+        try:
+            __import__(name)
+        except ImportError as exc:
+            msg = (f"asidfe_phot.batch needs {name}, which is not installed: "
+                   f"{_INSTALL}")
+            raise ImportError(msg, name=name) from exc
+
+
+@dataclass
+class FrameResult:
+    """
+    What became of one frame.
+
+    Attributes
+    ----------
+    frame : str
+        The frame's path, as given.
+    key : str
+        Its output name: the table is ``<key>.ecsv``, the manifest ``<key>.json``.
+    table : str
+        The table's path.
+    status : str
+        ``"done"`` (measured now), ``"skipped"`` (finished by an earlier run with
+        the same inputs) or ``"failed"``.
+    rows : int
+        Sources in the table.
+    seconds : float
+        Time to measure and write it (0 when skipped or failed early).
+    error : str or None
+        For a failed frame, the error: ``"FITSReadError: ..."``.
+    warnings : str
+        Warnings the measurement printed, one per line.
+    hash : str or None
+        The content hash of its inputs (see `measure_many`).
+    """
+
+    frame: str
+    key: str
+    table: str
+    status: str
+    rows: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    warnings: str = ""
+    hash: str | None = None
+
+
+@dataclass
+class BatchResult:
+    """
+    The outcome of `measure_many`: one `FrameResult` per frame, in the order given.
+
+    Attributes
+    ----------
+    frames : list of `FrameResult`
+    combined : str or None
+        The combined table's path (None when no frame succeeded, or it failed).
+    combined_error : str or None
+        Why the combined table could not be written.
+    seconds : float
+        Wall-clock time of the whole batch (the cluster's start excluded).
+    """
+
+    frames: list
+    combined: str | None = None
+    combined_error: str | None = None
+    seconds: float = 0.0
+
+    def _with(self, status):
+        return [r for r in self.frames if r.status == status]
+
+    @property
+    def done(self):
+        """Frames measured by this run."""
+        return self._with("done")
+
+    @property
+    def skipped(self):
+        """Frames finished by an earlier run with the same inputs."""
+        return self._with("skipped")
+
+    @property
+    def failed(self):
+        """Frames that could not be measured."""
+        return self._with("failed")
+
+    @property
+    def ok(self):
+        """Whether every frame and the combined table succeeded."""
+        return not self.failed and self.combined_error is None
+
+    @property
+    def sources_measured(self):
+        """Sources measured by this run (skipped frames not counted)."""
+        return sum(r.rows for r in self.done)
+
+    def __str__(self):
+        rate = self.sources_measured / self.seconds if self.seconds > 0 else 0.0
+        text = (f"{len(self.frames)} frame(s): {len(self.done)} measured, "
+                f"{len(self.skipped)} skipped (finished before), {len(self.failed)} failed; "
+                f"{self.sources_measured} sources in {self.seconds:.1f} s ({rate:,.0f} "
+                "sources/s)")
+        return text
+
+
+@dataclass(frozen=True)
+class _FrameSpec:
+    """One frame's task, as sent to a worker (small and picklable)."""
+
+    frame: str
+    catalog: str | None
+    key: str
+    out_dir: str
+    argv: tuple      # the options part of the single-image command line
+    model_sha256: str
+
+    @property
+    def table(self):
+        return os.path.join(self.out_dir, f"{self.key}.ecsv")
+
+    @property
+    def manifest(self):
+        return os.path.join(self.out_dir, f"{self.key}.json")
+
+    def command(self, output):
+        """The single-image command line of this frame, writing to ``output``."""
+        where = ["--find"] if self.catalog is None else ["--catalog", self.catalog]
+        return [self.frame, *where, *self.argv, "--output", output, "--overwrite",
+                "--no-progress", "--rows", "0"]
+
+
+# --- Planning (client side) ------------------------------------------------------------------
+
+def _frame_stem(frame):
+    """The file name without its FITS suffix: ``field.r`` for ``dir/field.r.fits.fz``."""
+    name = Path(frame).name
+    for suffix in sorted(_cli._IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[:-len(suffix)]
+    return name
+
+
+def _path_digest(frame):
+    return hashlib.sha256(str(Path(frame).resolve()).encode()).hexdigest()[:8]
+
+
+def _keys(frames):
+    """Output names: the stem, or ``<stem>-<8 hex of the absolute path's sha256>`` on a clash."""
+    stems = [_frame_stem(f) for f in frames]
+    count = {}
+    for stem in stems:
+        count[stem.casefold()] = count.get(stem.casefold(), 0) + 1
+    keys = [stem if count[stem.casefold()] == 1 and stem.casefold() != COMBINED_NAME
+            else f"{stem}-{_path_digest(frame)}" for frame, stem in zip(frames, stems)]
+    if len({k.casefold() for k in keys}) != len(keys):
+        msg = "frames whose output names still clash after disambiguation; rename a frame"
+        raise _BatchInputError(msg)
+    return keys
+
+
+def _catalog_list(frames, catalogs, find):
+    if find == (catalogs is not None):
+        msg = "give either catalogs (a pattern or one catalogue per frame) or find=True"
+        raise _BatchInputError(msg)
+    if find:
+        return [None] * len(frames)
+    if isinstance(catalogs, (str, os.PathLike)):
+        pattern = str(catalogs)
+        try:
+            return [pattern.format(stem=_frame_stem(f), name=Path(f).name,
+                                   parent=str(Path(f).parent)) for f in frames]
+        except (KeyError, IndexError, ValueError) as exc:
+            msg = (f"catalogue pattern {pattern!r}: use the fields {{stem}}, {{name}} and "
+                   f"{{parent}} of each frame ({type(exc).__name__}: {exc})")
+            raise _BatchInputError(msg) from exc
+    catalogs = [str(c) for c in catalogs]
+    if len(catalogs) != len(frames):
+        msg = f"{len(catalogs)} catalogues for {len(frames)} frames; give one per frame"
+        raise _BatchInputError(msg)
+    return catalogs
+
+
+def _option_text(value):
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _options_argv(options):
+    """The options as single-image command-line arguments, in a fixed order."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        msg = f"unknown option(s) {unknown}; the options are {list(OPTIONS)}"
+        raise _BatchInputError(msg)
+    argv = []
+    for name in OPTIONS:
+        if options.get(name) is not None:
+            argv += [f"--{name.replace('_', '-')}", _option_text(options[name])]
+    return [*argv, "--threads", "1"]
+
+
+def _parse(argv):
+    """The single-image command's arguments; a usage error becomes a CLIError."""
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            return _cli._build_parser().parse_args(argv)
+    except SystemExit as exc:
+        lines = stderr.getvalue().strip().splitlines()
+        msg = lines[-1] if lines else f"invalid options {argv}"
+        raise _BatchInputError(msg) from exc
+
+
+def _model_sha256(model):
+    from asidfe_phot.exceptions import ModelError
+    from asidfe_phot.models import verify_model
+
+    try:
+        return verify_model(model)[1]["sha256"]
+    except ModelError as exc:
+        raise _BatchInputError(str(exc)) from exc
+
+
+def _plan(frames, out_dir, catalogs, find, options):
+    """The frames' tasks, checked before any work; creates ``out_dir``."""
+    frames = [os.fspath(f) for f in frames]
+    if not frames:
+        msg = "no frames to measure"
+        raise _BatchInputError(msg)
+    seen = {}
+    for frame in frames:
+        resolved = Path(frame).resolve()
+        if resolved in seen:
+            msg = f"frame {frame} is given twice (also as {seen[resolved]})"
+            raise _BatchInputError(msg)
+        seen[resolved] = frame
+    cats = _catalog_list(frames, catalogs, find)
+    argv = _options_argv(options)
+    where = ["--find"] if find else ["--catalog", cats[0]]
+    args = _parse([frames[0], *where, *argv])
+    for option in ("gain", "saturation"):   # as the command checks them, but before any work
+        value = getattr(args, option)
+        if value is not None and not 0 < value < float("inf"):
+            msg = f"--{option} must be a positive number, got {value}"
+            raise _BatchInputError(msg)
+    model_sha256 = _model_sha256(args.model)
+    out_dir = Path(out_dir).absolute()
+    specs = [_FrameSpec(frame, cat, key, str(out_dir), tuple(argv), model_sha256)
+             for frame, cat, key in zip(frames, cats, _keys(frames))]
+    inputs = set(seen) | {Path(c).resolve() for c in cats if c is not None}
+    if args.psf not in (None, "auto", "none"):
+        inputs.add(Path(args.psf).resolve())
+    outputs = [p for s in specs for p in (s.table, s.manifest)]
+    outputs += [out_dir / f"{COMBINED_NAME}.fits", out_dir / f"{COMBINED_NAME}.json"]
+    for path in outputs:
+        if Path(path).resolve() in inputs:
+            msg = f"output {path} would replace an input file; choose another output folder"
+            raise _BatchInputError(msg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return specs
+
+
+# --- One frame (worker side) -----------------------------------------------------------------
+
+def _content_hash(spec, frame_sha256, catalog_sha256):
+    text = json.dumps([_HASH_VERSION, frame_sha256, catalog_sha256, list(spec.argv),
+                       spec.model_sha256])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _read_manifest(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_text(path, text):
+    _cli._write_atomically(path, True, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def _measure_frame(spec):
+    """
+    Measure one frame unless an earlier run did (same content hash); never raises for
+    the frame's own problems: a failed frame is a `FrameResult` with its error.
+    """
+    from asidfe_phot.models import file_sha256
+
+    start = time.perf_counter()
+    result = FrameResult(spec.frame, spec.key, spec.table, "failed")
+    try:
+        # A missing file is left to the command, whose message names it.
+        frame_sha256, catalog_sha256 = (
+            file_sha256(path) if path is not None and os.path.isfile(path) else None
+            for path in (spec.frame, spec.catalog))
+        result.hash = _content_hash(spec, frame_sha256, catalog_sha256)
+        before = _read_manifest(spec.manifest)
+        if (before is not None and before.get("hash") == result.hash
+                and os.path.isfile(spec.table)
+                and os.path.getsize(spec.table) == before.get("table_bytes")):
+            result.status, result.rows = "skipped", int(before.get("rows", 0))
+            return result
+        result.rows, result.warnings = _run_single(spec)
+        result.seconds = time.perf_counter() - start
+        _write_text(spec.manifest, json.dumps({
+            "frame": spec.frame, "catalog": spec.catalog, "table": os.path.basename(spec.table),
+            "hash": result.hash, "frame_sha256": frame_sha256,
+            "catalog_sha256": catalog_sha256, "model_sha256": spec.model_sha256,
+            "options": list(spec.argv), "rows": result.rows,
+            "table_bytes": os.path.getsize(spec.table), "seconds": round(result.seconds, 3),
+            "asidfe_phot": _version(), "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        }, indent=1) + "\n")
+        result.status = "done"
+    except Exception as exc:  # noqa: BLE001 - any failure of one frame is reported, not raised
+        result.error = f"{type(exc).__name__}: {exc}"
+    return result
+
+
+def _version():
+    from asidfe_phot import __version__
+
+    return __version__
+
+
+def _run_single(spec):
+    """The single-image command on one frame; its table moved to ``spec.table``."""
+    fd, tmp = tempfile.mkstemp(dir=spec.out_dir, prefix=f".{spec.key}.", suffix=".ecsv")
+    os.close(fd)
+    try:
+        args = _parse(spec.command(tmp))
+        stdout, stderr = io.StringIO(), io.StringIO()
+        job, results = _cli._measure(args, stdout, stderr)
+        _cli._write_outputs(args, job, results, stdout)
+        os.replace(tmp, spec.table)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return sum(len(tbl) for tbl, _ in results), stderr.getvalue()
+
+
+# --- Many frames -----------------------------------------------------------------------------
+
+def measure_many_delayed(frames, out_dir, *, catalogs=None, find=False, options=None):
+    """
+    One ``dask.delayed`` task per frame, for users who build their own Dask graphs.
+
+    Takes the arguments of `measure_many` (but no cluster): the inputs are checked
+    and ``out_dir`` created now; computing a task measures its frame and writes its
+    table and manifest, and gives a `FrameResult`. `write_combined` then writes the
+    combined table.
+
+    Returns
+    -------
+    list of ``dask.delayed.Delayed``
+        In the order of ``frames``.
+
+    Examples
+    --------
+    With a ``distributed.Client`` (futures) or any Dask scheduler::
+
+        tasks = measure_many_delayed(frames, "out", catalogs="cats/{stem}.ecsv")
+        futures = client.compute(tasks)                 # or dask.compute(*tasks)
+        results = client.gather(futures)
+        write_combined(results, "out")
+    """
+    _require_dask(distributed=False)
+    return _delayed(_plan(frames, out_dir, catalogs, find, options))
+
+
+def _delayed(specs):
+    import dask
+
+    task = dask.delayed(_measure_frame, pure=False)
+    return [task(spec, dask_key_name=f"asidfe-frame-{spec.key}-{uuid.uuid4().hex[:8]}")
+            for spec in specs]
+
+
+def measure_many(frames, out_dir, *, catalogs=None, find=False, options=None, client=None,
+                 workers=None, progress=True, stream=None, log=None):
+    """
+    Measure many FITS frames on Dask, each as the single-image command would.
+
+    Every frame's table is what ``asidfe-phot FRAME --catalog CAT [options]
+    --threads 1`` (or ``--find``) writes: the same code path (``asidfe_phot.cli``),
+    with one onnxruntime thread per task. It goes to ``out_dir/<stem>.ecsv``
+    (see the module's description for clashing names) with a manifest
+    ``<stem>.json``, both moved into place as soon as the frame is done, so
+    a worker that dies later loses nothing finished. At the end the frames'
+    rows go to one FITS table, ``out_dir/asidfe_batch.fits``, with an ``image``
+    column (the frame's path as given) and the columns every frame's table has.
+
+    Parameters
+    ----------
+    frames : list of str or path-like
+        FITS frames. On a remote cluster, paths every worker can read (absolute
+        paths on a shared file system).
+    out_dir : str or path-like
+        Output folder, created if missing. An output that would be an input is
+        refused before any work.
+    catalogs : str or list, optional
+        The positions: a pattern with the fields ``{stem}`` (the frame's name
+        without its FITS suffix), ``{name}`` (its file name) and ``{parent}``
+        (its folder), e.g. ``"cats/{stem}.ecsv"``, or one catalogue per frame.
+        Any catalogue ``asidfe-phot --catalog`` reads.
+    find : bool, optional
+        Find the sources with DAOStarFinder instead (``--find``). Exactly one of
+        ``catalogs`` and ``find`` is required.
+    options : dict, optional
+        The single-image command's options for every frame, by the names in
+        `OPTIONS` (``{"hdu": 1, "gain": 1.9, "aperture_correction": "off",
+        "psf": "none", "model": "asidfe_tsmve_v4"}``), with the values the
+        command takes (lists for ``hdu`` and ``providers``; booleans for
+        ``aperture_correction`` mean on and off).
+    client : ``distributed.Client``, optional
+        The cluster to run on. Default: a ``distributed.LocalCluster`` of
+        ``workers`` processes with one thread each, closed at the end.
+    workers : int, optional
+        Worker processes of the default cluster (default: one per core).
+    progress : bool, optional
+        Report progress on ``stream`` (default stderr): frames done and sources
+        measured per second.
+    stream : file-like, optional
+        Where the progress goes.
+    log : callable, optional
+        Called with one line of text per finished frame (e.g. ``print``).
+
+    Returns
+    -------
+    `BatchResult`
+        Per frame a `FrameResult` (``"done"``, ``"skipped"`` or ``"failed"``
+        with its error), and the combined table's path. It does not raise for
+        failed frames: check `BatchResult.ok`.
+
+    Raises
+    ------
+    ImportError
+        Without Dask (``pip install "asidfe_phot[batch]"``).
+    ValueError
+        Before any work, for bad arguments (a frame given twice, an output that
+        is an input, an unknown option or model).
+    """
+    _require_dask()
+    from distributed import Client, LocalCluster, as_completed
+
+    from asidfe_phot._progress import Progress
+
+    if workers is not None and (int(workers) != workers or workers < 1):
+        msg = f"workers must be a positive integer, got {workers!r}"
+        raise _BatchInputError(msg)
+    specs = _plan(frames, out_dir, catalogs, find, options)
+    tasks = _delayed(specs)
+    own = []
+    if client is None:
+        cluster = LocalCluster(n_workers=int(workers or _cores()), threads_per_worker=1,
+                               processes=True, dashboard_address=None)
+        client = Client(cluster)
+        own = [client, cluster]
+    start = time.perf_counter()
+    results = [None] * len(tasks)
+    measured, futures = 0, []
+    try:
+        futures = client.compute(tasks)
+        index = {future.key: i for i, future in enumerate(futures)}
+        with Progress(len(tasks), "asidfe-phot batch", unit="frames", stream=stream,
+                      enabled=progress) as bar:
+            for future in as_completed(futures):
+                i = index[future.key]
+                try:
+                    result = future.result()
+                except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker: report, go on
+                    result = FrameResult(specs[i].frame, specs[i].key, specs[i].table,
+                                         "failed", error=f"{type(exc).__name__}: {exc}")
+                future.release()
+                results[i] = result
+                if result.status == "done":
+                    measured += result.rows
+                if log is not None:
+                    log(_frame_line(result))
+                elapsed = time.perf_counter() - start
+                bar.update(note=f"{measured} sources, {measured / max(elapsed, 1e-9):,.0f} "
+                                "sources/s")
+    finally:
+        left = [f for f in futures if not f.done()]
+        if left and not own:    # interrupted on the user's cluster: stop what is left
+            client.cancel(left)
+        for thing in own:
+            thing.close()
+    batch = BatchResult(results)
+    try:
+        batch.combined = write_combined(results, specs[0].out_dir)
+    except Exception as exc:  # noqa: BLE001 - the frames' tables stand; say why, exit nonzero
+        batch.combined_error = f"{type(exc).__name__}: {exc}"
+    batch.seconds = time.perf_counter() - start
+    return batch
+
+
+def _cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:      # not on Linux
+        return os.cpu_count() or 1
+
+
+def _frame_line(result):
+    if result.status == "done":
+        notes = "".join(f"\n  {line}" for line in result.warnings.splitlines())
+        return (f"{result.frame}: {result.rows} sources in {result.seconds:.2f} s -> "
+                f"{result.table}{notes}")
+    if result.status == "skipped":
+        return f"{result.frame}: unchanged since an earlier run, kept {result.table}"
+    return f"{result.frame}: FAILED: {result.error}"
+
+
+def write_combined(results, out_dir):
+    """
+    Write the successful frames' rows as one FITS table, ``out_dir/asidfe_batch.fits``.
+
+    Rows are in the order of ``results``, each with the frame's path (as given) in
+    an ``image`` column first; the columns are those every frame's table has, and
+    ``meta`` keeps the entries equal in every frame (the rest stays in each
+    frame's table). Its manifest ``asidfe_batch.json`` lists the frames and their
+    content hashes: when they are unchanged and the table is there, nothing is
+    written.
+
+    Parameters
+    ----------
+    results : list of `FrameResult`
+        As computed by `measure_many_delayed`'s tasks; failed frames are left out.
+    out_dir : str or path-like
+
+    Returns
+    -------
+    str or None
+        The table's path; None when no frame succeeded.
+    """
+    from astropy.table import QTable, vstack
+
+    good = [r for r in results if r.status in ("done", "skipped")]
+    if not good:
+        return None
+    out_dir = Path(out_dir)
+    path, manifest = out_dir / f"{COMBINED_NAME}.fits", out_dir / f"{COMBINED_NAME}.json"
+    listing = [[r.frame, r.key, r.hash] for r in good]
+    before = _read_manifest(manifest)
+    if path.is_file() and before is not None and before.get("frames") == listing:
+        return str(path)
+    tables = []
+    for result in good:
+        tbl = QTable.read(result.table, format="ascii.ecsv")
+        tbl.add_column([result.frame] * len(tbl), name="image", index=0)
+        tables.append(tbl)
+    common = [c for c in tables[0].colnames if all(c in t.colnames for t in tables)]
+    combined = vstack([t[common] for t in tables], metadata_conflicts="silent")
+    meta = {"n_frames": len(tables)}
+    for key in dict.fromkeys(k for t in tables for k in t.meta):
+        values = [t.meta.get(key) for t in tables]
+        if key not in ("image", "comments") and all(repr(v) == repr(values[0])
+                                                    for v in values):
+            meta[key] = values[0]
+    combined.meta = meta
+    _cli._write_table(combined, path, "fits", overwrite=True)
+    _write_text(manifest, json.dumps({"table": path.name, "rows": len(combined),
+                                      "frames": listing}, indent=1) + "\n")
+    return str(path)
