@@ -18,8 +18,11 @@ their median by their robust scatter, so a minority of contaminated stars
 cannot pull the factor. Too few clean stars and no factor is applied.
 """
 
+import math
+
 import numpy as np
 
+from asidfe_phot import _stamps
 from asidfe_phot import flags as _flags
 from asidfe_phot._thresholds import APERTURE_FACTOR_RANGE
 
@@ -67,6 +70,43 @@ def _growth(image, bad, x, y, radii):
                             for i in range(len(radii))])
 
 
+def _aperture_sum(image, mask, cx, cy, r):
+    """
+    `_growth` of one aperture inside ``image``, with ``mask``: photutils' exact weights and
+    sum (`~photutils.geometry.circular_overlap_grid` on the aperture's bounding box),
+    without its objects per aperture and position.
+    """
+    from photutils.geometry import circular_overlap_grid
+
+    x0, x1 = math.floor(cx - r + 0.5), math.ceil(cx + r + 0.5)
+    y0, y1 = math.floor(cy - r + 0.5), math.ceil(cy + r + 0.5)
+    weights = circular_overlap_grid(x0 - 0.5 - cx, x1 - 0.5 - cx, y0 - 0.5 - cy, y1 - 0.5 - cy,
+                                    x1 - x0, y1 - y0, r, 1, 1)
+    keep = (weights > 0) & ~mask[y0:y1, x0:x1]
+    return (image[y0:y1, x0:x1] * weights)[keep].sum()
+
+
+def _half_light_radii(local, radii):
+    """
+    Per star of ``local`` (`_Neighbourhoods`), where its growth curve at ``radii`` (the
+    apertures' sums over the last one's, never decreasing) reaches 0.5: ``np.interp(0.5,
+    np.maximum.accumulate(curve), radii)``, the curve taken outwards only until it does
+    (the rest cannot change that).
+    """
+    out = np.empty(local.x.size)
+    for i, (cx, cy) in enumerate(zip(local.x, local.y)):
+        total = _aperture_sum(local.image, local.mask, cx, cy, radii[-1])
+        curve = []
+        for r in radii[:-1]:
+            curve.append(_aperture_sum(local.image, local.mask, cx, cy, r) / total)
+            if np.maximum.accumulate(curve)[-1] > 0.5:
+                break
+        else:
+            curve.append(total / total)
+        out[i] = np.interp(0.5, np.maximum.accumulate(curve), radii[:len(curve)])
+    return out
+
+
 def _local_sky(image, bad, x, y, r_in, r_out):
     """Sigma-clipped median and standard deviation in annuli."""
     from astropy.stats import SigmaClip
@@ -106,6 +146,48 @@ def _contaminated(image, bad, x, y, r_clean, r_out, noise):
         threshold = max(CONTAMINATION_SNR * sigma / 3.0, CONTAMINATION_PEAK * smooth[half, half])
         out[i] = bool(np.any(peaks & (r > r_clean) & (r < r_out) & (smooth > threshold)))
     return out
+
+
+class _Neighbourhoods:
+    """
+    The pixels within ``half`` of some stars (their reference pixels), side by side in one
+    small image: what photutils' apertures (of radius up to ``half - 2``) and `_contaminated`
+    (boxes up to ``half``) read around them, without the whole image.
+
+    ``image`` (2-D array or `~asidfe_phot._stamps.LazyImage`) is cut once; ``mask`` marks
+    its bad pixels, pixels off it and the gaps; ``x, y`` are the stars' positions in the
+    small image, moved by whole, even numbers of pixels (so that rounding half to even
+    gives the same pixel).
+    """
+
+    def __init__(self, image, bad, x, y, half):
+        size = 2 * half + 1
+        stamps, inside = _stamps.cutout_stamps(image, x, y, size)
+        masked = ~inside
+        if bad is not None:
+            masked |= _stamps.cutout_stamps(bad, x, y, size, fill=True)[0]
+        n = x.size
+        across = max(1, int(np.ceil(np.sqrt(n))))
+        cell = size + 1  # room to make each move even
+        ox, oy = _stamps.stamp_origin(x, size), _stamps.stamp_origin(y, size)
+        cx = np.arange(n) % across * cell
+        cy = np.arange(n) // across * cell
+        cx, cy = cx + (ox - cx) % 2, cy + (oy - cy) % 2
+        self.image = np.zeros((-(-n // across) * cell, across * cell), dtype=stamps.dtype)
+        self.mask = np.ones(self.image.shape, dtype=bool)
+        rows = (cy[:, None] + np.arange(size))[:, :, None]
+        cols = (cx[:, None] + np.arange(size))[:, None, :]
+        self.image[rows, cols] = stamps
+        self.mask[rows, cols] = masked
+        self.x, self.y = x - (ox - cx), y - (oy - cy)
+
+
+def _off_image(shape, x, y, half):
+    """Whether the ``half`` box around each rounded position leaves the image."""
+    ix = np.array([int(round(v)) for v in x], dtype=np.int64)
+    iy = np.array([int(round(v)) for v in y], dtype=np.int64)
+    ny, nx = shape
+    return (ix - half < 0) | (iy - half < 0) | (ix + half + 1 > nx) | (iy + half + 1 > ny)
 
 
 def _weighted_clipped_mean(values, errors, sigma=3.0, maxiters=10):
@@ -163,8 +245,8 @@ def measure(image, bad, x, y, flux, flux_err, usable, snr=None):
 
     Parameters
     ----------
-    image : 2-D array
-        Background-subtracted image.
+    image : 2-D array or `~asidfe_phot._stamps.LazyImage`
+        Background-subtracted image; only the stars' neighbourhoods are read.
     bad : 2-D bool array or None
     x, y, flux, flux_err : 1-D arrays
         The network's results for every input source (NaN where it has none).
@@ -196,9 +278,8 @@ def measure(image, bad, x, y, flux, flux_err, usable, snr=None):
     # Half-light radius of the light inside the stamp's radius (independent of the network's
     # flux, whose bias is what is measured).
     radii = np.arange(0.5, 16.01, 0.5)
-    g = _growth(image, bad, x[candidates], y[candidates], radii)
-    g = g / g[:, -1:]
-    r_half = np.array([np.interp(0.5, np.maximum.accumulate(row), radii) for row in g])
+    local = _Neighbourhoods(image, bad, x[candidates], y[candidates], int(radii[-1]) + 2)
+    r_half = _half_light_radii(local, radii)
     radius = float(np.clip(TOTAL_RADIUS_HALF_LIGHT * np.median(r_half), *RADIUS_RANGE))
     out["radius"] = radius
     # Stars whose aperture and sky annulus lie inside the image, without bright neighbours.
@@ -218,15 +299,18 @@ def measure(image, bad, x, y, flux, flux_err, usable, snr=None):
         out["reason"] = (f"{stars.size} isolated bright stars with room for a {radius:.1f} px "
                          f"aperture (need {MIN_STARS})")
         return out
-    sky, sky_std = _local_sky(image, bad, x[stars], y[stars], radius + SKY_GAP,
-                              radius + SKY_GAP + SKY_WIDTH)
+    box = int(np.ceil(reach)) + 2  # the half-size of `_contaminated`'s boxes
+    local = _Neighbourhoods(image, bad, x[stars], y[stars], box + 1)
+    sky, sky_std = _local_sky(local.image, local.mask, local.x, local.y, radius + SKY_GAP,
+                              reach)
     # Light from sources not in the input table (galaxies, uncatalogued stars), seen on the
-    # image itself.
-    dirty = _contaminated(image, bad, x[stars], y[stars],
-                          CLEAN_RADIUS_HALF_LIGHT * np.median(r_half),
-                          radius + SKY_GAP + SKY_WIDTH, sky_std)
+    # image itself (a box that leaves the image counts as contaminated).
+    dirty = _contaminated(local.image, local.mask, local.x, local.y,
+                          CLEAN_RADIUS_HALF_LIGHT * np.median(r_half), reach, sky_std)
+    dirty |= _off_image((ny, nx), x[stars], y[stars], box)
     out["n_contaminated"] = int(dirty.sum())
     stars, sky, sky_std = stars[~dirty], sky[~dirty], sky_std[~dirty]
+    local_x, local_y = local.x[~dirty], local.y[~dirty]
     if stars.size < MIN_STARS:
         out["n_stars"] = int(stars.size)
         out["reason"] = (f"{stars.size} bright stars free of other sources' light within their "
@@ -234,7 +318,7 @@ def measure(image, bad, x, y, flux, flux_err, usable, snr=None):
                          f"{int(dirty.sum())} contaminated)")
         return out
     area = np.pi * radius**2
-    total = _growth(image, bad, x[stars], y[stars], [radius])[:, 0] - sky * area
+    total = _growth(local.image, local.mask, local_x, local_y, [radius])[:, 0] - sky * area
     ratio = total / flux[stars]
     # Pixel noise of the big aperture, its sky estimate, the network flux's own error, and a
     # floor for what differs from star to star (PSF variation, faint neighbours).
@@ -260,7 +344,8 @@ def apply(mode, prepared, res):
         return {"aperture_correction": 1.0, "aperture_correction_note": "off"}
     if mode is True or mode == "auto":
         measured = measure(
-            prepared.subtracted, prepared.bad, res["x_fit"], res["y_fit"], res["flux_fit"],
+            prepared.stamp_view().subtracted, prepared.bad, res["x_fit"], res["y_fit"],
+            res["flux_fit"],
             res["flux_err"], (res["flags"] & ~_flags.NO_SOURCE_NOISE) == 0,
             snr=res["snr_core"])
         factor, note = decide(measured, mode)

@@ -3,6 +3,12 @@ Fast 2-D background and background-noise maps (SourceExtractor-style mesh).
 
 Used by inference (the default background) and by the simulator when it
 prepares training stamps, so both see the same background errors.
+
+The mesh statistics are computed a few mesh rows at a time, so no copy of the
+whole image is made. The interpolated maps (`MeshMap`) are evaluated only
+where they are asked for: in stamps, at pixels, on a grid of rows and columns,
+or, for `estimate_background`, tile by tile over the whole image; each pixel
+gets the same value whichever way it is asked for.
 """
 
 import numpy as np
@@ -10,6 +16,11 @@ from scipy.interpolate import RectBivariateSpline
 from scipy.ndimage import median_filter
 
 __all__ = []  # private module
+
+#: Meshes per batch of the sigma clipping (bounds its memory; rows are independent).
+_BATCH_MESHES = 1024
+#: Image rows per tile when a whole map is evaluated.
+_TILE_ROWS = 256
 
 
 def _sorted_median(s, lo, count):
@@ -20,6 +31,27 @@ def _sorted_median(s, lo, count):
     return 0.5 * (a + b)
 
 
+def _count_leading(s, threshold, inclusive=False):
+    """
+    ``(s < threshold[:, None]).sum(axis=1)`` (``<=`` if ``inclusive``) for rows sorted
+    ascending with NaNs last, by bisection instead of comparing every entry.
+    """
+    n, width = s.shape
+    rows = np.arange(n)
+    lo = np.zeros(n, dtype=np.int64)  # the count lies in [lo, hi]
+    hi = np.full(n, width, dtype=np.int64)
+    with np.errstate(invalid="ignore"):
+        while True:
+            active = lo < hi
+            if not active.any():
+                return lo
+            mid = (lo + hi) // 2
+            value = s[rows, np.minimum(mid, width - 1)]
+            below = (value <= threshold) if inclusive else (value < threshold)
+            lo = np.where(active & below, mid + 1, lo)
+            hi = np.where(active & ~below, mid, hi)
+
+
 def _clipped_stats(samples, nsigma=3.0, maxiters=4):
     """
     Sigma-clipped mode estimate and std along axis 1; NaN entries are ignored.
@@ -27,8 +59,23 @@ def _clipped_stats(samples, nsigma=3.0, maxiters=4):
     Iterative clipping at ``nsigma`` around the median (std with ddof=0). Each
     row is sorted once; a clipped set is then a contiguous slice, so the
     statistics of every iteration come from cumulative sums, not new medians.
+    Rows are independent: they are done in batches (`_BATCH_MESHES`).
     """
-    s = np.sort(samples.astype(np.float64), axis=1)  # NaNs sort last
+    n, width = samples.shape
+    mode, std = np.empty(n), np.empty(n)
+    # The cumulative sums' buffers, reused by every batch.
+    sums = np.empty((2, min(n, _BATCH_MESHES), width + 1))
+    for start in range(0, n, _BATCH_MESHES):
+        batch = slice(start, start + _BATCH_MESHES)
+        mode[batch], std[batch] = _clipped_rows(samples[batch], nsigma, maxiters, sums)
+    return mode, std
+
+
+def _clipped_rows(samples, nsigma, maxiters, sums):
+    """`_clipped_stats` of one batch of rows (``sums``: room for the cumulative sums)."""
+    # Sorting float32 samples, then widening them, gives the float64 sort (the widening
+    # keeps the order) in half the time.
+    s = np.sort(samples, axis=1).astype(np.float64, copy=False)
     # The cumulative sums below lose all precision next to an extreme value (one
     # -2**31 pixel makes every variance 0 or garbage): values beyond 1e6 interquartile
     # ranges of the median (no sky holds a star that bright; an int32 blank value is)
@@ -42,17 +89,28 @@ def _clipped_stats(samples, nsigma=3.0, maxiters=4):
 
     centre = quantile(0.5)
     reach = 1e6 * (quantile(0.75) - quantile(0.25))
+    # In a sorted row the values farthest from the centre are the first and the last
+    # that is not NaN: only rows where one of them is far are looked at in full.
+    last = np.maximum(_count_leading(s, np.full(s.shape[0], np.inf), inclusive=True) - 1, 0)
     with np.errstate(invalid="ignore"):
-        far = (np.abs(s - centre[:, None]) > reach[:, None]) & (reach[:, None] > 0)
-    if far.any():
-        s = np.sort(np.where(far, np.nan, s), axis=1)
-    s = s - np.where(np.isfinite(centre), centre, 0.0)[:, None]
-    zero = np.nan_to_num(s)
-    pad = np.zeros((s.shape[0], 1))
-    cs = np.concatenate([pad, np.cumsum(zero, axis=1)], axis=1)
-    cs2 = np.concatenate([pad, np.cumsum(zero**2, axis=1)], axis=1)
-    lo = np.zeros(s.shape[0], dtype=np.int64)
+        ends = np.abs(np.stack([s[:, 0], s[rows, last]], axis=1) - centre[:, None])
+        odd = (ends > reach[:, None]).any(axis=1) & (reach > 0)
+        if odd.any():
+            far = np.abs(s[odd] - centre[odd, None]) > reach[odd, None]
+            s[odd] = np.sort(np.where(far, np.nan, s[odd]), axis=1)
+    s -= np.where(np.isfinite(centre), centre, 0.0)[:, None]
     hi = np.isfinite(s).sum(axis=1)
+    # Cumulative sums (and of squares) with a leading 0, NaNs counted as 0 (and any
+    # infinity as the largest float, as nan_to_num).
+    if np.array_equal(hi, _count_leading(s, np.full(s.shape[0], np.inf), inclusive=True)):
+        zero = np.where(np.isnan(s), 0.0, s)  # no infinities: only NaNs to zero
+    else:
+        zero = np.nan_to_num(s)
+    cs, cs2 = sums[0, : s.shape[0]], sums[1, : s.shape[0]]
+    cs[:, 0] = cs2[:, 0] = 0.0
+    np.cumsum(zero, axis=1, out=cs[:, 1:])
+    np.cumsum(np.square(zero, out=zero), axis=1, out=cs2[:, 1:])
+    lo = np.zeros(s.shape[0], dtype=np.int64)
 
     def stats(lo, hi):
         count = np.maximum(hi - lo, 1)
@@ -63,8 +121,8 @@ def _clipped_stats(samples, nsigma=3.0, maxiters=4):
     for _ in range(maxiters):
         med, _, std = stats(lo, hi)
         with np.errstate(invalid="ignore"):
-            new_lo = (s < (med - nsigma * std)[:, None]).sum(axis=1)
-            new_hi = (s <= (med + nsigma * std)[:, None]).sum(axis=1)
+            new_lo = _count_leading(s, med - nsigma * std)
+            new_hi = _count_leading(s, med + nsigma * std, inclusive=True)
         if np.array_equal(new_lo, lo) and np.array_equal(new_hi, hi):
             break
         lo, hi = new_lo, new_hi
@@ -75,6 +133,94 @@ def _clipped_stats(samples, nsigma=3.0, maxiters=4):
     mode = 2.5 * med - 1.5 * mean
     skewed = np.abs(mean - med) > 0.3 * std
     return np.where(skewed, med, mode), std
+
+
+def _as_index(idx):
+    """``idx`` (increasing) as a slice when it is an arithmetic progression (a view)."""
+    if idx.size > 1:
+        step = int(idx[1] - idx[0])
+        if step > 0 and np.all(np.diff(idx) == step):
+            return slice(int(idx[0]), int(idx[-1]) + 1, step)
+    elif idx.size == 1:
+        return slice(int(idx[0]), int(idx[0]) + 1)
+    return idx
+
+
+def _take(array, rows, cols):
+    """``array[rows][:, cols]`` for increasing index arrays (slices where possible)."""
+    r, c = _as_index(rows), _as_index(cols)
+    if isinstance(r, slice) and isinstance(c, slice):
+        return array[r, c]
+    return array[np.ix_(rows, cols)]
+
+
+def mesh_statistics(data, mask=None, box_size=64, filter_size=3, subsample=2, offset=None):
+    """
+    The sigma-clipped level and rms of each mesh, median filtered.
+
+    Parameters as `estimate_background`; ``offset`` (a 2-D array or a broadcast
+    one) is subtracted from ``data`` first, as if ``data - offset`` were given,
+    without making that image.
+
+    Returns
+    -------
+    level, rms : 2-D float64 arrays, one value per mesh
+    box : int
+        The mesh size used (px).
+    """
+    data = np.asarray(data)
+    mask = None if mask is None else np.asarray(mask, dtype=bool)
+    ny, nx = data.shape
+    box = int(min(box_size, ny, nx))
+    nby, nbx = -(-ny // box), -(-nx // box)
+    # Tiny images (under 16 px) are used whole: subsampling would leave too few pixels.
+    step = max(1, int(subsample)) if box >= 16 else 1
+    offsets = np.arange(0, box, step)  # the pixels sampled in a mesh, per axis
+    per = offsets.size
+    cols = (np.arange(nbx)[:, None] * box + offsets).ravel()
+    cols = cols[cols < nx]  # the rest is padding (NaN)
+    level = np.full(nby * nbx, np.nan)
+    rms = np.full(nby * nbx, np.nan)
+    good = np.zeros(nby * nbx, dtype=bool)
+    strip = max(1, _BATCH_MESHES // nbx)  # mesh rows at a time
+    for i0 in range(0, nby, strip):
+        i1 = min(i0 + strip, nby)
+        rows = (np.arange(i0, i1)[:, None] * box + offsets).ravel()
+        rows = rows[rows < ny]
+        block = np.full(((i1 - i0) * per, nbx * per), np.nan, dtype=np.float32)
+        values = np.asarray(_take(data, rows, cols), dtype=np.float32)
+        if offset is not None:
+            values = values - _take(offset, rows, cols)
+        bad = ~np.isfinite(values)
+        if mask is not None:
+            bad |= _take(mask, rows, cols)
+        block[: rows.size, : cols.size] = np.where(bad, np.float32(np.nan), values)
+        meshes = block.reshape(i1 - i0, per, nbx, per).transpose(0, 2, 1, 3)
+        meshes = meshes.reshape((i1 - i0) * nbx, per * per)
+        usable = np.isfinite(meshes).sum(axis=1) >= max(10, meshes.shape[1] // 4)
+        done = slice(i0 * nbx, i1 * nbx)
+        good[done] = usable
+        if usable.any():
+            level[done][usable], rms[done][usable] = _clipped_stats(meshes[usable])
+    if not good.any():
+        msg = "no usable pixels to estimate the background (all masked or non-finite)"
+        raise ValueError(msg)
+    # Meshes without enough pixels take the global value before filtering.
+    level[~good] = np.nanmedian(level[good])
+    rms[~good] = np.nanmedian(rms[good])
+    level = level.reshape(nby, nbx)
+    rms = rms.reshape(nby, nbx)
+    if filter_size > 1 and min(nby, nbx) >= filter_size:
+        level = median_filter(level, size=filter_size, mode="nearest")
+        rms = median_filter(rms, size=filter_size, mode="nearest")
+    return level, rms, box
+
+
+def mesh_maps(data, mask=None, box_size=64, filter_size=3, subsample=2, offset=None):
+    """The background and background-rms `MeshMap` of ``data`` (see `mesh_statistics`)."""
+    level, rms, box = mesh_statistics(data, mask, box_size, filter_size, subsample, offset)
+    shape = np.shape(data)
+    return MeshMap(level, box, shape), MeshMap(rms, box, shape)
 
 
 def estimate_background(data, mask=None, box_size=64, filter_size=3, subsample=2):
@@ -97,52 +243,142 @@ def estimate_background(data, mask=None, box_size=64, filter_size=3, subsample=2
     -------
     background, background_rms : 2-D float32 arrays, shape of ``data``
     """
-    data = np.asarray(data, dtype=np.float32)
-    ny, nx = data.shape
-    box = int(min(box_size, ny, nx))
-    nby, nbx = -(-ny // box), -(-nx // box)
-    padded = np.full((nby * box, nbx * box), np.nan, dtype=np.float32)
-    padded[:ny, :nx] = data
-    bad = ~np.isfinite(padded)
-    if mask is not None:
-        bad[:ny, :nx] |= np.asarray(mask, dtype=bool)
-    padded[bad] = np.nan
-    # Tiny images (under 16 px) are used whole: subsampling would leave too few pixels.
-    step = max(1, int(subsample)) if box >= 16 else 1
-    meshes = padded.reshape(nby, box, nbx, box)[:, ::step, :, ::step]
-    meshes = meshes.transpose(0, 2, 1, 3).reshape(nby * nbx, -1)
-    good = np.isfinite(meshes).sum(axis=1) >= max(10, meshes.shape[1] // 4)
-    level = np.full(nby * nbx, np.nan)
-    rms = np.full(nby * nbx, np.nan)
-    if good.any():
-        level[good], rms[good] = _clipped_stats(meshes[good])
-    else:
-        msg = "no usable pixels to estimate the background (all masked or non-finite)"
-        raise ValueError(msg)
-    # Meshes without enough pixels take the global value before filtering.
-    level[~good] = np.nanmedian(level[good])
-    rms[~good] = np.nanmedian(rms[good])
-    level = level.reshape(nby, nbx)
-    rms = rms.reshape(nby, nbx)
-    if filter_size > 1 and min(nby, nbx) >= filter_size:
-        level = median_filter(level, size=filter_size, mode="nearest")
-        rms = median_filter(rms, size=filter_size, mode="nearest")
-    return _interpolate_mesh(level, box, ny, nx), _interpolate_mesh(rms, box, ny, nx)
+    background, rms = mesh_maps(data, mask, box_size, filter_size, subsample)
+    return background.full(), rms.full()
 
 
-def _interpolate_mesh(mesh, box, ny, nx):
-    nby, nbx = mesh.shape
-    if nby == 1 and nbx == 1:
-        return np.full((ny, nx), mesh[0, 0], dtype=np.float32)
-    yc = (np.arange(nby) + 0.5) * box - 0.5
-    xc = (np.arange(nbx) + 0.5) * box - 0.5
-    if nby == 1 or nbx == 1:
-        # 1-D mesh: interpolate along the long axis only.
-        along = xc if nby == 1 else yc
-        prof = np.interp(np.arange(nx if nby == 1 else ny), along, mesh.ravel())
-        full = np.broadcast_to(prof[None, :] if nby == 1 else prof[:, None], (ny, nx))
-        return np.ascontiguousarray(full, dtype=np.float32)
-    spline = RectBivariateSpline(yc, xc, mesh, kx=min(3, nby - 1), ky=min(3, nbx - 1))
-    yy = np.clip(np.arange(ny), yc[0], yc[-1])
-    xx = np.clip(np.arange(nx), xc[0], xc[-1])
-    return spline(yy, xx).astype(np.float32)
+def _basis(knots, k, u):
+    """
+    The B-spline basis of degree ``k`` at ``u`` (sorted or not), as FITPACK's fpbspl: the
+    first coefficient each point uses, and the ``k + 1`` weights.
+    """
+    n = knots.size
+    interval = np.clip(np.searchsorted(knots, u, side="right"), k + 1, n - k - 1) - 1
+    h = np.zeros((u.size, k + 1))
+    h[:, 0] = 1.0
+    for j in range(1, k + 1):
+        hh = h[:, :j].copy()
+        h[:, 0] = 0.0
+        for i in range(1, j + 1):
+            right = knots[interval + i]
+            left = knots[interval + i - j]
+            f = hh[:, i - 1] / (right - left)
+            h[:, i - 1] = h[:, i - 1] + f * (right - u)
+            h[:, i] = f * (u - left)
+    return interval - k, h
+
+
+class MeshMap:
+    """
+    A mesh of values interpolated to the pixels of a ``shape`` image, as a bicubic
+    spline through the mesh centres (flat beyond the outer centres; linear along a
+    mesh one mesh wide; constant for a single mesh), evaluated where asked, in float32.
+
+    The value at pixel (r, c) is ``sum_b cw[c, b] * sum_a rw[r, a] * coef[rl[r] + a,
+    cl[c] + b]``, the separable form of the spline (FITPACK's knots, coefficients and
+    basis), in float64 then rounded to float32: the same as the whole map's (and
+    FITPACK's) to float32 rounding, whichever way a pixel is asked for.
+    """
+
+    def __init__(self, mesh, box, shape):
+        self.shape = tuple(int(n) for n in shape)
+        self.ndim = 2
+        self.dtype = np.dtype(np.float32)
+        ny, nx = self.shape
+        mesh = np.asarray(mesh, dtype=np.float64)
+        nby, nbx = mesh.shape
+        yc = (np.arange(nby) + 0.5) * box - 0.5
+        xc = (np.arange(nbx) + 0.5) * box - 0.5
+        one = np.ones((1, 1))
+        if nby == 1 and nbx == 1:
+            self._coef = mesh
+            self._rl, self._rw = np.zeros(ny, dtype=np.int64), np.broadcast_to(one, (ny, 1))
+            self._cl, self._cw = np.zeros(nx, dtype=np.int64), np.broadcast_to(one, (nx, 1))
+        elif nby == 1:  # one mesh row: linear along x
+            self._coef = np.interp(np.arange(nx), xc, mesh.ravel())[None, :]
+            self._rl, self._rw = np.zeros(ny, dtype=np.int64), np.broadcast_to(one, (ny, 1))
+            self._cl, self._cw = np.arange(nx), np.broadcast_to(one, (nx, 1))
+        elif nbx == 1:  # one mesh column: linear along y
+            self._coef = np.interp(np.arange(ny), yc, mesh.ravel())[:, None]
+            self._rl, self._rw = np.arange(ny), np.broadcast_to(one, (ny, 1))
+            self._cl, self._cw = np.zeros(nx, dtype=np.int64), np.broadcast_to(one, (nx, 1))
+        else:
+            kx, ky = min(3, nby - 1), min(3, nbx - 1)
+            spline = RectBivariateSpline(yc, xc, mesh, kx=kx, ky=ky)
+            tx, ty, coef = spline.tck
+            self._coef = coef.reshape(tx.size - kx - 1, ty.size - ky - 1)
+            self._rl, self._rw = _basis(tx, kx, np.clip(np.arange(ny), yc[0], yc[-1]))
+            self._cl, self._cw = _basis(ty, ky, np.clip(np.arange(nx), xc[0], xc[-1]))
+
+    def _rows(self, rows, cols):
+        """``sum_a rw[rows, a] * coef[rl[rows] + a, cols]``, ``rows`` and ``cols`` broadcast."""
+        rl, rw = self._rl[rows], self._rw[rows]
+        out = rw[..., 0] * self._coef[rl, cols]
+        for a in range(1, rw.shape[-1]):
+            out = out + rw[..., a] * self._coef[rl + a, cols]
+        return out
+
+    def grid(self, rows, cols):
+        """Values at ``rows`` x ``cols`` (1-D pixel indices), shape (rows, cols)."""
+        rows, cols = np.asarray(rows), np.asarray(cols)
+        partial = self._rows(rows[:, None], np.arange(self._coef.shape[1])[None, :])
+        cl, cw = self._cl[cols], self._cw[cols]
+        if cw.shape[1] == 1:
+            return (partial[:, cl] * cw[:, 0]).astype(np.float32)
+        out = np.empty((rows.size, cols.size), dtype=np.float32)
+        # Columns that share their coefficients, a knot interval at a time.
+        starts = np.flatnonzero(np.diff(cl)) + 1
+        for a, b in zip(np.r_[0, starts], np.r_[starts, cl.size], strict=True):
+            out[:, a:b] = partial[:, cl[a] : cl[a] + cw.shape[1]] @ cw[a:b].T
+        return out
+
+    def stamps(self, rows, cols):
+        """Values at ``rows[:, :, None], cols[:, None, :]`` ((n, ny) and (n, nx) indices)."""
+        rows, cols = np.asarray(rows), np.asarray(cols)
+        n, sy, sx = rows.shape[0], rows.shape[1], cols.shape[1]
+        if n == 0:
+            return np.zeros((0, sy, sx), dtype=np.float32)
+        cl, cw = self._cl[cols], self._cw[cols]
+        # The coefficient columns a stamp needs, a window from its first one, and each
+        # column's weights on that window (zero outside its own k + 1).
+        first = cl.min(axis=1)
+        at = cl - first[:, None]
+        width = int(at.max()) + cw.shape[-1]
+        window = np.minimum(first[:, None] + np.arange(width), self._coef.shape[1] - 1)
+        partial = self._rows(rows[:, :, None], window[:, None, :])  # (n, sy, width)
+        weights = np.zeros((n, width, sx))
+        stack, line = np.arange(n)[:, None], np.arange(sx)[None, :]
+        for b in range(cw.shape[-1]):
+            weights[stack, at + b, line] = cw[:, :, b]
+        return np.matmul(partial, weights).astype(np.float32)
+
+    def at(self, rows, cols):
+        """Values at the pixels ``(rows, cols)`` (1-D, same length)."""
+        rows, cols = np.asarray(rows), np.asarray(cols)
+        cl, cw = self._cl[cols], self._cw[cols]
+        out = cw[:, 0] * self._rows(rows, cl)
+        for b in range(1, cw.shape[1]):
+            out = out + cw[:, b] * self._rows(rows, cl + b)
+        return out.astype(np.float32)
+
+    def upper_bound(self, start, stop):
+        """
+        Per column, a bound of the values in image rows ``start:stop``: the largest of the
+        coefficients the spline weighs there (its weights are positive and sum to 1).
+        """
+        rl = self._rl[start:stop]
+        rows = self._coef[rl.min() : rl.max() + self._rw.shape[1]].max(axis=0)
+        windows = np.lib.stride_tricks.sliding_window_view(rows, self._cw.shape[1])
+        return windows.max(axis=1)[self._cl]
+
+    def block(self, start, stop):
+        """Rows ``start:stop``, every column."""
+        return self.grid(np.arange(start, stop), np.arange(self.shape[1]))
+
+    def full(self):
+        """The whole map, (ny, nx) float32, made tile by tile."""
+        out = np.empty(self.shape, dtype=np.float32)
+        for start in range(0, self.shape[0], _TILE_ROWS):
+            stop = min(start + _TILE_ROWS, self.shape[0])
+            out[start:stop] = self.block(start, stop)
+        return out

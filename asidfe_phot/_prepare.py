@@ -2,29 +2,153 @@
 Image preparation for `~asidfe_phot.MLPhotometry` (private): the background-subtracted
 image, its bad pixels and its noise model, computed once per call, that stamps are cut
 from.
+
+The 2-D background and its rms are evaluated where they are used, not at every pixel: in
+the stamps (`PreparedImage.stamp_view`), at the sources (`PreparedImage.background_at`),
+on a regular sample of pixels (the image's typical noise, its sky level and rms for the
+gain) and at the pixels that may lie far below the sky. The whole maps
+(`PreparedImage.subtracted`, ``background``, ``rms``) are made, tile by tile, only for
+what reads them whole (an automatic ePSF, a finder, a local-background estimator). A
+float32 image is not copied.
 """
 
 import numpy as np
 
 from asidfe_phot import _validation
-from asidfe_phot._background import estimate_background
+from asidfe_phot._background import mesh_maps
+from asidfe_phot._stamps import LazyImage
 from asidfe_phot._thresholds import LOW_BAD_SIGMA
 from asidfe_phot._validation import gain_value, saturation_value, value_in_unit
 
 __all__ = []  # private module
 
+#: Pixels (about) of the regular sample whose median sky level and rms give the gain when
+#: none is known: every pixel of an image of up to 2**20 (1024 x 1024), every n-th row and
+#: column of a larger one.
+GAIN_SAMPLE = 2**20
+#: Image rows per tile when a whole map is made or the image scanned (a mesh's height).
+TILE_ROWS = 64
+
+
+class ArrayMap:
+    """A given map (a 2-D array, or a number broadcast to one), read as a `MeshMap` is."""
+
+    def __init__(self, array):
+        self.array = array
+        self.shape = array.shape
+
+    def block(self, start, stop):
+        """Rows ``start:stop``, every column."""
+        return self.array[start:stop]
+
+    def grid(self, rows, cols):
+        """Values at ``rows`` x ``cols`` (1-D pixel indices)."""
+        return np.asarray(self.array[np.ix_(rows, cols)])
+
+    def stamps(self, rows, cols):
+        """Values at ``rows[:, :, None], cols[:, None, :]``."""
+        return np.asarray(self.array[rows[:, :, None], cols[:, None, :]])
+
+    def at(self, rows, cols):
+        """Values at the pixels ``(rows, cols)``."""
+        return np.asarray(self.array[rows, cols])
+
+    def full(self):
+        """The whole map (the array itself)."""
+        return self.array
+
 
 class PreparedImage:
-    """Everything per image that stamps are cut from (computed once per call)."""
+    """
+    Everything per image that stamps are cut from (computed once per call).
 
-    def __init__(self, subtracted, bad, error, rms, gain, raw, saturation):
-        self.subtracted = subtracted    # data - background
-        self.bad = bad                  # masked or non-finite pixels (or None)
-        self.error = error              # user's total error map, or None
-        self.rms = rms                  # background rms map (used when error is None)
-        self.gain = gain                # effective gain for the source Poisson term, or None
-        self.raw = raw                  # data before background subtraction
+    The background and its rms are maps evaluated where asked (``background_map``,
+    ``rms_map``: `asidfe_phot._background.MeshMap`, or `ArrayMap` when given);
+    ``subtracted``, ``background`` and ``rms`` are whole images, made when read.
+    """
+
+    def __init__(self, raw, bad, error, gain, saturation, background_map, rms_map):
+        self.raw = raw  # data before background subtraction (not a copy)
+        self.bad = bad  # masked, non-finite or far below the sky (or None)
+        self.error = error  # user's total error map, or None
+        self.gain = gain  # effective gain for the source Poisson term, or None
         self.saturation = saturation
+        self.background_map = background_map
+        self.rms_map = rms_map  # background rms (used when error is None), or None
+        self._subtracted = None
+
+    @property
+    def shape(self):
+        return self.raw.shape
+
+    @property
+    def subtracted(self):
+        """``raw`` less the background, 0 at bad pixels: float32, made once, when read."""
+        if self._subtracted is None:
+            out = np.empty(self.shape, dtype=np.float32)
+            for start in range(0, self.shape[0], TILE_ROWS):
+                rows = slice(start, min(start + TILE_ROWS, self.shape[0]))
+                with np.errstate(invalid="ignore", over="ignore"):
+                    np.subtract(
+                        self.raw[rows],
+                        self.background_map.block(rows.start, rows.stop),
+                        out=out[rows],
+                    )
+                if self.bad is not None:
+                    out[rows][self.bad[rows]] = 0
+            self._subtracted = out
+        return self._subtracted
+
+    @property
+    def background(self):
+        """The 2-D background subtracted (MLPhotometry's ``local_bkg``), a whole map."""
+        return self.background_map.full()
+
+    @property
+    def rms(self):
+        """The background rms (a whole map), or None."""
+        return None if self.rms_map is None else self.rms_map.full()
+
+    def background_at(self, x, y):
+        """The 2-D background at the pixels nearest ``x, y`` (float64; NaN off the image)."""
+        ny, nx = self.shape
+        out = np.full(np.size(x), np.nan)
+        with np.errstate(invalid="ignore"):
+            ix, iy = np.round(x), np.round(y)
+        on = np.isfinite(ix) & np.isfinite(iy) & (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
+        out[on] = self.background_map.at(iy[on].astype(np.intp), ix[on].astype(np.intp))
+        return out
+
+    def subtracted_stamps(self, rows, cols):
+        """`subtracted` at ``rows[:, :, None], cols[:, None, :]``, without the whole image."""
+        if self._subtracted is not None:
+            return self._subtracted[rows[:, :, None], cols[:, None, :]]
+        with np.errstate(invalid="ignore", over="ignore"):
+            out = self.raw[rows[:, :, None], cols[:, None, :]] - self.background_map.stamps(
+                rows, cols
+            )
+        if self.bad is not None:
+            out[self.bad[rows[:, :, None], cols[:, None, :]]] = 0
+        return out
+
+    def stamp_view(self):
+        """This image as the network and the PSF fit read it (`StampView`)."""
+        return StampView(self)
+
+
+class StampView:
+    """
+    A `PreparedImage` as the network and the PSF fit read it: the same attributes, with
+    ``subtracted`` and ``rms`` cut into stamps where asked
+    (`~asidfe_phot._stamps.LazyImage`), never made whole.
+    """
+
+    def __init__(self, prepared):
+        self.bad, self.error, self.gain = prepared.bad, prepared.error, prepared.gain
+        self.raw, self.saturation = prepared.raw, prepared.saturation
+        self.subtracted = LazyImage(prepared.shape, prepared.subtracted_stamps)
+        rms = prepared.rms_map
+        self.rms = None if rms is None else LazyImage(prepared.shape, rms.stamps)
 
 
 def prepare(coerced, background, gain, saturation, box_size):
@@ -36,7 +160,8 @@ def prepare(coerced, background, gain, saturation, box_size):
     """
     image, unit, error = coerced.image, coerced.unit, coerced.error
     internal = 1.0 / coerced.scale
-    bad = ~np.isfinite(image)
+    bad = np.isfinite(image)
+    np.logical_not(bad, out=bad)
     if coerced.mask is not None:
         bad |= coerced.mask
     if error is not None:
@@ -46,48 +171,53 @@ def prepare(coerced, background, gain, saturation, box_size):
         raise ValueError(msg)
     info = {}
     if background is None:
-        bkg, rms = estimate_background(image, bad, box_size)
+        bkg, rms = mesh_maps(image, bad, box_size)
         info["background"] = f"mesh {box_size} px"
     else:
         if hasattr(background, "background") and hasattr(background, "background_rms"):
-            bkg = background_map(background.background, unit, image.shape,
-                                 coerced.exponent)
-            rms = background_map(background.background_rms, unit, image.shape,
-                                 coerced.exponent, "background_rms")
+            bkg = ArrayMap(
+                background_map(background.background, unit, image.shape, coerced.exponent)
+            )
+            rms = ArrayMap(
+                background_map(
+                    background.background_rms, unit, image.shape, coerced.exponent, "background_rms"
+                )
+            )
             info["background"] = type(background).__name__
         else:
-            bkg = background_map(background, unit, image.shape, coerced.exponent)
+            bkg = ArrayMap(background_map(background, unit, image.shape, coerced.exponent))
             rms = None
             info["background"] = "user"
         # Pixels without a background value cannot be used (as masked ones).
-        bad |= ~np.isfinite(bkg)
+        bad |= ~np.isfinite(bkg.array)
         if rms is None and error is None:
-            _, rms = estimate_background(image - bkg, bad, box_size)
+            _, rms = mesh_maps(image, bad, box_size, offset=bkg.array)
         if bad.all():
             msg = "no pixel has both a usable value and a finite background"
             raise ValueError(msg)
-    with np.errstate(invalid="ignore", over="ignore"):
-        subtracted = np.where(bad, np.float32(0), image - bkg).astype(np.float32, copy=False)
-        # DAOPHOT's "low good datum": far below the sky is a dead pixel or a blank
-        # value (-2**31 in integer images), not light; it would swamp any flux. The
-        # image's typical noise, not the map's: an interpolated rms map can dip to
-        # zero or below between meshes.
-        noise = error if error is not None else rms
-        sample = np.asarray(noise[::4, ::4])[~bad[::4, ::4]]
+    # DAOPHOT's "low good datum": far below the sky is a dead pixel or a blank value
+    # (-2**31 in integer images), not light; it would swamp any flux. The image's typical
+    # noise, not the map's: an interpolated rms map can dip to zero or below between
+    # meshes.
+    sample = _sample(error if error is not None else rms, 4, ~bad[::4, ::4])
+    with np.errstate(invalid="ignore"):
         sample = sample[np.isfinite(sample) & (sample > 0)]
-        typical = float(np.median(sample)) if sample.size else np.inf
-        low = subtracted < -LOW_BAD_SIGMA * typical
-    if low.any():
-        bad |= low
-        subtracted[low] = 0
-        info["low_bad_pixels"] = int(np.count_nonzero(low))
+    typical = float(np.median(sample)) if sample.size else np.inf
+    low_rows, low_cols = _low_pixels(image, bkg, bad, -LOW_BAD_SIGMA * typical)
+    if low_rows.size:
+        bad[low_rows, low_cols] = True
+        info["low_bad_pixels"] = int(low_rows.size)
     if gain is not None:
         gain = gain_value(gain, unit)
         info["gain"] = gain
-        gain = gain * coerced.scale        # electrons per internal unit
+        gain = gain * coerced.scale  # electrons per internal unit
     elif error is None:
-        level = float(np.median(bkg[~bad]))
-        noise = float(np.median(rms[~bad]))
+        # The median sky and rms of a regular sample of the usable pixels (all of them in
+        # an image of up to GAIN_SAMPLE pixels).
+        step = max(1, int(np.ceil(np.sqrt(bad.size / GAIN_SAMPLE))))
+        good = ~bad[::step, ::step]
+        level = float(np.median(_sample(bkg, step, good), overwrite_input=True))
+        noise = float(np.median(_sample(rms, step, good), overwrite_input=True))
         # A sky that was not subtracted reveals the effective gain: sky / rms^2.
         if noise > 0 and level > 3 * noise:
             gain = level / noise**2
@@ -96,10 +226,59 @@ def prepare(coerced, background, gain, saturation, box_size):
             info["gain"] = None
     if saturation is not None:
         saturation = saturation_value(saturation, unit) * internal
-    prepared = PreparedImage(subtracted, bad if bad.any() else None, error, rms, gain,
-                             image, saturation)
-    prepared.background = bkg   # the 2-D background subtracted (MLPhotometry's local_bkg)
+    prepared = PreparedImage(image, bad if bad.any() else None, error, gain, saturation, bkg, rms)
     return prepared, info
+
+
+def _sample(values, step, keep):
+    """
+    ``values[::step, ::step][keep]`` of an array or of a map (evaluated there only, a tile
+    of rows at a time).
+    """
+    if isinstance(values, np.ndarray):
+        return values[::step, ::step][keep]
+    ny, nx = values.shape
+    rows, cols = np.arange(0, ny, step), np.arange(0, nx, step)
+    out = np.empty(np.count_nonzero(keep), dtype=np.float32)
+    done = 0
+    for start in range(0, rows.size, TILE_ROWS):
+        part = values.grid(rows[start : start + TILE_ROWS], cols)[keep[start : start + TILE_ROWS]]
+        out[done : done + part.size] = part
+        done += part.size
+    return out
+
+
+def _low_pixels(image, bkg, bad, threshold):
+    """
+    The pixels (rows, cols), not bad, where ``image`` less the background ``bkg`` (float32,
+    as the subtracted image) lies below ``threshold``. A mesh background is evaluated only
+    where the image lies below its bound there (`MeshMap.upper_bound`): a handful of
+    pixels, not the image.
+    """
+    found_rows, found_cols = [np.zeros(0, dtype=np.intp)], [np.zeros(0, dtype=np.intp)]
+    if not threshold > -np.inf:
+        return found_rows[0], found_cols[0]
+    for start in range(0, image.shape[0], TILE_ROWS):
+        stop = min(start + TILE_ROWS, image.shape[0])
+        tile = image[start:stop]
+        with np.errstate(invalid="ignore", over="ignore"):
+            if isinstance(bkg, ArrayMap):
+                low = (tile - bkg.block(start, stop)) < threshold
+            else:
+                bound = bkg.upper_bound(start, stop)
+                # A margin for the rounding of the map's values and of the comparison.
+                low = tile < bound + threshold + 1e-5 * (np.abs(bound) + abs(threshold))
+        if not low.any():
+            continue
+        low &= ~bad[start:stop]
+        rows, cols = np.nonzero(low)
+        if rows.size and not isinstance(bkg, ArrayMap):
+            with np.errstate(invalid="ignore", over="ignore"):
+                keep = (tile[rows, cols] - bkg.at(rows + start, cols)) < threshold
+            rows, cols = rows[keep], cols[keep]
+        found_rows.append(rows + start)
+        found_cols.append(cols)
+    return np.concatenate(found_rows), np.concatenate(found_cols)
 
 
 def background_map(value, unit, shape, exponent, name="background"):

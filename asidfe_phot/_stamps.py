@@ -73,13 +73,26 @@ def stamp_origin(position, size=STAMP_SIZE):
     return reference_pixel(position) - size // 2
 
 
+class LazyImage:
+    """
+    A 2-D image that is never made whole: `cutout_stamps` computes its stamps when they are
+    cut, as ``stamps(rows, cols)`` (the values at ``rows[:, :, None], cols[:, None, :]``,
+    for (n, ny) and (n, nx) pixel indices inside the image).
+    """
+
+    def __init__(self, shape, stamps):
+        self.shape = tuple(shape)
+        self.ndim = 2
+        self.stamps = stamps
+
+
 def cutout_stamps(image, x, y, size=STAMP_SIZE, fill=0.0):
     """
     Cut ``size`` x ``size`` stamps around many positions at once.
 
     Parameters
     ----------
-    image : 2-D array
+    image : 2-D array or `LazyImage`
     x, y : 1-D arrays
         Positions (0-based pixel centres).
     size : int
@@ -98,7 +111,11 @@ def cutout_stamps(image, x, y, size=STAMP_SIZE, fill=0.0):
     col_ok = (cols >= 0) & (cols < nx)
     row_ok = (rows >= 0) & (rows < ny)
     inside = row_ok[:, :, None] & col_ok[:, None, :]
-    stamps = image[np.clip(rows, 0, ny - 1)[:, :, None], np.clip(cols, 0, nx - 1)[:, None, :]]
+    rows, cols = np.clip(rows, 0, ny - 1), np.clip(cols, 0, nx - 1)
+    if isinstance(image, LazyImage):
+        stamps = image.stamps(rows, cols)
+    else:
+        stamps = image[rows[:, :, None], cols[:, None, :]]
     if not inside.all():
         stamps = np.where(inside, stamps, np.asarray(fill, dtype=stamps.dtype))
     return stamps, inside

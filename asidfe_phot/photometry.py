@@ -580,8 +580,8 @@ class MLPhotometry:
         options = _psf_fit.FitOptions(
             self.fit_shape, free=(not fixed["flux"], not fixed["x"], not fixed["y"]),
             xy_bounds=self.xy_bounds, local_bkg=inputs.local_extra)
-        return _psf_mode.fit_psf(prepared, res, sampler, self.psf_model, calibration,
-                                 options, flux_start=inputs.flux_init)
+        return _psf_mode.fit_psf(prepared.stamp_view(), res, sampler, self.psf_model,
+                                 calibration, options, flux_start=inputs.flux_init)
 
     def _measure(self, prepared, x, y, pairs, sampler=None, local_bkg=None):
         """Per-source results of the network (see `_network.measure`); ``pairs`` BLENDED."""
@@ -590,7 +590,7 @@ class MLPhotometry:
             calibration=self._card_entry(_NETWORK_CALIBRATION),
             flux_bias=self._card_entry("flux_bias_correction"),
             progress_bar=self.progress_bar)
-        results = _network.measure(prepared, x, y, options, sampler, local_bkg)
+        results = _network.measure(prepared.stamp_view(), x, y, options, sampler, local_bkg)
         results["flags"][pairs.ravel()] |= _flags.BLENDED
         return results
 
