@@ -1,0 +1,89 @@
+"""The transfer-learning study's real target (the NTT frame and its catalogue) on a cut of it."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from training import real_target, transfer_study
+from training.data import StampSet
+
+
+def test_split_keeps_training_stamps_away_from_the_test_tiles():
+    rng = np.random.default_rng(3)
+    shape = (400, 600)
+    x, y = rng.uniform(0, 600, 3000), rng.uniform(0, 400, 3000)
+    target = {"blocks": 4, "test_fraction": 0.4, "val_fraction": 0.2, "seed": 5}
+    split = real_target.split_rows(x, y, shape, target)
+    assert np.array_equal(split, real_target.split_rows(x, y, shape, target))  # seeded
+    counts = {s: int(np.count_nonzero(split == s)) for s in ("train", "val", "test", "")}
+    assert all(counts.values())
+    assert 0.3 < counts["test"] / x.size < 0.5
+    assert 0.15 < counts["val"] / (counts["train"] + counts["val"]) < 0.25
+    # No training (or validation) stamp, with its crop margin, reaches a test source's pixel.
+    px, py = (np.floor(v + 0.5) for v in (x, y))
+    test = split == "test"
+    for s in ("train", "val"):
+        sel = split == s
+        gap = np.maximum(np.abs(px[sel, None] - px[None, test]),
+                         np.abs(py[sel, None] - py[None, test]))
+        assert gap.min() > 18
+
+
+@pytest.fixture(name="study", scope="module")
+def fixture_study(tmp_path_factory):
+    root = real_target.real_data_dir()
+    if not (root / real_target.FRAME).exists():
+        pytest.skip(reason=f"real frames not found at {root}; set "
+                           f"{real_target.REAL_DATA_VARIABLE} to the project's shared/real")
+    out = tmp_path_factory.mktemp("real_study")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # the cut's ePSF has few stars: it says so
+        results = transfer_study.run(out, transfer_study.REAL_QUICK, log=lambda *a: None)
+    return out, results
+
+
+def test_real_stamps_carry_the_catalogue_labels_on_our_flux_scale(study):
+    out, results = study
+    data = out / "data_real"
+    index = json.loads((data / "index.json").read_text())
+    reference = json.loads((data / "reference.json").read_text())
+    k = index["flux_scale"]
+    assert 0.8 < k < 1.25 and index["flux_scale_rows"] >= 5
+    _, cat = real_target.load_target(transfer_study.REAL_QUICK["target"])
+    row = {int(n): i for i, n in enumerate(cat["NUMBER"])}
+    for split in ("train", "val", "test"):
+        meta = StampSet(data, split).meta
+        i = np.array([row[n] for n in reference[split]["number"]])
+        # 0-based positions of the PSF fit, on the cut's pixels; flux = k * FLUX_PSF.
+        np.testing.assert_allclose(meta["x_frame"], cat["XPSF_IMAGE"][i], atol=1e-3)
+        np.testing.assert_allclose(meta["y_frame"], cat["YPSF_IMAGE"][i], atol=1e-3)
+        np.testing.assert_allclose(meta["flux"], k * cat["FLUX_PSF"][i], rtol=1e-5)
+        assert np.all(np.abs(meta["true_dx"]) < 1.5) and np.all(np.abs(meta["true_dy"]) < 1.5)
+    assert results["reference"]["counts"] == {s: v["count"] for s, v in index["splits"].items()}
+
+
+def test_real_study_runs_every_mode_against_the_reference_and_resumes(study):
+    out, results = study
+    assert list(results["modes"]) == list(transfer_study.MODES)
+    for mode, m in results["modes"].items():
+        assert (m["samples"] > 0) == (not mode.startswith("direct"))
+        for key in ("dx", "dy", "flux"):
+            assert m[f"contest_{key}"] in ("Rejected", "Not Rejected")
+            assert m[f"contest_both_{key}"] in ("Rejected", "Not Rejected")
+            # Adding the reference's errors can only lower the statistic.
+            assert m[f"contest_both_t_{key}"] <= m[f"contest_t_{key}"] + 1e-12
+            assert -1 <= m[f"pearson_{key}"] <= 1
+    # The shipped network on the held-out point-like stars agrees with the PSF fit: the
+    # scale fitted on the training rows holds there (stamps and labels are aligned).
+    direct = results["modes"]["direct"]
+    assert abs(direct["point_flux_ratio_median"] - 1) < 0.1
+    assert direct["point_pearson_flux"] > 0.99
+    table = (out / "study.rst").read_text()
+    assert "Against the reference" in table
+    assert all(mode in table for mode in transfer_study.MODES)
+    again = transfer_study.run(out, transfer_study.REAL_QUICK, log=lambda *a: None)
+    for mode in transfer_study.MODES:
+        assert again["modes"][mode]["pearson_flux"] == results["modes"][mode]["pearson_flux"]
+        assert again["modes"][mode]["cpu_minutes"] == results["modes"][mode]["cpu_minutes"]
