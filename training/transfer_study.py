@@ -218,16 +218,23 @@ def run(out, config, log=print):
             summary.update(real_target.reference_metrics(res, truth, data))
         results["modes"][mode] = {**summary, **cost, "bins": bins}
         (out / "study.json").write_text(json.dumps(results, indent=1))
-    table = rst_tables(results)
-    if real:
-        table += "\nAgainst the reference (ConTEST statistics and verdicts):\n\n"
-        table += real_target.rst_table(results)
-    (out / "study.rst").write_text(table)
+    (out / "study.rst").write_text(report(results))
     return results
 
 
+def report(results):
+    """``study.rst``: the tables of `rst_tables`, and the real target's `real_target.rst_table`."""
+    text = rst_tables(results)
+    if "reference" in results:
+        text += "\n" + real_target.rst_table(results)
+    return text
+
+
 def rst_tables(results):
-    """The paper's Table 2 layout, then the per-bin metrics against the truth."""
+    """
+    The paper's Table 2 layout, then the per-S/N-bin metrics (against the truth, or on the
+    real target against the reference, binned by the reference's S/N).
+    """
     lines = ["========== ========= ========= ========== ============= =========== ======",
              "Mode       Pearson x Pearson y Pearson f  ConTEST x/y/f Samples     CPU min",
              "========== ========= ========= ========== ============= =========== ======"]
@@ -238,18 +245,26 @@ def rst_tables(results):
                      f"{m['pearson_flux']:<10.4f} {verdict:<13} {m['samples']:<11d} "
                      f"{m['cpu_minutes']:<6.1f}")
     lines.append(lines[0])
-    lines += ["", "Per S/N bin (flux MARE / position MAE px / z std flux / z std x):", ""]
+    if "reference" in results:
+        caption = ("Per S/N bin of the reference (FLUX_PSF / FLUXERR_PSF), against the "
+                   "reference: n, then per mode flux MARE / position MAE px / z std flux / "
+                   "z std x (z from the network's errors alone; '-' for a bin of one row):")
+    else:
+        caption = "Per S/N bin (flux MARE / position MAE px / z std flux / z std x):"
+    lines += ["", caption, ""]
     modes = list(results["modes"])
-    header = "======== " + " ".join("=" * 27 for _ in modes)
-    lines += [header, "S/N      " + " ".join(f"{m:<27}" for m in modes), header]
+    header = "======== ====== " + " ".join("=" * 27 for _ in modes)
+    lines += [header, "S/N      n      " + " ".join(f"{m:<27}" for m in modes), header]
     snrs = [b["snr"] for b in results["modes"][modes[0]]["bins"]]
     for snr in snrs:
         cells = []
         for mode in modes:
             b = next(b for b in results["modes"][mode]["bins"] if b["snr"] == snr)
-            cells.append(f"{b['flux_mare']:.3f}/{b['position_mae']:.3f}/"
-                         f"{b['z_std_flux']:.2f}/{b['z_std_x']:.2f}".ljust(27))
-        lines.append(f"{snr:<8} " + " ".join(cells))
+            # The std of a single z is 0 by construction, not a calibration.
+            z = (f"{b['z_std_flux']:.2f}/{b['z_std_x']:.2f}" if b["n"] > 1 else "-/-")
+            cells.append(f"{b['flux_mare']:.3f}/{b['position_mae']:.3f}/{z}".ljust(27))
+        count = results["modes"][modes[0]]["bins"][snrs.index(snr)]["n"]
+        lines.append(f"{snr:<8} {count:<6d} " + " ".join(cells))
     lines.append(header)
     return "\n".join(lines) + "\n"
 

@@ -87,3 +87,32 @@ def test_real_study_runs_every_mode_against_the_reference_and_resumes(study):
     for mode in transfer_study.MODES:
         assert again["modes"][mode]["pearson_flux"] == results["modes"][mode]["pearson_flux"]
         assert again["modes"][mode]["cpu_minutes"] == results["modes"][mode]["cpu_minutes"]
+
+
+def test_report_marks_one_row_bins_and_is_valid_rst():
+    import io
+
+    import docutils.core
+
+    bins = [{"snr": "3-10", "n": 1, "flux_mare": 0.5, "position_mae": 0.2, "z_std_flux": 0.0,
+             "z_std_x": 0.0},
+            {"snr": "10-30", "n": 40, "flux_mare": 0.1, "position_mae": 0.1,
+             "z_std_flux": 0.9, "z_std_x": 1.1}]
+    mode = {"pearson_dx": 0.9, "pearson_dy": 0.8, "pearson_flux": 0.99, "samples": 10,
+            "cpu_minutes": 0.5, "n_point": 3, "flux_ratio_median": 1.1,
+            "point_flux_ratio_median": 1.0, "bins": bins}
+    for key in ("dx", "dy", "flux"):
+        mode.update({f"contest_{key}": "Rejected", f"contest_both_{key}": "Not Rejected",
+                     f"contest_t_{key}": 1.5, f"contest_both_t_{key}": 1.2,
+                     f"point_pearson_{key}": 0.99, f"point_contest_{key}": "Not Rejected",
+                     f"point_contest_t_{key}": 0.9})
+    results = {"n_test_stamps": 41, "reference": {}, "modes": {"direct": mode,
+                                                                "scratch": dict(mode)}}
+    text = transfer_study.report(results)
+    rows = {line.split()[0]: line for line in text.splitlines() if line[:1].isdigit()}
+    assert "0.500/0.200/-/-" in rows["3-10"] and "0.100/0.100/0.90/1.10" in rows["10-30"]
+    assert "1.50/1.50/1.50 1.20/1.20/1.20 NR/NR/NR" in text
+    errors = io.StringIO()
+    docutils.core.publish_doctree(text, settings_overrides={"warning_stream": errors,
+                                                            "report_level": 1})
+    assert errors.getvalue() == ""
