@@ -33,8 +33,9 @@ Target: the real ESO NTT frame of ``shared/real``, labelled by its SourceExtract
 PSF-fit catalogue (`training.real_target`: the rows, the stamps cut as MLPhotometry prepares
 the frame, the ePSF of ``psf_model="auto"`` for the PSF channel, a spatial train / test split,
 the one flux scale between the catalogue and our fluxes). The same modes and table, against
-the reference instead of a truth, with a second table: the ConTEST statistics, the verdict
-with the reference's own errors added, and the point-like rows alone.
+the reference instead of a truth (S/N bins of the reference's S/N), with two more tables:
+the ConTEST statistics and the verdict with the reference's own errors added, on all held-out
+rows; Pearson r and ConTEST on the point-like rows alone.
 """
 
 import argparse
