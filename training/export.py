@@ -182,7 +182,10 @@ def update_card(model_dir, entries):
     path = Path(model_dir) / "config.json"
     card = json.loads(path.read_text())
     card.update(entries)
-    path.write_text(json.dumps(card, indent=2, default=float) + "\n")
+    # Atomic: an interrupted update leaves the old card, never half of one.
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(card, indent=2, default=float) + "\n")
+    tmp.replace(path)
     return card
 
 

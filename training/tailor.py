@@ -318,8 +318,9 @@ def tailor(image, out, *, hdu=None, gain=None, saturation=None, psf_model="auto"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    model_dir = out / "model"
     # A resumed run adds its minutes to those already spent (the set, the training).
-    previous_card = out / "model" / "config.json"
+    previous_card = model_dir / "config.json"
     spent = (json.loads(previous_card.read_text()).get("tailor_minutes", 0.0)
              if previous_card.exists() else 0.0)
     data, header, used_hdu = read_image(image, hdu)
@@ -332,6 +333,14 @@ def tailor(image, out, *, hdu=None, gain=None, saturation=None, psf_model="auto"
     if parent_card["contract"]["version"] < 3:
         msg = "tailoring needs a PSF-conditioned parent model (contract 3, e.g. asidfe_tsmve_v5)"
         raise ValueError(msg)
+    _claim_folder(out, {
+        "image_sha256": file_sha256(Path(image)), "hdu": used_hdu, "gain": gain,
+        "saturation": saturation, "parent_sha256": parent_card["sha256"],
+        "psf_model": (str(psf_model) if isinstance(psf_model, str | Path)
+                      else type(psf_model).__name__), "config": config})
+    if (out / "DONE").exists():
+        log(f"== already tailored: {model_dir}")
+        return json.loads(previous_card.read_text())
     log("== measure the frame")
     frame, finder, sources, conditions = measure_frame(
         data, gain=gain, saturation=saturation, psf_model=psf_model, parent=parent_dir)
@@ -350,7 +359,6 @@ def tailor(image, out, *, hdu=None, gain=None, saturation=None, psf_model="auto"
                         lr=config["lr"], mean_lr_factor=1.0, seed=config["seed"],
                         eval_every=config["eval_every"], log=log)
     history = json.loads((step / "history.json").read_text())
-    model_dir = out / "model"
     name = f"{parent_card['name']}_v{parent_card['version']}_tailored"
     image_path = Path(image)
     card_extra = {
@@ -366,10 +374,12 @@ def tailor(image, out, *, hdu=None, gain=None, saturation=None, psf_model="auto"
                        + (f" --hdu {hdu}" if hdu is not None else "")
                        + (f" --gain {gain}" if gain is not None else "")),
     }
-    log("== export")
-    export_mod.export(step / "best.pt", model_dir, name, parent_card["version"], card_extra)
     common = {"gain": gain, "saturation": saturation, "mask": None, "error": None}
-    calibrate_on_frame(model_dir, data, config, psf_model=psf_model, log=log, **common)
+    if not (out / "CALIBRATED").exists():
+        log("== export")
+        export_mod.export(step / "best.pt", model_dir, name, parent_card["version"], card_extra)
+        calibrate_on_frame(model_dir, data, config, psf_model=psf_model, log=log, **common)
+        (out / "CALIBRATED").touch()
     log("== before and after: artificial stars (a new seed)")
     seed = config["seed"] + 2000
     validation = {}
@@ -384,8 +394,30 @@ def tailor(image, out, *, hdu=None, gain=None, saturation=None, psf_model="auto"
                        f"{psf_model if isinstance(psf_model, str) else type(psf_model).__name__}"),
             **validation},
         "tailor_minutes": spent + (time.time() - t0) / 60})
+    (out / "DONE").touch()
     log(f"== done in {(time.time() - t0) / 60:.1f} min: {model_dir}")
     return card
+
+
+def _claim_folder(out, job):
+    """
+    Record what ``out`` tailors (image, settings, parent, recipe), or check that a resumed
+    run tailors the same: its set, training and calibrations are reused, so another image
+    or recipe in the same folder would silently mix two tailorings.
+    """
+    path = out / "tailor_job.json"
+    job = json.loads(json.dumps(job, default=float))
+    if path.exists():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in set(job) | set(before) if job.get(k) != before.get(k))
+        if changed:
+            msg = (f"{out} holds a tailoring with other {', '.join(changed)}; give a new "
+                   "--out (or delete the folder to start again)")
+            raise ValueError(msg)
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(job, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def comparison_table(card):

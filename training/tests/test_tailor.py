@@ -53,12 +53,15 @@ def test_tailor_writes_a_usable_model_with_its_provenance(frame_file, tmp_path, 
         warnings.simplefilter("ignore")
         tbl = phot(image, init_params=QTable({"x": [128.0], "y": [128.0]}), gain=2.0)
     assert len(tbl) == 1
-    # The command resumes: the set and the training are reused, nothing is redone.
-    trained = (out / "step2" / "best.pt").stat().st_mtime_ns
+    # The command resumes: a finished tailoring is not redone (set, training, export,
+    # calibration, validation); another recipe in the same folder is refused.
+    files = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     rc = cli.main(["tailor", str(frame_file), "--out", str(out), "--quick"])
     assert rc == 0
-    assert (out / "step2" / "best.pt").stat().st_mtime_ns == trained
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == files
     assert "tailored:" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="other config"):
+        tailor.tailor(frame_file, out, config={**tailor.QUICK, "seed": 5}, log=lambda *a: None)
 
 
 def test_tailor_refuses_a_frame_without_a_gain(frame_file, tmp_path):
