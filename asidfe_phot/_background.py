@@ -52,30 +52,56 @@ def _count_leading(s, threshold, inclusive=False):
             hi = np.where(active & ~below, mid, hi)
 
 
-def _clipped_stats(samples, nsigma=3.0, maxiters=4):
+class _ClipBuffers:
+    """
+    The work arrays of `_clipped_rows` for batches of up to ``rows`` rows of ``width``,
+    made once and reused by every batch (a fresh large array costs its page faults again).
+    """
+
+    def __init__(self, rows, width):
+        self.sorted32 = np.empty((rows, width), dtype=np.float32)
+        self.sorted64 = np.empty((rows, width))
+        self.squares = np.empty((rows, width))
+        # The cumulative sums (and of squares), each row with a leading 0.
+        self.sums = np.empty((2, rows, width + 1))
+        self.sums[:, :, 0] = 0.0
+
+
+def _clipped_stats(samples, nsigma=3.0, maxiters=4, buffers=None):
     """
     Sigma-clipped mode estimate and std along axis 1; NaN entries are ignored.
 
     Iterative clipping at ``nsigma`` around the median (std with ddof=0). Each
     row is sorted once; a clipped set is then a contiguous slice, so the
     statistics of every iteration come from cumulative sums, not new medians.
-    Rows are independent: they are done in batches (`_BATCH_MESHES`).
+    Rows are independent: they are done in batches (`_BATCH_MESHES`), in
+    ``buffers`` (`_ClipBuffers`) when given.
     """
     n, width = samples.shape
     mode, std = np.empty(n), np.empty(n)
-    # The cumulative sums' buffers, reused by every batch.
-    sums = np.empty((2, min(n, _BATCH_MESHES), width + 1))
-    for start in range(0, n, _BATCH_MESHES):
-        batch = slice(start, start + _BATCH_MESHES)
-        mode[batch], std[batch] = _clipped_rows(samples[batch], nsigma, maxiters, sums)
+    if buffers is None or buffers.sorted64.shape[1] != width:
+        buffers = _ClipBuffers(min(n, _BATCH_MESHES), width)
+    step = buffers.sorted64.shape[0]
+    for start in range(0, n, step):
+        batch = slice(start, start + step)
+        mode[batch], std[batch] = _clipped_rows(samples[batch], nsigma, maxiters, buffers)
     return mode, std
 
 
-def _clipped_rows(samples, nsigma, maxiters, sums):
-    """`_clipped_stats` of one batch of rows (``sums``: room for the cumulative sums)."""
+def _clipped_rows(samples, nsigma, maxiters, buffers):
+    """`_clipped_stats` of one batch of rows, in ``buffers`` (`_ClipBuffers`)."""
+    m = samples.shape[0]
     # Sorting float32 samples, then widening them, gives the float64 sort (the widening
     # keeps the order) in half the time.
-    s = np.sort(samples, axis=1).astype(np.float64, copy=False)
+    s = buffers.sorted64[:m]
+    if samples.dtype == np.float32:
+        sorted32 = buffers.sorted32[:m]
+        np.copyto(sorted32, samples)
+        sorted32.sort(axis=1)
+        np.copyto(s, sorted32)
+    else:
+        np.copyto(s, samples, casting="unsafe")
+        s.sort(axis=1)
     # The cumulative sums below lose all precision next to an extreme value (one
     # -2**31 pixel makes every variance 0 or garbage): values beyond 1e6 interquartile
     # ranges of the median (no sky holds a star that bright; an int32 blank value is)
@@ -102,14 +128,20 @@ def _clipped_rows(samples, nsigma, maxiters, sums):
     hi = np.isfinite(s).sum(axis=1)
     # Cumulative sums (and of squares) with a leading 0, NaNs counted as 0 (and any
     # infinity as the largest float, as nan_to_num).
-    if np.array_equal(hi, _count_leading(s, np.full(s.shape[0], np.inf), inclusive=True)):
-        zero = np.where(np.isnan(s), 0.0, s)  # no infinities: only NaNs to zero
+    cs, cs2 = buffers.sums[0, :m], buffers.sums[1, :m]
+    zero = buffers.squares[:m]
+    if np.all(hi == s.shape[1]):  # no NaN nor infinity: the values themselves
+        np.cumsum(s, axis=1, out=cs[:, 1:])
+        np.square(s, out=zero)
     else:
-        zero = np.nan_to_num(s)
-    cs, cs2 = sums[0, : s.shape[0]], sums[1, : s.shape[0]]
-    cs[:, 0] = cs2[:, 0] = 0.0
-    np.cumsum(zero, axis=1, out=cs[:, 1:])
-    np.cumsum(np.square(zero, out=zero), axis=1, out=cs2[:, 1:])
+        if np.array_equal(hi, _count_leading(s, np.full(m, np.inf), inclusive=True)):
+            np.copyto(zero, s)  # no infinities: only NaNs to zero
+            zero[np.isnan(zero)] = 0.0
+        else:
+            zero[...] = np.nan_to_num(s)
+        np.cumsum(zero, axis=1, out=cs[:, 1:])
+        np.square(zero, out=zero)
+    np.cumsum(zero, axis=1, out=cs2[:, 1:])
     lo = np.zeros(s.shape[0], dtype=np.int64)
 
     def stats(lo, hi):
@@ -183,25 +215,36 @@ def mesh_statistics(data, mask=None, box_size=64, filter_size=3, subsample=2, of
     rms = np.full(nby * nbx, np.nan)
     good = np.zeros(nby * nbx, dtype=bool)
     strip = max(1, _BATCH_MESHES // nbx)  # mesh rows at a time
+    # Work arrays made once, reused by every strip (fresh large ones cost page faults).
+    block = np.empty((min(strip, nby) * per, nbx * per), dtype=np.float32)
+    meshes_buffer = np.empty((min(strip, nby) * nbx, per * per), dtype=np.float32)
+    buffers = _ClipBuffers(min(strip * nbx, _BATCH_MESHES, nby * nbx), per * per)
     for i0 in range(0, nby, strip):
         i1 = min(i0 + strip, nby)
         rows = (np.arange(i0, i1)[:, None] * box + offsets).ravel()
         rows = rows[rows < ny]
-        block = np.full(((i1 - i0) * per, nbx * per), np.nan, dtype=np.float32)
-        values = np.asarray(_take(data, rows, cols), dtype=np.float32)
+        strip_block = block[: (i1 - i0) * per]
+        if rows.size < strip_block.shape[0] or cols.size < nbx * per:
+            strip_block.fill(np.nan)  # the padding beyond the image
+        values = strip_block[: rows.size, : cols.size]
+        np.copyto(values, _take(data, rows, cols), casting="unsafe")
         if offset is not None:
-            values = values - _take(offset, rows, cols)
+            np.subtract(values, _take(offset, rows, cols), out=values, casting="unsafe")
         bad = ~np.isfinite(values)
         if mask is not None:
             bad |= _take(mask, rows, cols)
-        block[: rows.size, : cols.size] = np.where(bad, np.float32(np.nan), values)
-        meshes = block.reshape(i1 - i0, per, nbx, per).transpose(0, 2, 1, 3)
-        meshes = meshes.reshape((i1 - i0) * nbx, per * per)
+        values[bad] = np.nan
+        meshes = meshes_buffer[: (i1 - i0) * nbx]
+        np.copyto(meshes.reshape(i1 - i0, nbx, per, per),
+                  strip_block.reshape(i1 - i0, per, nbx, per).transpose(0, 2, 1, 3))
         usable = np.isfinite(meshes).sum(axis=1) >= max(10, meshes.shape[1] // 4)
         done = slice(i0 * nbx, i1 * nbx)
         good[done] = usable
-        if usable.any():
-            level[done][usable], rms[done][usable] = _clipped_stats(meshes[usable])
+        if usable.all():
+            level[done], rms[done] = _clipped_stats(meshes, buffers=buffers)
+        elif usable.any():
+            level[done][usable], rms[done][usable] = _clipped_stats(meshes[usable],
+                                                                    buffers=buffers)
     if not good.any():
         msg = "no usable pixels to estimate the background (all masked or non-finite)"
         raise ValueError(msg)

@@ -356,17 +356,6 @@ class SourceInputs:
         self.group_size = group_size
 
 
-def _background_at(background, x, y):
-    """The 2-D background map at the pixels nearest ``x, y`` (NaN off the image)."""
-    ny, nx = background.shape
-    out = np.full(np.size(x), np.nan)
-    with np.errstate(invalid="ignore"):
-        ix, iy = np.round(x), np.round(y)
-    on = np.isfinite(ix) & np.isfinite(iy) & (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
-    out[on] = background[iy[on].astype(np.intp), ix[on].astype(np.intp)]
-    return out
-
-
 def _aperture_fluxes(prepared, x, y, radius, local_extra):
     """photutils' initial fluxes: circular-aperture sums less the local background."""
     from photutils.aperture import CircularAperture, aperture_photometry
@@ -392,7 +381,7 @@ def source_inputs(table, x, y, ids, prepared, coerced, phot):
     """
     unit, scale = coerced.unit, coerced.scale
     n = np.size(x)
-    background = _background_at(np.asarray(prepared.background, dtype=np.float64), x, y)
+    background = prepared.background_at(x, y)  # at the sources only, not a whole map
     if table is not None and "local_bkg" in table.colnames:
         given = column_in_unit(table, "local_bkg", unit, scale)
         located = np.isfinite(x) & np.isfinite(y)
