@@ -21,12 +21,13 @@ sha256 of the frame's absolute path: the same path always gets the same name,
 provided the same set of frames is given.
 
 A rerun skips every frame whose manifest holds the same content hash (sha256 of
-the frame's bytes, of its catalogue's bytes, of the options and of the model
-file) and whose table is still there, and rewrites the combined table only when
-its list of frames changed: a rerun of a finished batch writes nothing. A frame
-that cannot be measured (unreadable, corrupt, no sources) is reported with its
-error, and the others complete. `measure_many_delayed` gives the per-frame
-tasks as ``dask.delayed`` objects, for graphs of one's own.
+the frame's bytes, of its catalogue's bytes, of the options, of the model file
+and of a ``--psf`` file) and whose table is still there, and rewrites the
+combined table only when its list of frames changed: a rerun of a finished
+batch writes nothing. A frame that cannot be measured (unreadable, corrupt,
+no sources) is reported with its error, and the others complete.
+`measure_many_delayed` gives the per-frame tasks as ``dask.delayed`` objects,
+for graphs of one's own.
 
 Needs Dask: ``pip install "asidfe_phot[batch]"``.
 """
@@ -57,7 +58,7 @@ OPTIONS = ("hdu", "fwhm", "threshold", "gain", "saturation", "aperture_correctio
            "model", "batch_size", "providers", "precision")
 _INSTALL = 'pip install "asidfe_phot[batch]"'
 #: Version of the content hash: bump it when what the hash covers changes.
-_HASH_VERSION = "asidfe-batch-1"
+_HASH_VERSION = "asidfe-batch-2"
 
 
 class _BatchInputError(_CLIError, ValueError):
@@ -183,6 +184,7 @@ class _FrameSpec:
     out_dir: str
     argv: tuple      # the options part of the single-image command line
     model_sha256: str
+    psf_sha256: str | None = None     # of a --psf FILE (its path alone is in argv)
 
     @property
     def table(self):
@@ -317,12 +319,19 @@ def _plan(frames, out_dir, catalogs, find, options):
             msg = f"--{option} must be a positive number, got {value}"
             raise _BatchInputError(msg)
     model_sha256 = _model_sha256(args.model)
-    out_dir = Path(out_dir).absolute()
-    specs = [_FrameSpec(frame, cat, key, str(out_dir), tuple(argv), model_sha256)
-             for frame, cat, key in zip(frames, cats, _keys(frames))]
+    psf_sha256 = None
     inputs = set(seen) | {Path(c).resolve() for c in cats if c is not None}
     if args.psf not in (None, "auto", "none"):
+        from asidfe_phot.models import file_sha256
+
+        if not os.path.isfile(args.psf):
+            msg = f"PSF file not found: {args.psf}"
+            raise _BatchInputError(msg)
+        psf_sha256 = file_sha256(args.psf)
         inputs.add(Path(args.psf).resolve())
+    out_dir = Path(out_dir).absolute()
+    specs = [_FrameSpec(frame, cat, key, str(out_dir), tuple(argv), model_sha256, psf_sha256)
+             for frame, cat, key in zip(frames, cats, _keys(frames))]
     outputs = [p for s in specs for p in (s.table, s.manifest)]
     outputs += [out_dir / f"{COMBINED_NAME}.fits", out_dir / f"{COMBINED_NAME}.json"]
     for path in outputs:
@@ -337,7 +346,7 @@ def _plan(frames, out_dir, catalogs, find, options):
 
 def _content_hash(spec, frame_sha256, catalog_sha256):
     text = json.dumps([_HASH_VERSION, frame_sha256, catalog_sha256, list(spec.argv),
-                       spec.model_sha256])
+                       spec.model_sha256, spec.psf_sha256])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -380,6 +389,7 @@ def _measure_frame(spec):
             "frame": spec.frame, "catalog": spec.catalog, "table": os.path.basename(spec.table),
             "hash": result.hash, "frame_sha256": frame_sha256,
             "catalog_sha256": catalog_sha256, "model_sha256": spec.model_sha256,
+            "psf_sha256": spec.psf_sha256,
             "options": list(spec.argv), "rows": result.rows,
             "table_bytes": os.path.getsize(spec.table), "seconds": round(result.seconds, 3),
             "asidfe_phot": _version(), "finished": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -203,3 +203,18 @@ def test_without_dask_the_error_says_what_to_install(frames, tmp_path, monkeypat
         batch.measure_many(frames, tmp_path / "out", find=True)
     rc = cli.main(["batch", str(frames[0]), "--out", str(tmp_path / "out"), "--find"])
     assert rc == 2
+
+
+def test_a_psf_file_is_in_the_content_hash(frames, tmp_path):
+    # Its path alone is in the options: a changed file must redo the frames.
+    psf = tmp_path / "field.psf"
+    psf.write_bytes(b"first")
+    options = {"psf": str(psf)}
+    spec = batch._plan(frames[:1], tmp_path / "out", None, True, options)[0]
+    psf.write_bytes(b"second")
+    again = batch._plan(frames[:1], tmp_path / "out", None, True, options)[0]
+    assert spec.argv == again.argv and spec.psf_sha256 != again.psf_sha256
+    assert batch._content_hash(spec, "f", None) != batch._content_hash(again, "f", None)
+    psf.unlink()
+    with pytest.raises(ValueError, match="PSF file not found"):
+        batch.measure_many(frames, tmp_path / "out", find=True, options=options)
