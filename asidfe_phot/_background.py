@@ -311,6 +311,22 @@ def _basis(knots, k, u):
     return interval - k, h
 
 
+def _window_weights(first, weights):
+    """
+    For (n, m) pixels whose spline terms start at coefficient ``first`` with ``weights``
+    (n, m, k + 1): each row's first coefficient and the (n, m, width) weights of its pixels
+    on the ``width`` coefficients from there (zero outside each pixel's own k + 1).
+    """
+    n, m, terms = weights.shape
+    start = first.min(axis=1)
+    at = first - start[:, None]
+    out = np.zeros((n, m, int(at.max()) + terms))
+    stack, line = np.arange(n)[:, None], np.arange(m)[None, :]
+    for term in range(terms):
+        out[stack, line, at + term] = weights[:, :, term]
+    return start, out
+
+
 class MeshMap:
     """
     A mesh of values interpolated to the pixels of a ``shape`` image, as a bicubic
@@ -381,19 +397,17 @@ class MeshMap:
         n, sy, sx = rows.shape[0], rows.shape[1], cols.shape[1]
         if n == 0:
             return np.zeros((0, sy, sx), dtype=np.float32)
-        cl, cw = self._cl[cols], self._cw[cols]
-        # The coefficient columns a stamp needs, a window from its first one, and each
-        # column's weights on that window (zero outside its own k + 1).
-        first = cl.min(axis=1)
-        at = cl - first[:, None]
-        width = int(at.max()) + cw.shape[-1]
-        window = np.minimum(first[:, None] + np.arange(width), self._coef.shape[1] - 1)
-        partial = self._rows(rows[:, :, None], window[:, None, :])  # (n, sy, width)
-        weights = np.zeros((n, width, sx))
-        stack, line = np.arange(n)[:, None], np.arange(sx)[None, :]
-        for b in range(cw.shape[-1]):
-            weights[stack, at + b, line] = cw[:, :, b]
-        return np.matmul(partial, weights).astype(np.float32)
+        # Per stamp, the small window of coefficients it needs and the weights of its rows
+        # and of its columns on that window: the stamp is row_weights @ window @ col_weights
+        # (a few small products, not a gather per pixel).
+        row_start, row_weights = _window_weights(self._rl[rows], self._rw[rows])
+        col_start, col_weights = _window_weights(self._cl[cols], self._cw[cols])
+        height, width = row_weights.shape[2], col_weights.shape[2]
+        coef_rows = np.minimum(row_start[:, None] + np.arange(height), self._coef.shape[0] - 1)
+        coef_cols = np.minimum(col_start[:, None] + np.arange(width), self._coef.shape[1] - 1)
+        window = self._coef[coef_rows[:, :, None], coef_cols[:, None, :]]  # (n, height, width)
+        partial = np.matmul(row_weights, window)  # (n, sy, width)
+        return np.matmul(partial, col_weights.transpose(0, 2, 1)).astype(np.float32)
 
     def at(self, rows, cols):
         """Values at the pixels ``(rows, cols)`` (1-D, same length)."""

@@ -160,13 +160,13 @@ def prepare(coerced, background, gain, saturation, box_size):
     """
     image, unit, error = coerced.image, coerced.unit, coerced.error
     internal = 1.0 / coerced.scale
-    bad = np.isfinite(image)
-    np.logical_not(bad, out=bad)
+    # The bad pixels; None while there are none (no whole-image mask is made then).
+    bad = _nonfinite(image)
     if coerced.mask is not None:
-        bad |= coerced.mask
+        bad = _merge(bad, coerced.mask)
     if error is not None:
-        bad |= ~np.isfinite(error) | (error <= 0)
-    if bad.all():
+        bad = _merge(bad, ~np.isfinite(error) | (error <= 0))
+    if bad is not None and bad.all():
         msg = "data has no usable pixel (all masked or non-finite)"
         raise ValueError(msg)
     info = {}
@@ -189,22 +189,27 @@ def prepare(coerced, background, gain, saturation, box_size):
             rms = None
             info["background"] = "user"
         # Pixels without a background value cannot be used (as masked ones).
-        bad |= ~np.isfinite(bkg.array)
+        if not np.isfinite(bkg.array).all():
+            bad = _merge(bad, ~np.isfinite(bkg.array))
         if rms is None and error is None:
             _, rms = mesh_maps(image, bad, box_size, offset=bkg.array)
-        if bad.all():
+        if bad is not None and bad.all():
             msg = "no pixel has both a usable value and a finite background"
             raise ValueError(msg)
     # DAOPHOT's "low good datum": far below the sky is a dead pixel or a blank value
     # (-2**31 in integer images), not light; it would swamp any flux. The image's typical
     # noise, not the map's: an interpolated rms map can dip to zero or below between
     # meshes.
-    sample = _sample(error if error is not None else rms, 4, ~bad[::4, ::4])
-    with np.errstate(invalid="ignore"):
-        sample = sample[np.isfinite(sample) & (sample > 0)]
-    typical = float(np.median(sample)) if sample.size else np.inf
+    sample = _sample(error if error is not None else rms, 4, _usable(bad, 4))
+    # Finite and positive values only (two reductions spare the filtering when all are).
+    if not (sample.size and sample.min() > 0 and sample.max() < np.inf):
+        with np.errstate(invalid="ignore"):
+            sample = sample[np.isfinite(sample) & (sample > 0)]
+    typical = float(np.median(sample, overwrite_input=True)) if sample.size else np.inf
     low_rows, low_cols = _low_pixels(image, bkg, bad, -LOW_BAD_SIGMA * typical)
     if low_rows.size:
+        if bad is None:
+            bad = np.zeros(image.shape, dtype=bool)
         bad[low_rows, low_cols] = True
         info["low_bad_pixels"] = int(low_rows.size)
     if gain is not None:
@@ -214,8 +219,8 @@ def prepare(coerced, background, gain, saturation, box_size):
     elif error is None:
         # The median sky and rms of a regular sample of the usable pixels (all of them in
         # an image of up to GAIN_SAMPLE pixels).
-        step = max(1, int(np.ceil(np.sqrt(bad.size / GAIN_SAMPLE))))
-        good = ~bad[::step, ::step]
+        step = max(1, int(np.ceil(np.sqrt(image.size / GAIN_SAMPLE))))
+        good = _usable(bad, step)
         level = float(np.median(_sample(bkg, step, good), overwrite_input=True))
         noise = float(np.median(_sample(rms, step, good), overwrite_input=True))
         # A sky that was not subtracted reveals the effective gain: sky / rms^2.
@@ -226,23 +231,55 @@ def prepare(coerced, background, gain, saturation, box_size):
             info["gain"] = None
     if saturation is not None:
         saturation = saturation_value(saturation, unit) * internal
-    prepared = PreparedImage(image, bad if bad.any() else None, error, gain, saturation, bkg, rms)
+    if bad is not None and not bad.any():
+        bad = None
+    prepared = PreparedImage(image, bad, error, gain, saturation, bkg, rms)
     return prepared, info
+
+
+def _nonfinite(image):
+    """The non-finite pixels of ``image`` (a bool image), or None when there are none."""
+    bad = None
+    finite = np.empty((min(TILE_ROWS, image.shape[0]), image.shape[1]), dtype=bool)
+    for start in range(0, image.shape[0], TILE_ROWS):
+        tile = image[start : start + TILE_ROWS]
+        ok = np.isfinite(tile, out=finite[: tile.shape[0]])
+        if not ok.all():
+            if bad is None:
+                bad = np.zeros(image.shape, dtype=bool)
+            np.logical_not(ok, out=bad[start : start + tile.shape[0]])
+    return bad
+
+
+def _merge(bad, more):
+    """``bad | more`` (``bad`` may be None; updated in place otherwise)."""
+    if bad is None:
+        return np.array(more, dtype=bool)
+    bad |= more
+    return bad
+
+
+def _usable(bad, step):
+    """``~bad[::step, ::step]``, or None (every pixel) when ``bad`` is None."""
+    return None if bad is None else ~bad[::step, ::step]
 
 
 def _sample(values, step, keep):
     """
-    ``values[::step, ::step][keep]`` of an array or of a map (evaluated there only, a tile
-    of rows at a time).
+    ``values[::step, ::step][keep]`` (all of them where ``keep`` is None) of an array or of
+    a map (evaluated there only, a tile of rows at a time).
     """
     if isinstance(values, np.ndarray):
-        return values[::step, ::step][keep]
+        picked = values[::step, ::step]
+        return picked.flatten() if keep is None else picked[keep]  # a copy either way
     ny, nx = values.shape
     rows, cols = np.arange(0, ny, step), np.arange(0, nx, step)
-    out = np.empty(np.count_nonzero(keep), dtype=np.float32)
+    size = rows.size * cols.size if keep is None else np.count_nonzero(keep)
+    out = np.empty(size, dtype=np.float32)
     done = 0
-    for start in range(0, rows.size, TILE_ROWS):
-        part = values.grid(rows[start : start + TILE_ROWS], cols)[keep[start : start + TILE_ROWS]]
+    for start in range(0, rows.size, 4 * TILE_ROWS):
+        part = values.grid(rows[start : start + 4 * TILE_ROWS], cols)
+        part = part.ravel() if keep is None else part[keep[start : start + 4 * TILE_ROWS]]
         out[done : done + part.size] = part
         done += part.size
     return out
@@ -270,7 +307,8 @@ def _low_pixels(image, bkg, bad, threshold):
                 low = tile < bound + threshold + 1e-5 * (np.abs(bound) + abs(threshold))
         if not low.any():
             continue
-        low &= ~bad[start:stop]
+        if bad is not None:
+            low &= ~bad[start:stop]
         rows, cols = np.nonzero(low)
         if rows.size and not isinstance(bkg, ArrayMap):
             with np.errstate(invalid="ignore", over="ignore"):

@@ -144,8 +144,12 @@ def noise_scale(error_stamps, valid):
     ok = valid.reshape(n, npix)
     scale = np.full(n, np.nan)
     full = ok.all(axis=1)
-    if full.any():  # the common case: a plain (fast) median
-        scale[full] = np.median(flat[full], axis=1)
+    if full.any():  # the common case: every pixel valid
+        # np.median's values (NaN where a row holds one), from a sort: numpy's vectorised
+        # sort beats the partition np.median uses several times over.
+        s = np.sort(flat[full], axis=1)
+        middle = 0.5 * (s[:, (npix - 1) // 2] + s[:, npix // 2])
+        scale[full] = np.where(np.isnan(s[:, -1]), np.nan, middle)
     part = np.flatnonzero(~full & ok.any(axis=1))
     if part.size:
         # Sort with invalid pixels last, then take the middle of the valid ones.
