@@ -107,14 +107,47 @@ def _half_light_radii(local, radii):
     return out
 
 
-def _local_sky(image, bad, x, y, r_in, r_out):
-    """Sigma-clipped median and standard deviation in annuli."""
-    from astropy.stats import SigmaClip
-    from photutils.aperture import ApertureStats, CircularAnnulus
+def _local_sky(image, bad, x, y, r_in, r_out, sigma=3.0, maxiters=5):
+    """
+    Sigma-clipped median and standard deviation in annuli: photutils' ``ApertureStats(image,
+    CircularAnnulus(..., r_in, r_out), mask=bad, sigma_clip=SigmaClip(sigma, maxiters))``
+    ``median`` and ``std`` (its "center" pixels, astropy's clipping with numpy's nanmedian
+    and nanstd), without its per-aperture objects and masked arrays.
+    """
+    from photutils.geometry import circular_overlap_grid
 
-    annulus = CircularAnnulus(np.column_stack([x, y]), r_in=r_in, r_out=r_out)
-    stats = ApertureStats(image, annulus, mask=bad, sigma_clip=SigmaClip(sigma=3.0, maxiters=5))
-    return np.asarray(stats.median, float), np.asarray(stats.std, float)
+    ny, nx = image.shape
+    median, std = np.full(x.size, np.nan), np.full(x.size, np.nan)
+    for i, (cx, cy) in enumerate(zip(x, y)):
+        x0, x1 = math.floor(cx - r_out + 0.5), math.ceil(cx + r_out + 0.5)
+        y0, y1 = math.floor(cy - r_out + 0.5), math.ceil(cy + r_out + 0.5)
+        edges = (x0 - 0.5 - cx, x1 - 0.5 - cx, y0 - 0.5 - cy, y1 - 0.5 - cy, x1 - x0, y1 - y0)
+        inside = (circular_overlap_grid(*edges, r_out, 0, 1)
+                  - circular_overlap_grid(*edges, r_in, 0, 1)) > 0
+        # The part of the box on the image.
+        top, left = max(y0, 0), max(x0, 0)
+        inside = inside[top - y0 : min(y1, ny) - y0, left - x0 : min(x1, nx) - x0]
+        box = image[top : min(y1, ny), left : min(x1, nx)].astype(float)
+        if bad is not None:
+            inside &= ~bad[top : min(y1, ny), left : min(x1, nx)]
+        values = box[inside]
+        values = values[np.isfinite(values)]
+        if not values.size:
+            continue
+        # astropy's SigmaClip without an axis: clip the survivors until none changes; the
+        # result is every value within the last bounds.
+        kept = values
+        for _ in range(maxiters):
+            centre, spread = np.nanmedian(kept), np.nanstd(kept)
+            low, high = centre - spread * sigma, centre + spread * sigma
+            size = kept.size
+            kept = kept[(kept >= low) & (kept <= high)]
+            if kept.size == size:
+                break
+        final = values[(values >= low) & (values <= high)]
+        if final.size:
+            median[i], std[i] = np.median(final), np.std(final)
+    return median, std
 
 
 def _contaminated(image, bad, x, y, r_clean, r_out, noise):
@@ -318,7 +351,8 @@ def measure(image, bad, x, y, flux, flux_err, usable, snr=None):
                          f"{int(dirty.sum())} contaminated)")
         return out
     area = np.pi * radius**2
-    total = _growth(local.image, local.mask, local_x, local_y, [radius])[:, 0] - sky * area
+    total = np.array([_aperture_sum(local.image, local.mask, cx, cy, radius)
+                      for cx, cy in zip(local_x, local_y)]) - sky * area
     ratio = total / flux[stars]
     # Pixel noise of the big aperture, its sky estimate, the network flux's own error, and a
     # floor for what differs from star to star (PSF variation, faint neighbours).
