@@ -499,7 +499,8 @@ def measure_many(frames, out_dir, *, catalogs=None, find=False, options=None, cl
         The cluster to run on. Default: a ``distributed.LocalCluster`` of
         ``workers`` processes with one thread each, closed at the end.
     workers : int, optional
-        Worker processes of the default cluster (default: one per core).
+        Worker processes of the default cluster (default: one per core); not
+        with ``client``.
     progress : bool, optional
         Report progress on ``stream`` (default stderr): frames done and sources
         measured per second.
@@ -521,7 +522,7 @@ def measure_many(frames, out_dir, *, catalogs=None, find=False, options=None, cl
         Without Dask (``pip install "asidfe_phot[batch]"``).
     ValueError
         Before any work, for bad arguments (a frame given twice, an output that
-        is an input, an unknown option or model).
+        is an input, an unknown option or model, both ``workers`` and ``client``).
     """
     _require_dask()
     from distributed import Client, LocalCluster, as_completed
@@ -530,6 +531,9 @@ def measure_many(frames, out_dir, *, catalogs=None, find=False, options=None, cl
 
     if workers is not None and (int(workers) != workers or workers < 1):
         msg = f"workers must be a positive integer, got {workers!r}"
+        raise _BatchInputError(msg)
+    if workers is not None and client is not None:
+        msg = "give workers (for a local cluster) or client, not both"
         raise _BatchInputError(msg)
     specs = _plan(frames, out_dir, catalogs, find, options)
     tasks = _delayed(specs)

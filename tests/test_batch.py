@@ -195,6 +195,8 @@ def test_output_over_an_input_is_refused(frames, tmp_path):
         batch.measure_many(frames, tmp_path / "out", catalogs=["a.ecsv"])
     with pytest.raises(ValueError, match="unknown option"):
         batch.measure_many(frames, tmp_path / "out", find=True, options={"threads": 4})
+    with pytest.raises(ValueError, match="not both"):
+        batch.measure_many(frames, tmp_path / "out", find=True, workers=2, client=object())
 
 
 def test_without_dask_the_error_says_what_to_install(frames, tmp_path, monkeypatch):
