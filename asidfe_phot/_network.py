@@ -83,11 +83,12 @@ def _measure_located(prepared, x, y, options, sampler=None, local_bkg=None):
             error = _stamps.total_error(data, rms, prepared.gain)
         scale = _stamps.noise_scale(error, valid)
         psf = None
-        if sampler is not None and options.n_channels == 3:
+        if sampler is not None:
             psf = sampler.stamps(_stamps.reference_pixel(bx), _stamps.reference_pixel(by),
                                  size)
-        inputs, unit = _stamps.encode_inputs(data, error, valid, scale, psf_stamps=psf,
-                                             n_channels=options.n_channels)
+        inputs, unit = _stamps.encode_inputs(
+            data, error, valid, scale, psf_stamps=psf if options.n_channels == 3 else None,
+            n_channels=options.n_channels)
         usable = (valid.any(axis=(1, 2)) & np.isfinite(scale) & (scale > 0)
                   & np.isfinite(unit))
         f = np.zeros(len(scale), dtype=np.int32)
@@ -102,7 +103,7 @@ def _measure_located(prepared, x, y, options, sampler=None, local_bkg=None):
             f[(raw[:, sat, sat] >= prepared.saturation).any(axis=(1, 2))] |= _flags.SATURATED
         if prepared.error is None and prepared.gain is None:
             f |= _flags.NO_SOURCE_NOISE
-        f[_compact(data, error, valid, ref)] |= _flags.COMPACT
+        f[_compact(data, error, valid, ref, psf)] |= _flags.COMPACT
         idx = np.flatnonzero(usable)
         if idx.size:
             snr_core = _stamps.core_snr(data[idx], error[idx], valid[idx])
@@ -129,16 +130,28 @@ def _measure_located(prepared, x, y, options, sampler=None, local_bkg=None):
     return out
 
 
-def _compact(data, error, valid, ref):
-    """Rows whose central 3x3 pixels are dominated by one pixel at a significant S/N."""
+def _compact(data, error, valid, ref, psf=None):
+    """
+    Rows whose central 3x3 pixels are dominated by one pixel at a significant S/N. With
+    the frame's PSF (``psf``: its stamps at the rows' reference pixels), the limit is
+    also at least halfway between the PSF's own peak fraction and a single pixel: on
+    undersampled data the stars themselves exceed ``COMPACT_PEAK_FRACTION`` and are not
+    artefacts.
+    """
     box = (slice(None), slice(ref - 1, ref + 2), slice(ref - 1, ref + 2))
     d = np.where(valid[box], data[box], 0.0)
     total = d.sum(axis=(1, 2))
     noise = np.sqrt(np.where(valid[box], np.square(error[box], dtype=np.float64), 0.0).sum(
         axis=(1, 2)))
+    limit = _t.COMPACT_PEAK_FRACTION
+    if psf is not None:
+        core = psf[box]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            own = core.max(axis=(1, 2)) / core.sum(axis=(1, 2))
+        limit = np.maximum(limit, np.where(np.isfinite(own), 0.5 * (1.0 + own), limit))
     with np.errstate(divide="ignore", invalid="ignore"):
         return ((total > _t.COMPACT_MIN_SNR * noise)
-                & (d.max(axis=(1, 2)) > _t.COMPACT_PEAK_FRACTION * total))
+                & (d.max(axis=(1, 2)) > limit * total))
 
 
 def _progress_reporter(n, enabled):

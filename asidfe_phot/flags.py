@@ -58,7 +58,8 @@ FLAG_DEFINITIONS = (
     (COMPACT, "COMPACT",
      "sharper than any PSF the network was trained on (the peak pixel holds over "
      f"{100 * _t.COMPACT_PEAK_FRACTION:g} % of the central 3x3 sum at S/N > "
-     f"{_t.COMPACT_MIN_SNR:g}): a cosmic ray, hot pixel or artefact"),
+     f"{_t.COMPACT_MIN_SNR:g}; with a psf_model, also over halfway from the PSF's own "
+     "fraction to 100 %): a cosmic ray, hot pixel or artefact"),
     (PSF_MISMATCH, "PSF_MISMATCH",
      "the image's PSF is far from any the network was trained on: on its bright isolated "
      f"stars a large aperture holds over {_t.APERTURE_FACTOR_RANGE[1]:g}x (or under "

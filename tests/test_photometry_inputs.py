@@ -273,3 +273,32 @@ def test_gain_from_sky(phot, image, init):
     # sky 200 e- over gain 2: sky/rms^2 = 100 / ((200 + 25) / 4) ~ 1.8 e-/ADU.
     assert 1.5 < gain < 2.1
     assert not np.any(tbl["flags"] & F.NO_SOURCE_NOISE)
+
+
+def test_compact_flag_knows_an_undersampled_psf():
+    # Stars of a Gaussian PSF of FWHM 0.7 px put over 70 % of their central 3x3 sum in one
+    # pixel: without a PSF they look like artefacts, with the frame's PSF they do not; a
+    # hot pixel (one pixel, no light around it) stays COMPACT either way.
+    from photutils.psf import CircularGaussianPRF
+
+    from asidfe_phot import MLPhotometry
+    from asidfe_phot.datasets import make_star_field
+
+    n = 12
+    ys, xs = np.divmod(np.arange(n), 4)
+    positions = (24.0 + 16 * xs, 24.0 + 16 * ys)
+    image, _, _ = make_star_field((88, 88), psf={"family": "gaussian", "fwhm": 0.7},
+                                  positions=positions, fluxes=np.full(n, 2e4), sky=100.0,
+                                  gain=1.0, seed=3)
+    image = np.asarray(image, dtype=float)
+    image[80, 8] += 5e3
+    init = QTable({"x": [*positions[0], 8.0], "y": [*positions[1], 80.0]})
+    compact = {}
+    for label, psf in (("none", None), ("given", CircularGaussianPRF(fwhm=0.7))):
+        phot = MLPhotometry(psf_model=psf, aperture_correction=False)
+        with pytest.warns(FlaggedSourcesWarning):
+            tbl = phot(image, init_params=init, gain=1.0)
+        compact[label] = (np.asarray(tbl["flags"]) & F.COMPACT) != 0
+    assert compact["none"][:n].sum() >= n // 2
+    assert not compact["given"][:n].any()
+    assert compact["none"][n] and compact["given"][n]
