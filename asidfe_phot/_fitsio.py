@@ -138,8 +138,20 @@ def read_image(path, hdu=None):
                 for key in _INHERITED_KEYWORDS:
                     if key not in header and key in hdul[0].header:
                         header[key] = (hdul[0].header[key], "from the primary header")
-            data = np.asarray(data, dtype=np.float32).astype("=f4", copy=False)
+            data = _native_float32(data)
     return data, header, index
+
+
+def _native_float32(data):
+    """
+    ``data`` as a native-endian float32 array; FITS's big-endian float32 is swapped in
+    place (the array read is ours), not copied: one image in memory, not two.
+    """
+    if (data.dtype.kind == "f" and data.dtype.itemsize == 4 and not data.dtype.isnative
+            and data.flags.writeable):
+        data.byteswap(inplace=True)
+        return data.view(data.dtype.newbyteorder("="))
+    return np.asarray(data, dtype=np.float32).astype("=f4", copy=False)
 
 
 def header_unit(header):
