@@ -155,3 +155,27 @@ def test_the_galaxy_rich_real_frame_gets_no_wrong_factor(real_data):
     # Before the image-based contamination check, "auto" applied 1.3-1.45 on this field.
     assert 0.97 <= tbl.meta["aperture_correction"] <= 1.06
     assert tbl.meta["aperture_correction_ncontaminated"] > 10
+
+
+def test_local_sky_and_aperture_sums_are_photutils_own():
+    """The annulus statistics and aperture sums without photutils' objects: its numbers."""
+    from astropy.stats import SigmaClip
+    from photutils.aperture import ApertureStats, CircularAnnulus
+
+    rng = np.random.default_rng(5)
+    image = rng.normal(100.0, 5.0, (120, 150)).astype(np.float32)
+    image[rng.integers(0, 120, 40), rng.integers(0, 150, 40)] += 3000.0  # clipped
+    image[rng.integers(0, 120, 10), rng.integers(0, 150, 10)] = np.nan
+    bad = rng.random(image.shape) < 0.01
+    x, y = rng.uniform(-3, 153, 25), rng.uniform(-3, 123, 25)  # some annuli off the image
+    for mask in (bad, None):
+        stats = ApertureStats(image, CircularAnnulus(np.column_stack([x, y]), 8.5, 16.0),
+                              mask=mask, sigma_clip=SigmaClip(sigma=3.0, maxiters=5))
+        median, std = apcorr._local_sky(image, mask, x, y, 8.5, 16.0)
+        np.testing.assert_array_equal(median, np.asarray(stats.median, float))
+        np.testing.assert_array_equal(std, np.asarray(stats.std, float))
+    inside = (x > 20) & (x < 130) & (y > 20) & (y < 100)
+    clean = np.nan_to_num(image)
+    x, y = x[inside], y[inside]
+    sums = [apcorr._aperture_sum(clean, bad, cx, cy, 12.3) for cx, cy in zip(x, y)]
+    np.testing.assert_array_equal(sums, apcorr._growth(clean, bad, x, y, [12.3])[:, 0])

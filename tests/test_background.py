@@ -307,3 +307,29 @@ def test_low_pixels_are_found_without_the_whole_map():
         found = np.zeros(image.shape, bool)
         found[rows, cols] = True
         np.testing.assert_array_equal(found, expected)
+
+
+def test_an_image_without_bad_pixels_gets_no_mask(monkeypatch):
+    """No bad pixel: no whole-image mask is made (a byte a pixel); one NaN: it is found."""
+    import tracemalloc
+
+    from asidfe_phot import _prepare
+    from asidfe_phot._prepare import prepare
+    from asidfe_phot._validation import coerce_data
+
+    image, _ = sky_image(shape=(1024, 1024), seed=12)
+    monkeypatch.setattr(bg, "_BATCH_MESHES", 8)  # small work arrays
+    monkeypatch.setattr(_prepare, "GAIN_SAMPLE", 2**16)
+    with_nan = image.copy()
+    with_nan[700, 3] = np.nan
+    peaks, results = [], []
+    for data in (image, with_nan):
+        coerced = coerce_data(data, None, None, None)
+        tracemalloc.start()
+        results.append(prepare(coerced, None, None, None, 64))
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    (clean, info), (holed, _) = results
+    assert clean.bad is None and "low_bad_pixels" not in info
+    assert np.array_equal(np.argwhere(holed.bad), [[700, 3]])
+    assert peaks[1] - peaks[0] > 0.9 * image.size  # the mask, made only when needed

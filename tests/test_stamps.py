@@ -247,3 +247,14 @@ def test_contract():
     assert c["core_floor"] == _stamps.CORE_FLOOR
     assert len(c["outputs"]) == 2 * len(_stamps.TARGET_NAMES)
     assert len(c["input_channels"]) == _stamps.N_INPUT_CHANNELS
+
+
+def test_noise_scale_is_np_median_of_full_stamps():
+    """The sort-based median of stamps with every pixel valid is np.median's, NaN and all."""
+    rng = np.random.default_rng(3)
+    for size in (32, 5):  # even and odd pixel counts
+        errors = rng.gamma(5.0, 1.0, (200, size, size)).astype(np.float32)
+        errors[3, 1, 1] = np.nan
+        scale = _stamps.noise_scale(errors, np.ones(errors.shape, bool))
+        assert_array_equal(scale, np.median(errors.reshape(200, -1), axis=1))
+        assert np.isnan(scale[3])
