@@ -16,7 +16,7 @@ import numpy as np
 
 from asidfe_phot import _validation
 from asidfe_phot._background import mesh_maps
-from asidfe_phot._stamps import LazyImage
+from asidfe_phot._stamps import LazyImage, gather
 from asidfe_phot._thresholds import LOW_BAD_SIGMA
 from asidfe_phot._validation import gain_value, saturation_value, value_in_unit
 
@@ -124,11 +124,9 @@ class PreparedImage:
         if self._subtracted is not None:
             return self._subtracted[rows[:, :, None], cols[:, None, :]]
         with np.errstate(invalid="ignore", over="ignore"):
-            out = self.raw[rows[:, :, None], cols[:, None, :]] - self.background_map.stamps(
-                rows, cols
-            )
+            out = gather(self.raw, rows, cols) - self.background_map.stamps(rows, cols)
         if self.bad is not None:
-            out[self.bad[rows[:, :, None], cols[:, None, :]]] = 0
+            out[gather(self.bad, rows, cols)] = 0
         return out
 
     def stamp_view(self):

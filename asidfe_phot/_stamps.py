@@ -86,6 +86,33 @@ class LazyImage:
         self.stamps = stamps
 
 
+def gather(image, rows, cols):
+    """
+    ``image[rows[:, :, None], cols[:, None, :]]`` for (n, sy) and (n, sx) pixel indices
+    inside ``image``: blocks of consecutive rows and columns (every stamp not clipped at
+    an edge) are copied whole from a window view, a row of pixels at a time, not pixel by
+    pixel.
+    """
+    image = np.asarray(image)
+    n, sy, sx = rows.shape[0], rows.shape[1], cols.shape[1]
+    if n == 0 or image.ndim != 2:
+        return image[rows[:, :, None], cols[:, None, :]]
+    block = ((rows[:, -1] - rows[:, 0] == sy - 1) & (cols[:, -1] - cols[:, 0] == sx - 1)
+             & np.all(np.diff(rows, axis=1) == 1, axis=1)
+             & np.all(np.diff(cols, axis=1) == 1, axis=1))
+    if not block.any():
+        return image[rows[:, :, None], cols[:, None, :]]
+    windows = np.lib.stride_tricks.sliding_window_view(image, (sy, sx))
+    if block.all():
+        return windows[rows[:, 0], cols[:, 0]]
+    out = np.empty((n, sy, sx), dtype=image.dtype)
+    out[block] = windows[rows[block, 0], cols[block, 0]]
+    if not block.all():
+        rest = ~block
+        out[rest] = image[rows[rest][:, :, None], cols[rest][:, None, :]]
+    return out
+
+
 def cutout_stamps(image, x, y, size=STAMP_SIZE, fill=0.0):
     """
     Cut ``size`` x ``size`` stamps around many positions at once.
@@ -115,7 +142,7 @@ def cutout_stamps(image, x, y, size=STAMP_SIZE, fill=0.0):
     if isinstance(image, LazyImage):
         stamps = image.stamps(rows, cols)
     else:
-        stamps = image[rows[:, :, None], cols[:, None, :]]
+        stamps = gather(image, rows, cols)
     if not inside.all():
         stamps = np.where(inside, stamps, np.asarray(fill, dtype=stamps.dtype))
     return stamps, inside
