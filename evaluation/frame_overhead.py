@@ -20,8 +20,17 @@ them (indented: inside the one above); "network" is onnxruntime's own time, so
 far the call raised the process's peak resident size above what it was with the frame
 loaded and the model session set up (Linux: the peak mark is reset through
 ``/proc/self/clear_refs``), in MB and in units of the frame's own size. The session is
-warmed up and photutils imported first (once-per-process costs). Not a test: numbers
-depend on the machine and on what else runs on it.
+warmed up and photutils imported first (once-per-process costs); ``--repeat 2`` keeps the
+faster of two calls, whose first-call costs (imports on first use, the network's buffers
+growing to a full batch) were paid by the first. Not a test: numbers depend on the machine
+and on what else runs on it.
+
+To measure another checkout of the package (e.g. an older commit in a git worktree), run
+this file by its path, not with ``-m``, with that checkout first on the path::
+
+    PYTHONPATH=/tmp/wt_before python evaluation/frame_overhead.py --cases big
+
+(the report prints the package it measured).
 """
 
 import argparse
