@@ -67,6 +67,13 @@ class _ClipBuffers:
         self.sums[:, :, 0] = 0.0
 
 
+def _finite_count(s):
+    """``np.isfinite(s).sum(axis=1)`` for rows sorted ascending with NaNs last."""
+    n = s.shape[0]
+    return (_count_leading(s, np.full(n, np.inf))
+            - _count_leading(s, np.full(n, -np.inf), inclusive=True))
+
+
 def _clipped_stats(samples, nsigma=3.0, maxiters=4, buffers=None):
     """
     Sigma-clipped mode estimate and std along axis 1; NaN entries are ignored.
@@ -107,7 +114,7 @@ def _clipped_rows(samples, nsigma, maxiters, buffers):
     # ranges of the median (no sky holds a star that bright; an int32 blank value is)
     # are dropped first, and the sums are taken about the median. Ordinary meshes are
     # left exactly as before (the training data were made with them).
-    count = np.isfinite(s).sum(axis=1)
+    count = _finite_count(s)
     rows = np.arange(s.shape[0])
 
     def quantile(q):
@@ -125,7 +132,7 @@ def _clipped_rows(samples, nsigma, maxiters, buffers):
             far = np.abs(s[odd] - centre[odd, None]) > reach[odd, None]
             s[odd] = np.sort(np.where(far, np.nan, s[odd]), axis=1)
     s -= np.where(np.isfinite(centre), centre, 0.0)[:, None]
-    hi = np.isfinite(s).sum(axis=1)
+    hi = _finite_count(s)
     # Cumulative sums (and of squares) with a leading 0, NaNs counted as 0 (and any
     # infinity as the largest float, as nan_to_num).
     cs, cs2 = buffers.sums[0, :m], buffers.sums[1, :m]
