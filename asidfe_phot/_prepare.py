@@ -187,8 +187,9 @@ def prepare(coerced, background, gain, saturation, box_size):
             rms = None
             info["background"] = "user"
         # Pixels without a background value cannot be used (as masked ones).
-        if not np.isfinite(bkg.array).all():
-            bad = _merge(bad, ~np.isfinite(bkg.array))
+        missing = _nonfinite(bkg.array)  # tile by tile: a number given is a broadcast map
+        if missing is not None:
+            bad = _merge(bad, missing)
         if rms is None and error is None:
             _, rms = mesh_maps(image, bad, box_size, offset=bkg.array)
         if bad is not None and bad.all():
