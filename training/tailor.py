@@ -137,6 +137,7 @@ def _stamp_meta(frame, round_id, x, y, det_x, det_y, flux, snr):
 def write_tailored_set(frame, finder, sources, out, config, log=print):
     """Rounds of stars injected into the frame, detected, cut as stamps; returns the index."""
     from asidfe_phot import _ast
+    from asidfe_phot import _thresholds as _t
     from asidfe_phot.artificial_stars import optimal_snr
 
     out = Path(out)
@@ -161,7 +162,13 @@ def write_tailored_set(frame, finder, sources, out, config, log=print):
         subtracted, bad = frame.subtracted_of(image, frame.saturation)
         det_x, det_y = _ast._detections(finder, subtracted, bad)
         index, _ = _ast.match(x, y, det_x, det_y, radius)
-        keep = index >= 0
+        # A star with a saturated or masked pixel in its core is SATURATED/CORE_MASKED at
+        # inference, and its zeroed core cannot give its flux: it would only teach noise.
+        unusable = np.zeros(image.shape, bool) if bad is None else np.asarray(bad, bool)
+        if frame.saturation is not None:
+            unusable = unusable | (image >= frame.saturation)
+        core_bad, _ = _stamps.cutout_stamps(unusable, x, y, 2 * _t.CORE_RADIUS + 1, fill=True)
+        keep = (index >= 0) & ~core_bad.any(axis=(1, 2))
         if not keep.any():
             empty += 1
             continue
