@@ -223,15 +223,22 @@ def _ast_results(data, model, psf_model, n_stars, seed, *, gain, saturation, mas
     return stars, bins
 
 
-def _pred_truth(stars):
-    """Found, unflagged stars as the calibration fitters take them."""
+def _pred_truth(stars, calibrating=False):
+    """
+    Found, unflagged stars as the calibration fitters take them. ``calibrating``: also
+    those flagged only OUTSIDE_TRAINING, a test of the predicted S/N, i.e. of the very
+    sigmas being calibrated.
+    """
+    from asidfe_phot import flags as _flags
     from asidfe_phot.artificial_stars import BAD_FLAGS
+
+    bad_flags = BAD_FLAGS & ~_flags.OUTSIDE_TRAINING if calibrating else BAD_FLAGS
 
     def col(name):
         values = stars[name]
         return np.asarray(getattr(values, "value", values), dtype=float)
 
-    ok = np.asarray(stars["found"]) & ((np.asarray(stars["flags"]) & BAD_FLAGS) == 0)
+    ok = np.asarray(stars["found"]) & ((np.asarray(stars["flags"]) & bad_flags) == 0)
     ok &= np.isfinite(col("flux_err")) & np.isfinite(col("snr_core"))
     pred = {"dx": col("x_fit")[ok], "dy": col("y_fit")[ok], "flux": col("flux_fit")[ok],
             "dx_err": col("x_err")[ok], "dy_err": col("y_err")[ok],
@@ -249,7 +256,7 @@ def _n_bins(pred):
 
 
 def calibrate_on_frame(model_dir, data, config, *, gain, saturation, mask, error,
-                       psf_model="auto", log=print):
+                       psf_model="auto", parent_card=None, log=print):
     """
     The card's flux-bias correction and sigma calibrations, refitted on the frame's own
     artificial stars: the network alone first (bias, then its sigmas), then the PSF mode
@@ -262,7 +269,9 @@ def calibrate_on_frame(model_dir, data, config, *, gain, saturation, mask, error
     common = {"gain": gain, "saturation": saturation, "mask": mask, "error": error,
               "frame_psf": psf_model}
     n, seed = config["calibration_stars"], config["seed"] + 1000
-    parent = json.loads((Path(model_dir) / "config.json").read_text())
+    # The parent's calibrations (``parent_card``; default: those ``model_dir`` holds) stay
+    # where too few artificial stars are good to refit them.
+    parent = parent_card or json.loads((Path(model_dir) / "config.json").read_text())
     keys = ("flux_bias_correction", "sigma_calibration", "sigma_calibration_psf",
             "sigma_calibration_auto")
     inherited = {key: parent.get(key) for key in keys}
@@ -270,7 +279,7 @@ def calibrate_on_frame(model_dir, data, config, *, gain, saturation, mask, error
     update_card(model_dir, dict.fromkeys(keys))
     log("== calibrate: the network alone")
     stars, _ = _ast_results(data, model_dir, None, n, seed, **common)
-    pred, truth = _pred_truth(stars)
+    pred, truth = _pred_truth(stars, calibrating=True)
     if pred["flux"].size >= MIN_CALIBRATION_STARS:
         bias = calibrate_mod.fit_flux_bias(pred["snr_core"], pred["flux"] / truth["flux"],
                                            n_bins=_n_bins(pred))
@@ -284,7 +293,7 @@ def calibrate_on_frame(model_dir, data, config, *, gain, saturation, mask, error
     log("== calibrate: the PSF mode")
     stars, _ = _ast_results(data, model_dir, psf_model, n, seed + 1, sigma_calibration="network",
                             **common)
-    pred, truth = _pred_truth(stars)
+    pred, truth = _pred_truth(stars, calibrating=True)
     if pred["flux"].size >= MIN_CALIBRATION_STARS:
         psf_mode = calibrate_mod.fit_sigma_calibration(pred, truth, n_bins=_n_bins(pred))
         notes["psf_mode"] = (f"refitted on {pred['flux'].size} artificial stars; "
@@ -385,7 +394,8 @@ def tailor(image, out, *, hdu=None, gain=None, saturation=None, psf_model="auto"
     if not (out / "CALIBRATED").exists():
         log("== export")
         export_mod.export(step / "best.pt", model_dir, name, parent_card["version"], card_extra)
-        calibrate_on_frame(model_dir, data, config, psf_model=psf_model, log=log, **common)
+        calibrate_on_frame(model_dir, data, config, psf_model=psf_model, log=log,
+                           parent_card=parent_card, **common)
         (out / "CALIBRATED").touch()
     log("== before and after: artificial stars (a new seed)")
     seed = config["seed"] + 2000
