@@ -199,3 +199,27 @@ def test_int8_graph_offered_only_after_its_parity_check(model_copy):
     int8.write_bytes(int8.read_bytes()[:-10])
     with pytest.raises(ModelError, match="corrupt or was replaced"):
         MLPhotometry(model=model_copy, precision="int8")
+
+
+def test_faster_shipped_model_measures_as_the_default():
+    """v6 (shared trunk) ships verified, measures bright stars as v5 does, and has no int8."""
+    from asidfe_phot.datasets import make_star_field
+
+    card = load_model_card("asidfe_tsmve_v6")
+    assert card["architecture"]["shared_convs"] == 2
+    assert card["int8"]["passed"] is False
+    with pytest.raises(ModelError, match="failed its accuracy-parity check"):
+        MLPhotometry(model="asidfe_tsmve_v6", precision="int8")
+    n = 16
+    ys, xs = np.divmod(np.arange(n), 4)
+    positions = (24.0 + 20 * xs, 24.0 + 20 * ys)
+    image, _, _ = make_star_field((108, 108), positions=positions, fluxes=np.full(n, 5e4),
+                                  sky=100.0, gain=1.0, seed=4)
+    init = QTable({"x": positions[0] + 0.3, "y": positions[1] - 0.2})
+    flux = {}
+    for name in ("asidfe_tsmve_v5", "asidfe_tsmve_v6"):
+        tbl = MLPhotometry(model=name, psf_model=None)(image, init_params=init, gain=1.0)
+        assert f"{tbl.meta['model_name']}_v{tbl.meta['model_version']}" == name
+        flux[name] = np.asarray(tbl["flux_fit"], float)
+        assert np.all(np.abs(flux[name] / 5e4 - 1) < 0.05)
+    assert np.median(np.abs(flux["asidfe_tsmve_v6"] / flux["asidfe_tsmve_v5"] - 1)) < 0.01
