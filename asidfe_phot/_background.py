@@ -11,6 +11,9 @@ or, for `estimate_background`, tile by tile over the whole image; each pixel
 gets the same value whichever way it is asked for.
 """
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from scipy.interpolate import RectBivariateSpline
 from scipy.ndimage import median_filter
@@ -174,6 +177,14 @@ def _clipped_rows(samples, nsigma, maxiters, buffers):
     return np.where(skewed, med, mode), std
 
 
+def _cores():
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def _as_index(idx):
     """``idx`` (increasing) as a slice when it is an arithmetic progression (a view)."""
     if idx.size > 1:
@@ -193,13 +204,15 @@ def _take(array, rows, cols):
     return array[np.ix_(rows, cols)]
 
 
-def mesh_statistics(data, mask=None, box_size=64, filter_size=3, subsample=2, offset=None):
+def mesh_statistics(data, mask=None, box_size=64, filter_size=3, subsample=2, offset=None,
+                    threads=1):
     """
     The sigma-clipped level and rms of each mesh, median filtered.
 
     Parameters as `estimate_background`; ``offset`` (a 2-D array or a broadcast
     one) is subtracted from ``data`` first, as if ``data - offset`` were given,
-    without making that image.
+    without making that image. ``threads``: strips of meshes measured at once
+    (None: one per core); the numbers do not depend on it.
 
     Returns
     -------
@@ -222,36 +235,49 @@ def mesh_statistics(data, mask=None, box_size=64, filter_size=3, subsample=2, of
     rms = np.full(nby * nbx, np.nan)
     good = np.zeros(nby * nbx, dtype=bool)
     strip = max(1, _BATCH_MESHES // nbx)  # mesh rows at a time
-    # Work arrays made once, reused by every strip (fresh large ones cost page faults).
-    block = np.empty((min(strip, nby) * per, nbx * per), dtype=np.float32)
-    meshes_buffer = np.empty((min(strip, nby) * nbx, per * per), dtype=np.float32)
-    buffers = _ClipBuffers(min(strip * nbx, _BATCH_MESHES, nby * nbx), per * per)
-    for i0 in range(0, nby, strip):
-        i1 = min(i0 + strip, nby)
-        rows = (np.arange(i0, i1)[:, None] * box + offsets).ravel()
-        rows = rows[rows < ny]
-        strip_block = block[: (i1 - i0) * per]
-        if rows.size < strip_block.shape[0] or cols.size < nbx * per:
-            strip_block.fill(np.nan)  # the padding beyond the image
-        values = strip_block[: rows.size, : cols.size]
-        np.copyto(values, _take(data, rows, cols), casting="unsafe")
-        if offset is not None:
-            np.subtract(values, _take(offset, rows, cols), out=values, casting="unsafe")
-        bad = ~np.isfinite(values)
-        if mask is not None:
-            bad |= _take(mask, rows, cols)
-        values[bad] = np.nan
-        meshes = meshes_buffer[: (i1 - i0) * nbx]
-        np.copyto(meshes.reshape(i1 - i0, nbx, per, per),
-                  strip_block.reshape(i1 - i0, per, nbx, per).transpose(0, 2, 1, 3))
-        usable = np.isfinite(meshes).sum(axis=1) >= max(10, meshes.shape[1] // 4)
-        done = slice(i0 * nbx, i1 * nbx)
-        good[done] = usable
-        if usable.all():
-            level[done], rms[done] = _clipped_stats(meshes, buffers=buffers)
-        elif usable.any():
-            level[done][usable], rms[done][usable] = _clipped_stats(meshes[usable],
-                                                                    buffers=buffers)
+
+    def measure(starts):
+        """The strips of mesh rows from ``starts`` (each worker its own work arrays)."""
+        # Work arrays made once, reused by every strip (fresh large ones cost page faults).
+        block = np.empty((min(strip, nby) * per, nbx * per), dtype=np.float32)
+        meshes_buffer = np.empty((min(strip, nby) * nbx, per * per), dtype=np.float32)
+        buffers = _ClipBuffers(min(strip * nbx, _BATCH_MESHES, nby * nbx), per * per)
+        for i0 in starts:
+            i1 = min(i0 + strip, nby)
+            rows = (np.arange(i0, i1)[:, None] * box + offsets).ravel()
+            rows = rows[rows < ny]
+            strip_block = block[: (i1 - i0) * per]
+            if rows.size < strip_block.shape[0] or cols.size < nbx * per:
+                strip_block.fill(np.nan)  # the padding beyond the image
+            values = strip_block[: rows.size, : cols.size]
+            np.copyto(values, _take(data, rows, cols), casting="unsafe")
+            if offset is not None:
+                np.subtract(values, _take(offset, rows, cols), out=values, casting="unsafe")
+            bad = ~np.isfinite(values)
+            if mask is not None:
+                bad |= _take(mask, rows, cols)
+            values[bad] = np.nan
+            meshes = meshes_buffer[: (i1 - i0) * nbx]
+            np.copyto(meshes.reshape(i1 - i0, nbx, per, per),
+                      strip_block.reshape(i1 - i0, per, nbx, per).transpose(0, 2, 1, 3))
+            usable = np.isfinite(meshes).sum(axis=1) >= max(10, meshes.shape[1] // 4)
+            done = slice(i0 * nbx, i1 * nbx)
+            good[done] = usable
+            if usable.all():
+                level[done], rms[done] = _clipped_stats(meshes, buffers=buffers)
+            elif usable.any():
+                level[done][usable], rms[done][usable] = _clipped_stats(meshes[usable],
+                                                                        buffers=buffers)
+
+    starts = list(range(0, nby, strip))
+    workers = max(1, min(_cores() if threads is None else int(threads), len(starts)))
+    if workers == 1:
+        measure(starts)
+    else:
+        # numpy's sorts and sums release the GIL: the strips run side by side, each
+        # writing its own meshes.
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(measure, [starts[k::workers] for k in range(workers)]))
     if not good.any():
         msg = "no usable pixels to estimate the background (all masked or non-finite)"
         raise ValueError(msg)
@@ -266,9 +292,11 @@ def mesh_statistics(data, mask=None, box_size=64, filter_size=3, subsample=2, of
     return level, rms, box
 
 
-def mesh_maps(data, mask=None, box_size=64, filter_size=3, subsample=2, offset=None):
+def mesh_maps(data, mask=None, box_size=64, filter_size=3, subsample=2, offset=None,
+              threads=1):
     """The background and background-rms `MeshMap` of ``data`` (see `mesh_statistics`)."""
-    level, rms, box = mesh_statistics(data, mask, box_size, filter_size, subsample, offset)
+    level, rms, box = mesh_statistics(data, mask, box_size, filter_size, subsample, offset,
+                                      threads)
     shape = np.shape(data)
     return MeshMap(level, box, shape), MeshMap(rms, box, shape)
 

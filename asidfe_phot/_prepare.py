@@ -149,12 +149,13 @@ class StampView:
         self.rms = None if rms is None else LazyImage(prepared.shape, rms.stamps)
 
 
-def prepare(coerced, background, gain, saturation, box_size):
+def prepare(coerced, background, gain, saturation, box_size, threads=1):
     """
     The image as stamps are cut from it: background subtracted, bad pixels found, the
     noise model chosen (`PreparedImage`), in internal units; and what to report in meta.
 
-    ``box_size``: mesh size (px) of the 2-D background estimated when none is given.
+    ``box_size``: mesh size (px) of the 2-D background estimated when none is given;
+    ``threads``: its threads (None: one per core; the numbers do not depend on it).
     """
     image, unit, error = coerced.image, coerced.unit, coerced.error
     internal = 1.0 / coerced.scale
@@ -169,7 +170,7 @@ def prepare(coerced, background, gain, saturation, box_size):
         raise ValueError(msg)
     info = {}
     if background is None:
-        bkg, rms = mesh_maps(image, bad, box_size)
+        bkg, rms = mesh_maps(image, bad, box_size, threads=threads)
         info["background"] = f"mesh {box_size} px"
     else:
         if hasattr(background, "background") and hasattr(background, "background_rms"):
@@ -191,7 +192,7 @@ def prepare(coerced, background, gain, saturation, box_size):
         if missing is not None:
             bad = _merge(bad, missing)
         if rms is None and error is None:
-            _, rms = mesh_maps(image, bad, box_size, offset=bkg.array)
+            _, rms = mesh_maps(image, bad, box_size, offset=bkg.array, threads=threads)
         if bad is not None and bad.all():
             msg = "no pixel has both a usable value and a finite background"
             raise ValueError(msg)

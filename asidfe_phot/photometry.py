@@ -121,9 +121,9 @@ class MLPhotometry:
         onnxruntime execution providers. Default: CUDA when onnxruntime-gpu
         and a GPU are present, else CPU.
     threads : int, optional
-        CPU threads of the network (onnxruntime's intra-op threads). Default:
-        all cores. Use 1 when several processes share the machine (one image
-        per process).
+        CPU threads of the network (onnxruntime's intra-op threads) and of the
+        background estimate. Default: all cores. Use 1 when several processes
+        share the machine (one image per process).
     precision : {'fp32', 'int8'}, optional
         The network graph: ``'int8'`` runs the model's statically quantized graph
         (faster on CPU), offered only where its card records that it passed the
@@ -267,6 +267,7 @@ class MLPhotometry:
             self._n_channels, device_id=device_id)
         self.precision = precision
         self.device_id = device_id
+        self.threads = threads
         self.batch_size = int(batch_size)
         self.progress_bar = bool(progress_bar)
         self.finder = finder
@@ -517,7 +518,7 @@ class MLPhotometry:
                 msg = "give init_params (a table of positions) or construct with a finder"
                 raise ValueError(msg)
         prepared, info = prepare(coerced, background, gain, saturation,
-                                 self.background_box_size)
+                                 self.background_box_size, threads=self.threads)
         if init_params is None:
             # The finder's thresholds are in the data's units: it sees the data's values.
             subtracted = (prepared.subtracted if scale == 1 else

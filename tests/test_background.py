@@ -333,3 +333,15 @@ def test_an_image_without_bad_pixels_gets_no_mask(monkeypatch):
     assert clean.bad is None and "low_bad_pixels" not in info
     assert np.array_equal(np.argwhere(holed.bad), [[700, 3]])
     assert peaks[1] - peaks[0] > 0.9 * image.size  # the mask, made only when needed
+
+
+def test_threads_do_not_change_the_numbers(monkeypatch):
+    """Strips measured side by side give the meshes' numbers bit for bit."""
+    monkeypatch.setattr(bg, "_BATCH_MESHES", 16)  # several strips of mesh rows
+    image, _ = sky_image(shape=(300, 520), seed=13)
+    image[40:90, 100:130] = np.nan
+    one = bg.mesh_statistics(image, box_size=32, threads=1)
+    for threads in (3, None):
+        many = bg.mesh_statistics(image, box_size=32, threads=threads)
+        np.testing.assert_array_equal(many[0], one[0])
+        np.testing.assert_array_equal(many[1], one[1])
