@@ -47,8 +47,8 @@ from pathlib import Path
 from asidfe_phot import cli as _cli
 from asidfe_phot._cli_inputs import CLIError as _CLIError
 
-__all__ = ["measure_many", "measure_many_delayed", "write_combined", "FrameResult",
-           "BatchResult", "COMBINED_NAME", "OPTIONS"]
+__all__ = ["measure_many", "measure_many_delayed", "write_combined", "local_cluster",
+           "FrameResult", "BatchResult", "COMBINED_NAME", "OPTIONS"]
 
 #: Stem of the combined table (``asidfe_batch.fits``) and of its manifest.
 COMBINED_NAME = "asidfe_batch"
@@ -57,6 +57,7 @@ COMBINED_NAME = "asidfe_batch"
 OPTIONS = ("hdu", "fwhm", "threshold", "gain", "saturation", "aperture_correction", "psf",
            "model", "batch_size", "providers", "precision")
 _INSTALL = 'pip install "asidfe_phot[batch]"'
+_HTTP_ADDRESS = "127.0.0.1:0"
 #: Version of the content hash: bump it when what the hash covers changes.
 _HASH_VERSION = "asidfe-batch-2"
 
@@ -496,8 +497,8 @@ def measure_many(frames, out_dir, *, catalogs=None, find=False, options=None, cl
         command takes (lists for ``hdu`` and ``providers``; booleans for
         ``aperture_correction`` mean on and off).
     client : ``distributed.Client``, optional
-        The cluster to run on. Default: a ``distributed.LocalCluster`` of
-        ``workers`` processes with one thread each, closed at the end.
+        The cluster to run on. Default: `local_cluster` (``workers`` processes
+        with one thread each), closed at the end.
     workers : int, optional
         Worker processes of the default cluster (default: one per core); not
         with ``client``.
@@ -525,7 +526,7 @@ def measure_many(frames, out_dir, *, catalogs=None, find=False, options=None, cl
         is an input, an unknown option or model, both ``workers`` and ``client``).
     """
     _require_dask()
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, as_completed
 
     from asidfe_phot._progress import Progress
 
@@ -539,8 +540,7 @@ def measure_many(frames, out_dir, *, catalogs=None, find=False, options=None, cl
     tasks = _delayed(specs)
     own = []
     if client is None:
-        cluster = LocalCluster(n_workers=int(workers or _cores()), threads_per_worker=1,
-                               processes=True, dashboard_address=None)
+        cluster = local_cluster(workers)
         client = Client(cluster)
         own = [client, cluster]
     start = time.perf_counter()
@@ -580,6 +580,43 @@ def measure_many(frames, out_dir, *, catalogs=None, find=False, options=None, cl
         batch.combined_error = f"{type(exc).__name__}: {exc}"
     batch.seconds = time.perf_counter() - start
     return batch
+
+
+def local_cluster(workers=None):
+    """
+    The local Dask cluster `measure_many` starts when given no client.
+
+    ``workers`` single-threaded worker processes (default: one per core), the
+    scheduler's HTTP server (dashboard, if bokeh is installed) on a free port of
+    127.0.0.1. Unlike Dask's default, its workers keep glibc's own
+    ``MALLOC_TRIM_THRESHOLD_``: Dask's nanny sets it to 64 KiB, which makes every
+    freed large array go back to the system and the next one be faulted in
+    afresh; the frames measured about 20 % slower than with the single-image
+    command (``evaluation.batch_benchmark``). Dask's one thread for OpenMP and
+    the BLAS libraries stays.
+
+    Parameters
+    ----------
+    workers : int, optional
+
+    Returns
+    -------
+    ``distributed.LocalCluster``
+        Close it (or use it in a ``with`` block) when done.
+    """
+    _require_dask()
+    import dask
+    from distributed import LocalCluster
+
+    if workers is not None and (int(workers) != workers or workers < 1):
+        msg = f"workers must be a positive integer, got {workers!r}"
+        raise _BatchInputError(msg)
+    # None drops the variable from what the nanny sets before it spawns a worker.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        # The scheduler's HTTP server on a free local port: Dask's default, 8787, is
+        # taken by any other cluster running on the machine (a warning).
+        return LocalCluster(n_workers=int(workers or _cores()), threads_per_worker=1,
+                            processes=True, dashboard_address=_HTTP_ADDRESS)
 
 
 def _cores():

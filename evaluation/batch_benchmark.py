@@ -12,10 +12,11 @@ catalogues, then measures them:
 
 * one after the other in this process with the single-image command
   (``asidfe-phot FRAME --catalog CAT --threads 1``), the reference without Dask;
-* with ``measure_many`` on a ``distributed.LocalCluster`` of N single-threaded
-  worker processes, for each N of ``--workers`` (a fresh cluster and output folder
-  each time, so every frame is measured; the cluster's start is timed apart, and
-  each worker has imported the package before the clock starts);
+* with ``measure_many`` on ``asidfe_phot.batch.local_cluster(N)`` (the cluster it
+  starts by default: N single-threaded worker processes), for each N of
+  ``--workers`` (a fresh cluster and output folder each time, so every frame is
+  measured; the cluster's start is timed apart, and each worker has imported the
+  package before the clock starts);
 * ``--memory-sweep SIZE``: one SIZE x SIZE frame with 1,000 sources and one with
   10,000 (same sky, seed and PSF), each with ``measure_many`` on a fresh one-worker
   cluster, with the default PSF fit and with the network alone (``--psf none``):
@@ -47,6 +48,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The environment as the benchmark was started: Dask's nanny writes its worker settings
+#: (one OpenMP thread, ...) into this process's os.environ, which a subprocess would inherit.
+_START_ENV = dict(os.environ)
 
 
 def _write_frames(folder, n_frames, size, n_sources, seed=0):
@@ -117,14 +121,14 @@ def _on_cluster(frames, out, workers, options=None):
     ``measure_many`` on a fresh LocalCluster: (start-up s, batch s, sources, result,
     the largest peak resident memory of a worker process in MB, or None).
     """
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    from asidfe_phot.batch import measure_many
+    from asidfe_phot.batch import local_cluster, measure_many
 
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    # The cluster measure_many starts by default (its settings), started here to time apart.
+    with local_cluster(workers) as cluster, Client(cluster) as client:
         client.run(_warm_up)
         startup = time.perf_counter() - start
         result = measure_many(frames, out, catalogs="{parent}/{stem}.ecsv", client=client,
@@ -171,7 +175,7 @@ def _single_process(frame, out, threads):
     if timer.exists():
         command = [str(timer), "-f", "%M", "-o", str(report), *command]
     start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=_START_ENV)
     seconds = time.perf_counter() - start
     peak = int(report.read_text().split()[-1]) / 1024.0 if timer.exists() else None
     return seconds, len(QTable.read(table)), peak
