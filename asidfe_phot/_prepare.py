@@ -12,10 +12,12 @@ what reads them whole (an automatic ePSF, a finder, a local-background estimator
 float32 image is not copied.
 """
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from asidfe_phot import _validation
-from asidfe_phot._background import mesh_maps
+from asidfe_phot._background import _cores, mesh_maps
 from asidfe_phot._stamps import LazyImage, gather
 from asidfe_phot._thresholds import LOW_BAD_SIGMA
 from asidfe_phot._validation import gain_value, saturation_value, value_in_unit
@@ -160,7 +162,7 @@ def prepare(coerced, background, gain, saturation, box_size, threads=1):
     image, unit, error = coerced.image, coerced.unit, coerced.error
     internal = 1.0 / coerced.scale
     # The bad pixels; None while there are none (no whole-image mask is made then).
-    bad = _nonfinite(image)
+    bad = _nonfinite(image, threads)
     if coerced.mask is not None:
         bad = _merge(bad, coerced.mask)
     if error is not None:
@@ -206,7 +208,7 @@ def prepare(coerced, background, gain, saturation, box_size, threads=1):
         with np.errstate(invalid="ignore"):
             sample = sample[np.isfinite(sample) & (sample > 0)]
     typical = float(np.median(sample, overwrite_input=True)) if sample.size else np.inf
-    low_rows, low_cols = _low_pixels(image, bkg, bad, -LOW_BAD_SIGMA * typical)
+    low_rows, low_cols = _low_pixels(image, bkg, bad, -LOW_BAD_SIGMA * typical, threads)
     if low_rows.size:
         if bad is None:
             bad = np.zeros(image.shape, dtype=bool)
@@ -237,17 +239,22 @@ def prepare(coerced, background, gain, saturation, box_size, threads=1):
     return prepared, info
 
 
-def _nonfinite(image):
-    """The non-finite pixels of ``image`` (a bool image), or None when there are none."""
+def _nonfinite(image, threads=1):
+    """
+    The non-finite pixels of ``image`` (a bool image), or None when there are none (tiles of
+    rows checked on ``threads``, see `_tiles`).
+    """
+    def finite(start):
+        return bool(np.isfinite(image[start : start + TILE_ROWS]).all())
+
     bad = None
-    finite = np.empty((min(TILE_ROWS, image.shape[0]), image.shape[1]), dtype=bool)
-    for start in range(0, image.shape[0], TILE_ROWS):
-        tile = image[start : start + TILE_ROWS]
-        ok = np.isfinite(tile, out=finite[: tile.shape[0]])
-        if not ok.all():
+    for start, ok in zip(range(0, image.shape[0], TILE_ROWS),
+                         _tiles(finite, image.shape[0], threads), strict=True):
+        if not ok:
             if bad is None:
                 bad = np.zeros(image.shape, dtype=bool)
-            np.logical_not(ok, out=bad[start : start + tile.shape[0]])
+            np.logical_not(np.isfinite(image[start : start + TILE_ROWS]),
+                           out=bad[start : start + TILE_ROWS])
     return bad
 
 
@@ -285,17 +292,18 @@ def _sample(values, step, keep):
     return out
 
 
-def _low_pixels(image, bkg, bad, threshold):
+def _low_pixels(image, bkg, bad, threshold, threads=1):
     """
     The pixels (rows, cols), not bad, where ``image`` less the background ``bkg`` (float32,
     as the subtracted image) lies below ``threshold``. A mesh background is evaluated only
     where the image lies below its bound there (`MeshMap.upper_bound`): a handful of
-    pixels, not the image.
+    pixels, not the image. Tiles of rows are scanned on ``threads`` (see `_tiles`).
     """
-    found_rows, found_cols = [np.zeros(0, dtype=np.intp)], [np.zeros(0, dtype=np.intp)]
+    none = np.zeros(0, dtype=np.intp)
     if not threshold > -np.inf:
-        return found_rows[0], found_cols[0]
-    for start in range(0, image.shape[0], TILE_ROWS):
+        return none, none
+
+    def scan(start):
         stop = min(start + TILE_ROWS, image.shape[0])
         tile = image[start:stop]
         with np.errstate(invalid="ignore", over="ignore"):
@@ -306,7 +314,7 @@ def _low_pixels(image, bkg, bad, threshold):
                 # A margin for the rounding of the map's values and of the comparison.
                 low = tile < bound + threshold + 1e-5 * (np.abs(bound) + abs(threshold))
         if not low.any():
-            continue
+            return None
         if bad is not None:
             low &= ~bad[start:stop]
         rows, cols = np.nonzero(low)
@@ -314,9 +322,26 @@ def _low_pixels(image, bkg, bad, threshold):
             with np.errstate(invalid="ignore", over="ignore"):
                 keep = (tile[rows, cols] - bkg.at(rows + start, cols)) < threshold
             rows, cols = rows[keep], cols[keep]
-        found_rows.append(rows + start)
-        found_cols.append(cols)
-    return np.concatenate(found_rows), np.concatenate(found_cols)
+        return rows + start, cols
+
+    found = [part for part in _tiles(scan, image.shape[0], threads) if part is not None]
+    if not found:
+        return none, none
+    return np.concatenate([r for r, _ in found]), np.concatenate([c for _, c in found])
+
+
+def _tiles(work, rows, threads):
+    """
+    ``[work(start) for start in range(0, rows, TILE_ROWS)]``, on ``threads`` threads (None:
+    one per core) where there is more than one tile: numpy's passes over a tile release
+    the GIL, and the results do not depend on the order.
+    """
+    starts = range(0, rows, TILE_ROWS)
+    workers = max(1, min(_cores() if threads is None else int(threads), len(starts)))
+    if workers == 1:
+        return [work(start) for start in starts]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(work, starts))
 
 
 def background_map(value, unit, shape, exponent, name="background"):

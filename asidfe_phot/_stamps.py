@@ -302,8 +302,9 @@ def encode_inputs(data_stamps, error_stamps, valid, scale=None, psf_stamps=None,
         np.divide(data_stamps, u / INPUT_GAIN, out=inputs[:, 0], casting="unsafe")
         np.maximum(error_stamps, s * _MIN_RELATIVE_ERROR, out=inputs[:, 1], casting="unsafe")
         if not valid.all():
-            inputs[:, 0][~valid] = 0.0
-            inputs[:, 1] = np.where(valid, inputs[:, 1], s)
+            invalid = ~valid
+            np.copyto(inputs[:, 0], 0.0, where=invalid)
+            np.copyto(inputs[:, 1], np.broadcast_to(s, invalid.shape), where=invalid)
         np.divide(inputs[:, 1], u, out=inputs[:, 1])
     np.arcsinh(inputs[:, 0], out=inputs[:, 0])
     np.log(inputs[:, 1], out=inputs[:, 1])

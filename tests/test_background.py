@@ -336,12 +336,19 @@ def test_an_image_without_bad_pixels_gets_no_mask(monkeypatch):
 
 
 def test_threads_do_not_change_the_numbers(monkeypatch):
-    """Strips measured side by side give the meshes' numbers bit for bit."""
+    """Strips and tiles measured side by side give the same numbers, bit for bit."""
     monkeypatch.setattr(bg, "_BATCH_MESHES", 16)  # several strips of mesh rows
     image, _ = sky_image(shape=(300, 520), seed=13)
     image[40:90, 100:130] = np.nan
+    from asidfe_phot._prepare import _low_pixels, _nonfinite
+
     one = bg.mesh_statistics(image, box_size=32, threads=1)
+    background, _ = bg.mesh_maps(image, None, 32)
+    low = _low_pixels(image, background, None, -5.0, threads=1)
+    assert 0 < low[0].size < image.size / 2
     for threads in (3, None):
         many = bg.mesh_statistics(image, box_size=32, threads=threads)
         np.testing.assert_array_equal(many[0], one[0])
         np.testing.assert_array_equal(many[1], one[1])
+        np.testing.assert_array_equal(_low_pixels(image, background, None, -5.0, threads), low)
+        np.testing.assert_array_equal(_nonfinite(image, threads), ~np.isfinite(image))
