@@ -19,8 +19,9 @@ catalogues, then measures them:
   package before the clock starts);
 * ``--memory-sweep SIZE``: one SIZE x SIZE frame with 1,000 sources and one with
   10,000 (same sky, seed and PSF), each with ``measure_many`` on a fresh one-worker
-  cluster, with the default PSF fit and with the network alone (``--psf none``):
-  the worker's peak memory as the sources grow 10x;
+  cluster, with the default PSF fit and with the network alone (``--psf none``),
+  in batches of the default size and of 256 stamps: the worker's peak memory as
+  the sources grow 10x;
 * ``--survey-frame``: one survey-sized frame (10,560 x 10,560 px, 10,000 sources,
   as MeerLICHT's) end to end, with ``measure_many`` on one worker (one frame is one
   task, on one core) and with the single-image command ``--threads 2`` in its own
@@ -145,7 +146,7 @@ def _on_cluster(frames, out, workers, options=None):
 def _row(label, workers, n_frames, sources, seconds, per_frame, peak=None):
     per_hour = 3600.0 * n_frames / seconds
     peak = f"{peak:,.0f}" if peak is not None else "-"
-    return (f"| {label:<34} | {workers:>7} | {n_frames:>6} | {sources:>8} | {seconds:>8.1f} | "
+    return (f"| {label:<40} | {workers:>7} | {n_frames:>6} | {sources:>8} | {seconds:>8.1f} | "
             f"{n_frames / seconds:>8.3f} | {sources / seconds:>9,.0f} | "
             f"{per_hour / workers:>15,.0f} | {per_frame:>11.2f} | {peak:>14} |")
 
@@ -182,8 +183,8 @@ def _single_process(frame, out, threads):
 
 
 def _table(rows):
-    header = ("| run                                | workers | frames |  sources |   wall s | "
-              "frames/s | sources/s | frames/h/worker | s/frame med | worker peak MB |")
+    header = (f"| {'run':<40} | workers | frames |  sources |   wall s | frames/s | sources/s | "
+              "frames/h/worker | s/frame med | worker peak MB |")
     lines = [header, "|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|"]
     return "\n".join([*lines, *rows])
 
@@ -226,16 +227,21 @@ def main(argv=None):
         rows.append(_row("measure_many (LocalCluster)", workers, args.n_frames, sources,
                          seconds, _median_frame_seconds(result), peak))
     if args.memory_sweep:
-        # With the default PSF fit, and the network alone (--psf none).
-        for psf, n in ((None, 1000), (None, 10000), ("none", 1000), ("none", 10000)):
-            sweep = _write_frames(scratch / f"frames_{args.memory_sweep}_{n}", 1,
-                                  args.memory_sweep, n)
-            startup, seconds, sources, result, peak = _on_cluster(
-                sweep, scratch / f"batch_sweep_{n}_{psf}", 1, options={"psf": psf})
-            startups[f"{args.memory_sweep}^2/{n}/psf {psf or 'auto'}"] = startup
-            label = f"{args.memory_sweep:,}^2, {n:,} src" + (", --psf none" if psf else "")
-            rows.append(_row(label, 1, 1, sources, seconds, _median_frame_seconds(result),
-                             peak))
+        # With the default PSF fit; the network alone (--psf none), in batches of the
+        # default 2,048 stamps and of 256 (1,000 sources are one batch of 1,000 at the
+        # default: the stamps' working set grows up to --batch-size, then stays).
+        for psf, batch_size in ((None, None), ("none", None), ("none", 256)):
+            for n in (1000, 10000):
+                sweep = _write_frames(scratch / f"frames_{args.memory_sweep}_{n}", 1,
+                                      args.memory_sweep, n)
+                startup, seconds, sources, result, peak = _on_cluster(
+                    sweep, scratch / f"batch_sweep_{n}_{psf}_{batch_size}", 1,
+                    options={"psf": psf, "batch_size": batch_size})
+                label = (f"{args.memory_sweep:,}^2, {n:,} src" + (", psf none" if psf else "")
+                         + (f", batch {batch_size}" if batch_size else ""))
+                startups[label] = startup
+                rows.append(_row(label, 1, 1, sources, seconds,
+                                 _median_frame_seconds(result), peak))
     if args.survey_frame:
         big = _write_frames(scratch / "frames_10560_10000", 1, 10560, 10000)
         startup, seconds, sources, result, peak = _on_cluster(big, scratch / "batch_survey", 1)
