@@ -232,3 +232,40 @@ def test_local_cluster_workers_keep_glibc_malloc_trimming(monkeypatch):
     assert env.get("OMP_NUM_THREADS") == "1"
     with pytest.raises(ValueError, match="positive integer"):
         batch.local_cluster(0)
+
+
+def test_a_crashed_worker_loses_no_finished_result(frames, tmp_path):
+    # The worker process dies (os._exit) on f1 once: the nanny starts a fresh one, which
+    # measures f1 again. A frame finished before the crash is not measured again, even
+    # when Dask reruns its task (its result was still in the dead worker): "skipped".
+    def crash_on_f1():
+        import os
+
+        from asidfe_phot import batch as worker_batch
+
+        measure = worker_batch._run_single
+
+        def run_single(spec):
+            if spec.key == "f1":
+                os._exit(1)
+            return measure(spec)
+
+        worker_batch._run_single = run_single
+
+    out = tmp_path / "out"
+    pattern = str(tmp_path / "frames" / "{stem}.ecsv")
+    with batch.local_cluster(1) as cluster, distributed.Client(cluster) as client:
+        client.run(crash_on_f1)
+        worker = set(client.scheduler_info()["workers"])
+        result = batch.measure_many(frames, out, catalogs=pattern, client=client,
+                                    progress=False)
+        assert set(client.scheduler_info()["workers"]) != worker     # it did crash
+        assert result.ok, [r.error for r in result.failed]
+        assert result.frames[1].status == "done"
+        assert {r.status for r in result.frames} <= {"done", "skipped"}
+        before = _snapshot(out)
+        again = batch.measure_many(frames, out, catalogs=pattern, client=client,
+                                   progress=False)
+    assert [r.status for r in again.frames] == ["skipped"] * 3
+    assert _snapshot(out) == before
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
