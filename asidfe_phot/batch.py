@@ -2,8 +2,8 @@
 Many frames on Dask: each frame measured as ``asidfe-phot FRAME`` measures it.
 
 `measure_many` measures a list of FITS frames on a Dask ``distributed`` cluster
-(a ``LocalCluster`` of one single-threaded worker process per core by default,
-or the user's ``distributed.Client``) and writes, in one output folder:
+(`local_cluster`, one single-threaded worker process per core, by default, or
+the user's ``distributed.Client``) and writes, in one output folder:
 
 * ``<stem>.ecsv`` per frame: the table the single-image command
   ``asidfe-phot FRAME --catalog CAT [options] --threads 1`` writes (the same
