@@ -15,7 +15,8 @@ auto`` adds the default PSF mode (an ePSF built from the frame, then a PSF fit p
 source), whose costs are per source rather than per frame.
 
 Phases are inclusive wall times of the package's internal functions, timed by wrapping
-them (indented: inside the one above); "network" is onnxruntime's own time, so
+them (indented: inside the one above; a phase run on several threads is their sum, which
+can exceed the phase above it); "network" is onnxruntime's own time, so
 "network share" is the fraction of the call the network takes. "added" peak memory is how
 far the call raised the process's peak resident size above what it was with the frame
 loaded and the model session set up (Linux: the peak mark is reset through
@@ -57,7 +58,7 @@ PHASES = (
     ("asidfe_phot.photometry", "prepare", "prepare (background, bad pixels, gain)", 0),
     ("asidfe_phot._prepare", "estimate_background", "mesh background", 1),
     ("asidfe_phot._prepare", "mesh_maps", "mesh background", 1),
-    ("asidfe_phot._background", "_clipped_stats", "sigma clipping", 2),
+    ("asidfe_phot._background", "_clipped_stats", "sigma clipping (all threads)", 2),
     ("asidfe_phot._background", "_interpolate_mesh", "interpolation to every pixel", 2),
     ("asidfe_phot._photutils_api", "source_inputs", "source inputs (local bkg, groups)", 0),
     ("asidfe_phot._psf_mode", "psf_sampler", "PSF model (auto ePSF)", 0),
