@@ -2,10 +2,11 @@
 End-to-end speed and peak memory of MLPhotometry against classical photometry, in the same run.
 
     python -m evaluation.speed [--size 4096] [--n-sources 50000] [--psf-subset 1000]
-                               [--methods network,ml,ml_bkg,aperture,psf,sep,sex]
+                               [--methods network,ml,ml_nopsf,ml_bkg,aperture,psf,sep,sex]
 
 Prints sources/second and peak memory for: the network alone (onnxruntime on
-ready stamps, the ceiling), MLPhotometry end to end (image + table -> QTable,
+ready stamps, the ceiling), MLPhotometry end to end with the default psf_model="auto" and
+with psf_model=None (image + table -> QTable,
 background estimation included) and with the background given, photutils
 ``aperture_photometry``, photutils ``PSFPhotometry`` (on a subset, rate
 extrapolated: it is too slow for all sources), sep (SourceExtractor as a
@@ -42,10 +43,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Method keys, in print order.
-METHODS = ("network", "ml", "ml_bkg", "aperture", "psf", "sep", "sep_auto", "sex")
+METHODS = ("network", "ml", "ml_nopsf", "ml_bkg", "aperture", "psf", "sep", "sep_auto", "sex")
 NAMES = {
     "network": "network alone (onnxruntime, ceiling)",
-    "ml": "MLPhotometry end to end",
+    "ml": "MLPhotometry end to end (psf auto)",
+    "ml_nopsf": "MLPhotometry, psf_model=None",
     "ml_bkg": "MLPhotometry, background given",
     "aperture": "photutils aperture_photometry",
     "psf": "photutils PSFPhotometry ({m} sources)",
@@ -54,7 +56,7 @@ NAMES = {
     "sex": "SourceExtractor binary (AUTO, WIN)",
 }
 #: sep_auto comes out of the sep worker.
-_WORKERS = ("network", "ml", "ml_bkg", "aperture", "psf", "sep", "sex")
+_WORKERS = ("network", "ml", "ml_nopsf", "ml_bkg", "aperture", "psf", "sep", "sex")
 
 
 def _bare_session():
@@ -147,10 +149,12 @@ def worker(method, inputs, batch_size, repeat, psf_subset):
     n = x.size
     gain = 2.0
     extra = {}
-    if method in ("network", "ml", "ml_bkg"):
+    if method in ("network", "ml", "ml_nopsf", "ml_bkg"):
         from asidfe_phot import MLPhotometry, _stamps
 
-        phot = MLPhotometry(batch_size=batch_size)
+        # The default psf_model="auto" (ePSF + PSF fit), except ml_nopsf: the network alone.
+        phot = MLPhotometry(batch_size=batch_size,
+                            psf_model=None if method == "ml_nopsf" else "auto")
         init = Table({"x": x, "y": y})
         if method == "network":
             session, channels = _bare_session()
