@@ -40,11 +40,16 @@ def psf_sampler(psf_model, prepared):
     if psf_model is None:
         return None, {"psf_model": None, "psf_used": False}
     if isinstance(psf_model, str):  # "auto"
+        saturation = None
+        if prepared.saturation is not None:
+            # The saturation level above the median background; the difference image is
+            # a temporary, so the median may sort it in place (no second whole-image copy).
+            level = prepared.raw - prepared.subtracted
+            saturation = prepared.saturation - float(np.median(level, overwrite_input=True))
+            del level
         noise = prepared.error if prepared.error is not None else prepared.rms
         model, info = _psf.build_epsf(prepared.subtracted, noise, prepared.bad,
-                                      saturation=None if prepared.saturation is None
-                                      else prepared.saturation - float(
-                                          np.median(prepared.raw - prepared.subtracted)),
+                                      saturation=saturation,
                                       quiet=psf_model is _psf.DEFAULT_PSF_MODEL)
         if model is None:
             return None, {**info, "psf_used": False}
