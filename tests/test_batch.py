@@ -7,7 +7,7 @@ import pytest
 from astropy.io import fits
 from astropy.table import QTable
 
-from asidfe_phot import batch, cli
+from asidfe_phot import _batch_plan, batch, cli
 from asidfe_phot.datasets import make_test_image
 
 distributed = pytest.importorskip("distributed")
@@ -147,14 +147,14 @@ def test_clashing_stems_do_not_overwrite_each_other(tmp_path, client):
                                 progress=False)
     assert result.ok
     keys = [r.key for r in result.frames]
-    assert keys == [f"x-{batch._path_digest(a)}", f"x-{batch._path_digest(b)}",
-                    f"asidfe_batch-{batch._path_digest(c)}"]
+    assert keys == [f"x-{_batch_plan._path_digest(a)}", f"x-{_batch_plan._path_digest(b)}",
+                    f"asidfe_batch-{_batch_plan._path_digest(c)}"]
     assert len(set(keys)) == 3
     for frame, key in zip((a, b, c), keys):
         assert QTable.read(out / f"{key}.ecsv").meta["image"] == str(frame)
     # Deterministic: the same frames get the same names, in any order.
-    assert batch._keys([str(b), str(a), str(c)]) == [keys[1], keys[0], keys[2]]
-    assert batch._keys(["x.fits", "y.fits.fz", "z.fits"]) == ["x", "y", "z"]
+    assert _batch_plan._keys([str(b), str(a), str(c)]) == [keys[1], keys[0], keys[2]]
+    assert _batch_plan._keys(["x.fits", "y.fits.fz", "z.fits"]) == ["x", "y", "z"]
 
 
 def test_delayed_tasks(frames, tmp_path, client):
