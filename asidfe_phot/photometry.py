@@ -317,6 +317,14 @@ class MLPhotometry:
         """The onnxruntime providers in use."""
         return self._session.get_providers()
 
+    @property
+    def session(self):
+        """
+        The onnxruntime ``InferenceSession`` that runs the network (read-only): its raw
+        outputs on ready stamps, e.g. to benchmark the network alone.
+        """
+        return self._session
+
     def __repr__(self):
         return (f"<MLPhotometry(model={self._card['name']}_v{self._card['version']}, "
                 f"precision={self.precision}, batch_size={self.batch_size}, "

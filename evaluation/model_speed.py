@@ -49,9 +49,9 @@ def worker(spec, inputs, what, batch_size, chunk):
         ready = np.random.default_rng(0).normal(
             0, 1, (4 * batch_size, channels, _stamps.STAMP_SIZE, _stamps.STAMP_SIZE)
         ).astype(np.float32)
-        _onnx.run(phot._session, ready[:chunk])
+        _onnx.run(phot.session, ready[:chunk])
         t0 = time.perf_counter()
-        _onnx.run(phot._session, ready)
+        _onnx.run(phot.session, ready)
         return {"rate": len(ready) / (time.perf_counter() - t0)}
     d = np.load(inputs)
     init = Table({"x": d["x"], "y": d["y"]})

@@ -223,3 +223,11 @@ def test_faster_shipped_model_measures_as_the_default():
         flux[name] = np.asarray(tbl["flux_fit"], float)
         assert np.all(np.abs(flux[name] / 5e4 - 1) < 0.05)
     assert np.median(np.abs(flux["asidfe_tsmve_v6"] / flux["asidfe_tsmve_v5"] - 1)) < 0.01
+
+
+def test_session_is_the_network_of_the_measurements():
+    """MLPhotometry.session runs the network the measurements use (read-only)."""
+    phot = MLPhotometry(psf_model=None)
+    assert phot.session.get_providers() == phot.providers
+    with pytest.raises(AttributeError):
+        phot.session = None
