@@ -53,6 +53,39 @@ def _half_flux_radius(stamps, radius, fraction=0.5):
     return prev_edge + t * (edges[k] - prev_edge)
 
 
+#: Image rows per strip of the peak search (a strip's S/N and its maximum filter).
+_STRIP_ROWS = 512
+
+
+def _snr_peaks(data, error, bad, min_snr):
+    """
+    Local maxima (5x5) of the S/N ``data / error`` at or above ``min_snr`` (bad, non-finite
+    or zero-error pixels: 0), found strip by strip: no whole-image temporaries. ``error``
+    is an array or a map with ``block(start, stop)`` (rows, every column).
+    """
+    ny = data.shape[0]
+    found_y, found_x, found_snr = [], [], []
+    for start in range(0, ny, _STRIP_ROWS):
+        stop = min(start + _STRIP_ROWS, ny)
+        # Two rows either side: the 5x5 maximum filter sees what it would on the whole image.
+        lo, hi = max(start - 2, 0), min(stop + 2, ny)
+        block = (error.block(lo, hi) if hasattr(error, "block")
+                 else error if np.ndim(error) == 0 else error[lo:hi])
+        strip = data[lo:hi]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            snr = np.where(np.isfinite(strip) & (block > 0), strip / block, 0.0)
+        if bad is not None:
+            snr = np.where(bad[lo:hi], 0.0, snr)
+        peaks = (snr >= min_snr) & (snr == ndimage.maximum_filter(snr, size=5, mode="constant"))
+        peaks[:start - lo] = False
+        peaks[stop - lo:] = False
+        py, px = np.nonzero(peaks)
+        found_y.append(py + lo)
+        found_x.append(px)
+        found_snr.append(snr[py, px])
+    return np.concatenate(found_y), np.concatenate(found_x), np.concatenate(found_snr)
+
+
 def select_psf_stars(data, error, bad=None, *, saturation=None, max_stars=80, min_snr=30.0):
     """
     Bright, unsaturated, isolated point sources of an image, chosen on the image.
@@ -73,13 +106,8 @@ def select_psf_stars(data, error, bad=None, *, saturation=None, max_stars=80, mi
     ``n_locus``.
     """
     ny, nx = data.shape
-    with np.errstate(invalid="ignore", divide="ignore"):
-        snr = np.where(np.isfinite(data) & (error > 0), data / error, 0.0)
-    if bad is not None:
-        snr = np.where(bad, 0.0, snr)
-    peaks = (snr >= min_snr) & (snr == ndimage.maximum_filter(snr, size=5, mode="constant"))
-    py, px = np.nonzero(peaks)
-    order = np.argsort(-snr[py, px])[:3000]
+    py, px, peak_snr = _snr_peaks(data, error, bad, min_snr)
+    order = np.argsort(-peak_snr)[:3000]
     py, px = py[order], px[order]
     info = {"n_candidates": int(px.size), "n_locus": 0, "hfr": np.nan}
     if px.size == 0:

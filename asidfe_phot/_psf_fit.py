@@ -34,14 +34,15 @@ def paint_half_size(fwhm):
     return int(np.clip(np.ceil(4 * fwhm), 3, 16))
 
 
-def model_image(shape, sampler, x, y, flux, half=None):
+def model_image(shape, sampler, x, y, flux, half=None, pixels=None):
     """
     Image of sources ``x, y, flux`` rendered with the PSF (pixels beyond ``half`` px: 0;
-    ``half`` an int or a pair ``(hy, hx)``).
+    ``half`` an int or a pair ``(hy, hx)``). With ``pixels`` (sorted flat indices into
+    ``shape``): the image at those pixels only (1-D), never made whole.
     """
     half = paint_half_size(sampler.fwhm) if half is None else half
     return _paint(shape, x, y, flux, half,
-                  lambda xs, ys, x0, y0, size: sampler.render(xs, ys, x0, y0, size))
+                  lambda xs, ys, x0, y0, size: sampler.render(xs, ys, x0, y0, size), pixels)
 
 
 def box_image(shape, x, y, level, half):
@@ -50,28 +51,48 @@ def box_image(shape, x, y, level, half):
                   lambda xs, ys, x0, y0, size: np.ones((np.size(xs), size, size)))
 
 
-def _paint(shape, x, y, flux, half, render):
-    """Sum of ``render(...) * flux`` per source over its box of half-sizes ``half``."""
+#: Sources fitted at a time (`fit_sources`).
+_FIT_CHUNK = 2048
+#: Sources rendered at a time when painting (bounds the temporaries: ~1,000 x 33^2 values).
+_PAINT_CHUNK = 1024
+
+
+def _paint(shape, x, y, flux, half, render, pixels=None):
+    """
+    Sum of ``render(...) * flux`` per source over its box of half-sizes ``half``: the
+    whole image, or (``pixels``, sorted flat indices) the image at those pixels.
+    """
     hy, hx = (half, half) if np.ndim(half) == 0 else half
     h = max(hy, hx)
-    out = np.zeros(shape, dtype=np.float64)
+    ny, nx = shape
+    out = np.zeros(ny * nx if pixels is None else pixels.size, dtype=np.float64)
     ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux)
     x, y, flux = np.asarray(x)[ok], np.asarray(y)[ok], np.asarray(flux)[ok]
-    ny, nx = shape
     size = 2 * h + 1
     offsets = np.abs(np.arange(size) - h)
     in_shape = (offsets[:, None] <= hy) & (offsets[None, :] <= hx)
-    for start in range(0, x.size, 4096):
-        sl = slice(start, start + 4096)
+    for start in range(0, x.size, _PAINT_CHUNK):
+        sl = slice(start, start + _PAINT_CHUNK)
         x0 = _stamps.reference_pixel(x[sl]) - h
         y0 = _stamps.reference_pixel(y[sl]) - h
         values = render(x[sl], y[sl], x0, y0, size) * flux[sl, None, None]
         cols = (x0[:, None] + np.arange(size))[:, None, :]
         rows = (y0[:, None] + np.arange(size))[:, :, None]
         inside = (cols >= 0) & (cols < nx) & (rows >= 0) & (rows < ny) & in_shape
-        out += np.bincount((rows * nx + cols)[inside], weights=values[inside],
-                           minlength=ny * nx).reshape(shape)
-    return out
+        flat, values = (rows * nx + cols)[inside], values[inside]
+        if pixels is not None:
+            flat, hit = _positions(pixels, flat)
+            values = values[hit]
+        # Added in place: no whole-image temporary per chunk.
+        np.add.at(out, flat, values)
+    return out.reshape(shape) if pixels is None else out
+
+
+def _positions(pixels, flat):
+    """Where the flat indices ``flat`` sit in the sorted ``pixels``, for those there."""
+    pos = np.clip(np.searchsorted(pixels, flat), 0, max(pixels.size - 1, 0))
+    hit = (pixels[pos] == flat) if pixels.size else np.zeros(flat.shape, bool)
+    return pos[hit], hit
 
 
 def _boxes(image, x0, y0, size, fill):
@@ -103,20 +124,17 @@ def _joint_fluxes(sampler, x, y, flux, solve, pix, weight, data_flat, shape, hal
     members = np.flatnonzero(known)
     size = 2 * half + 1
     rows, cols, vals = [], [], []
-    for start in range(0, members.size, 4096):
-        m = members[start:start + 4096]
+    for start in range(0, members.size, _PAINT_CHUNK):
+        m = members[start:start + _PAINT_CHUNK]
         x0 = _stamps.reference_pixel(x[m]) - half
         y0 = _stamps.reference_pixel(y[m]) - half
         v = sampler.render(x[m], y[m], x0, y0, size)
         cc = (x0[:, None] + np.arange(size))[:, None, :]
         rr = (y0[:, None] + np.arange(size))[:, :, None]
         inside = (cc >= 0) & (cc < nx) & (rr >= 0) & (rr < ny) & (v != 0)
-        flat = (rr * nx + cc)[inside]
-        pos = np.searchsorted(pix, flat)
-        pos = np.clip(pos, 0, pix.size - 1)
-        hit = pix[pos] == flat
+        pos, hit = _positions(pix, (rr * nx + cc)[inside])
         who = np.broadcast_to(m[:, None, None], v.shape)[inside]
-        rows.append(pos[hit])
+        rows.append(pos)
         cols.append(who[hit])
         vals.append(v[inside][hit])
     rows, cols, vals = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
@@ -290,19 +308,31 @@ def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes
         weight = np.where(valid & (variance > 0) & np.isfinite(variance), 1.0 / variance, 0.0)
     dbox = np.where(valid, dbox, 0.0)
     out["npix"][idx] = np.count_nonzero(weight, axis=(1, 2))
-    # The unique pixels of all fit boxes, for the joint flux solution.
-    cols = (x0[:, None] + np.arange(size))[:, None, :]
-    rows = (y0[:, None] + np.arange(size))[:, :, None]
-    flat = np.broadcast_to(rows * nx + cols, dbox.shape)
+    del ebox, variance
+    # The unique pixels of all fit boxes: the joint flux solution's (weighted) and those
+    # where the model of every source is evaluated (never painted whole: `model_image`).
+    grid_cols = (x0[:, None] + np.arange(size))[:, None, :]
+    grid_rows = (y0[:, None] + np.arange(size))[:, :, None]
+    flat = grid_rows * nx + grid_cols
+    del grid_cols, grid_rows
     use = weight > 0
     pix, first = np.unique(flat[use], return_index=True)
     pix_weight = weight[use][first]
     pix_data = dbox[use][first]
+    del use, first
+    box_pix = np.unique(flat[valid])
+    # Where each valid box pixel sits among box_pix (the model's values are gathered there).
+    slot = np.where(valid, np.searchsorted(box_pix, np.where(valid, flat, 0)), 0).astype(
+        np.int32 if box_pix.size < 2**31 else np.int64)
+    del flat
     solve = np.zeros(n, bool)
     solve[idx] = free[0]    # a held flux stays at its start (photutils' fixed flux)
     cols = np.flatnonzero(free)
     moves = bool(free[1] or free[2])
     bounds = options.xy_bounds
+    # Per-source work is done _FIT_CHUNK sources at a time: its temporaries (the
+    # Jacobians, ~20 box-sized arrays per source) stay bounded as the sources grow.
+    chunks = [slice(start, start + _FIT_CHUNK) for start in range(0, idx.size, _FIT_CHUNK)]
 
     blended = np.zeros(n, bool)
 
@@ -312,6 +342,10 @@ def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes
         return _joint_fluxes(sampler, x, y, flux, solve, pix, pix_weight, pix_data,
                              data.shape, paint, prior, held)
 
+    def model_boxes(c):
+        """Every source's model (``everyone``, at box_pix) in the boxes of chunk ``c``."""
+        return np.where(valid[c], everyone[slot[c]], 0.0)
+
     for p in range(passes):
         flux, inflation = joint()
         if p == 0 and flux_err is not None:
@@ -320,43 +354,49 @@ def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes
                 flux, inflation = joint()
         if p == 0:
             out["flux_lin"][idx] = flux[idx]
-        everyone = model_image(data.shape, sampler, x, y, flux, paint)
-        mbox, _ = _boxes(everyone, x0, y0, size, 0.0)
-        own = sampler.render(x[idx], y[idx], x0, y0, size) * flux[idx, None, None]
-        target = dbox - (mbox - own)          # this source alone, neighbours removed
+        everyone = model_image(data.shape, sampler, x, y, flux, paint, pixels=box_pix)
         fx, fy, ff = x[idx].copy(), y[idx].copy(), flux[idx].copy()
-        for _ in range(steps if moves else 0):
-            prof, gx, gy = sampler.render(fx, fy, x0, y0, size, derivatives=True)
-            jac = np.stack([prof, ff[:, None, None] * gx, ff[:, None, None] * gy],
-                           axis=1)[:, cols]
-            resid = target - ff[:, None, None] * prof
-            jw = jac * weight[:, None]
-            normal = np.einsum("nipq,njpq->nij", jw, jac)
-            grad = np.einsum("nipq,npq->ni", jw, resid)
-            ok = np.isfinite(normal).all(axis=(1, 2)) & (np.abs(np.linalg.det(normal)) > 0)
-            step = np.zeros((idx.size, 3))
-            if ok.any():
-                step[np.ix_(ok, cols)] = np.linalg.solve(normal[ok], grad[ok][..., None])[..., 0]
-            step[:, 1:] = np.clip(step[:, 1:], -_MAX_STEP, _MAX_STEP)
-            ff, fx, fy = ff + step[:, 0], fx + step[:, 1], fy + step[:, 2]
-            if bounds is not None:
-                fx, fy = _within_bounds(fx, fy, anchor_x[idx], anchor_y[idx], bounds)
+        for c in chunks:
+            own = sampler.render(fx[c], fy[c], x0[c], y0[c], size) * ff[c, None, None]
+            target = dbox[c] - (model_boxes(c) - own)   # this source alone, neighbours removed
+            for _ in range(steps if moves else 0):
+                prof, gx, gy = sampler.render(fx[c], fy[c], x0[c], y0[c], size,
+                                              derivatives=True)
+                jac = np.stack([prof, ff[c, None, None] * gx, ff[c, None, None] * gy],
+                               axis=1)[:, cols]
+                resid = target - ff[c, None, None] * prof
+                jw = jac * weight[c][:, None]
+                normal = np.einsum("nipq,njpq->nij", jw, jac)
+                grad = np.einsum("nipq,npq->ni", jw, resid)
+                ok = (np.isfinite(normal).all(axis=(1, 2))
+                      & (np.abs(np.linalg.det(normal)) > 0))
+                step = np.zeros((ok.size, 3))
+                if ok.any():
+                    step[np.ix_(ok, cols)] = np.linalg.solve(normal[ok],
+                                                             grad[ok][..., None])[..., 0]
+                step[:, 1:] = np.clip(step[:, 1:], -_MAX_STEP, _MAX_STEP)
+                ff[c], fx[c], fy[c] = ff[c] + step[:, 0], fx[c] + step[:, 1], fy[c] + step[:, 2]
+                if bounds is not None:
+                    fx[c], fy[c] = _within_bounds(fx[c], fy[c], anchor_x[idx][c],
+                                                  anchor_y[idx][c], bounds)
         if moves:
             wandered = np.hypot(fx - anchor_x[idx], fy - anchor_y[idx]) > _MAX_SHIFT
             fx[wandered], fy[wandered] = start_x[idx][wandered], start_y[idx][wandered]
         x[idx], y[idx] = fx, fy
     flux, inflation = joint()
     ff = flux[idx]
-    prof, gx, gy = sampler.render(fx, fy, x0, y0, size, derivatives=True)
-    jac = np.stack([prof, ff[:, None, None] * gx, ff[:, None, None] * gy], axis=1)[:, cols]
-    normal = np.einsum("nipq,njpq->nij", jac * weight[:, None], jac)
     # Errors of the fitted parameters only; a held one's is NaN (photutils' convention).
     sig = np.full((idx.size, 3), np.nan)
-    ok = np.isfinite(normal).all(axis=(1, 2)) & (np.abs(np.linalg.det(normal)) > 0)
-    if ok.any() and cols.size:
-        with np.errstate(invalid="ignore"):
-            sig[np.ix_(ok, cols)] = np.sqrt(np.diagonal(np.linalg.inv(normal[ok]), axis1=1,
-                                                        axis2=2))
+    for c in chunks:
+        prof, gx, gy = sampler.render(fx[c], fy[c], x0[c], y0[c], size, derivatives=True)
+        jac = np.stack([prof, ff[c, None, None] * gx, ff[c, None, None] * gy],
+                       axis=1)[:, cols]
+        normal = np.einsum("nipq,njpq->nij", jac * weight[c][:, None], jac)
+        ok = np.isfinite(normal).all(axis=(1, 2)) & (np.abs(np.linalg.det(normal)) > 0)
+        if ok.any() and cols.size:
+            with np.errstate(invalid="ignore"):
+                sig[np.ix_(np.flatnonzero(ok) + c.start, cols)] = np.sqrt(
+                    np.diagonal(np.linalg.inv(normal[ok]), axis1=1, axis2=2))
     out["x"][idx], out["y"][idx], out["flux"][idx] = fx, fy, ff
     out["blend_inflation"][idx] = inflation[idx]
     out["blended"] = blended | (inflation > BLEND_INFLATION)
@@ -364,24 +404,22 @@ def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes
     out["x_err"][idx], out["y_err"][idx] = sig[:, 1], sig[:, 2]
     # photutils: qfit = sum |residual| / flux over the fit box; cfit = the residual in the
     # (initial) central pixel / flux. The residual is of the full model (neighbours too).
-    everyone = model_image(data.shape, sampler, x, y, flux, paint)
-    mbox, _ = _boxes(everyone, x0, y0, size, 0.0)
-    resid = np.where(valid, dbox - mbox, 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out["qfit"][idx] = np.abs(resid).sum(axis=(1, 2)) / ff
-        out["cfit"][idx] = resid[:, h, h] / ff
-    out["chi2"][idx] = (resid**2 * weight).sum(axis=(1, 2))
-    # The same within a FWHM of the centre: where another source's light biases the fit
-    # (a neighbour in the wings raises chi^2 but hardly the flux).
+    everyone = model_image(data.shape, sampler, x, y, flux, paint, pixels=box_pix)
     grid = np.arange(size)
-    core = (np.hypot((x0[:, None, None] + grid[None, None, :]) - fx[:, None, None],
-                     (y0[:, None, None] + grid[None, :, None]) - fy[:, None, None])
-            <= max(sampler.fwhm, _MIN_CORE_RADIUS)) & (weight > 0)
-    out["chi2_core"][idx] = (resid**2 * weight * core).sum(axis=(1, 2))
-    out["npix_core"][idx] = np.count_nonzero(core, axis=(1, 2))
-    # Light the model does not explain (an unlisted neighbour, a galaxy, the PSF's own
-    # errors) leaves chi^2 above its degrees of freedom: the errors grow by the root of
-    # the reduced chi^2 (as a fit without absolute sigmas would), source by source.
+    for c in chunks:
+        resid = np.where(valid[c], dbox[c] - model_boxes(c), 0.0)
+        rows = idx[c]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out["qfit"][rows] = np.abs(resid).sum(axis=(1, 2)) / ff[c]
+            out["cfit"][rows] = resid[:, h, h] / ff[c]
+        out["chi2"][rows] = (resid**2 * weight[c]).sum(axis=(1, 2))
+        # The same within a FWHM of the centre: where another source's light biases the
+        # fit (a neighbour in the wings raises chi^2 but hardly the flux).
+        core = (np.hypot((x0[c, None, None] + grid[None, None, :]) - fx[c, None, None],
+                         (y0[c, None, None] + grid[None, :, None]) - fy[c, None, None])
+                <= max(sampler.fwhm, _MIN_CORE_RADIUS)) & (weight[c] > 0)
+        out["chi2_core"][rows] = (resid**2 * weight[c] * core).sum(axis=(1, 2))
+        out["npix_core"][rows] = np.count_nonzero(core, axis=(1, 2))
     out["nfree"] = int(cols.size)
     dof = np.maximum(out["npix"][idx] - cols.size, 1)
     scale = np.sqrt(np.maximum(out["chi2"][idx] / dof, 1.0))

@@ -47,7 +47,8 @@ def psf_sampler(psf_model, prepared):
             level = prepared.raw - prepared.subtracted
             saturation = prepared.saturation - float(np.median(level, overwrite_input=True))
             del level
-        noise = prepared.error if prepared.error is not None else prepared.rms
+        # The rms as a map read strip by strip (`_epsf._snr_peaks`), not made whole.
+        noise = prepared.error if prepared.error is not None else prepared.rms_map
         model, info = _psf.build_epsf(prepared.subtracted, noise, prepared.bad,
                                       saturation=saturation,
                                       quiet=psf_model is _psf.DEFAULT_PSF_MODEL)

@@ -399,3 +399,53 @@ def test_stars_all_near_the_edge_give_no_psf_stars():
     with pytest.warns(TooFewPSFStarsWarning, match="found 0"):
         epsf, _ = build_epsf(image, np.ones_like(image))
     assert epsf is None
+
+
+def test_the_psf_star_search_by_strips_equals_one_pass(monkeypatch):
+    # The peak search reads the image strip by strip (bounded memory); a strip boundary
+    # must not add, lose or move a peak, nor change the order of the chosen stars.
+    from asidfe_phot import _epsf
+    image, _, noise = _field(CircularGaussianPRF(fwhm=2.5), shape=(200, 150), n=40, seed=3)
+    error = np.full(image.shape, noise)
+    bad = np.zeros(image.shape, bool)
+    bad[57, 30:90] = True
+    whole = select_psf_stars(image, error, bad, min_snr=5.0)
+    for rows in (7, 16, 33):
+        monkeypatch.setattr(_epsf, "_STRIP_ROWS", rows)
+        strips = select_psf_stars(image, error, bad, min_snr=5.0)
+        np.testing.assert_array_equal(strips[0], whole[0])
+        np.testing.assert_array_equal(strips[1], whole[1])
+        assert strips[2] == whole[2]
+    assert whole[0].size >= 10
+
+
+def test_the_fit_by_chunks_of_sources_equals_one_chunk(monkeypatch):
+    # The PSF fit works a chunk of sources at a time and evaluates the model only at the
+    # fit boxes' pixels (memory flat in the image size): the numbers must not change.
+    from asidfe_phot import _psf_fit
+    psf = CircularGaussianPRF(fwhm=3.0)
+    image, truth, noise = _field(psf, shape=(160, 160), n=30, seed=7)
+    truth.add_row({"x_0": truth["x_0"][0] + 2.5, "y_0": truth["y_0"][0], "flux": 5e3})
+    image = image + make_model_image(image.shape, psf, truth[-1:], x_name="x_0",
+                                     y_name="y_0", model_shape=(31, 31))
+    runs = []
+    for chunk in (4096, 7):
+        monkeypatch.setattr(_psf_fit, "_FIT_CHUNK", chunk)
+        monkeypatch.setattr(_psf_fit, "_PAINT_CHUNK", max(chunk, 5))
+        runs.append(_measure(psf, image, truth, noise)[1])
+    for name in ("x_fit", "y_fit", "flux_fit", "flux_err", "x_err", "qfit", "cfit", "flags"):
+        np.testing.assert_allclose(np.asarray(runs[1][name]), np.asarray(runs[0][name]),
+                                   rtol=1e-12, atol=0)
+
+
+def test_the_model_at_some_pixels_is_the_whole_model_there():
+    from asidfe_phot import _psf_fit
+    sampler = PSFSampler(CircularGaussianPRF(fwhm=2.0))
+    rng = np.random.default_rng(1)
+    x, y = rng.uniform(-5, 65, 40), rng.uniform(-5, 45, 40)
+    flux = rng.uniform(10, 1000, 40)
+    whole = _psf_fit.model_image((40, 60), sampler, x, y, flux)
+    pixels = np.unique(rng.integers(0, 40 * 60, 500))
+    part = _psf_fit.model_image((40, 60), sampler, x, y, flux, pixels=pixels)
+    np.testing.assert_allclose(part, whole.ravel()[pixels], rtol=1e-12, atol=1e-12)
+    assert whole.sum() > 0.5 * flux[(x > 3) & (x < 57) & (y > 3) & (y < 37)].sum()
