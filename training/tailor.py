@@ -21,8 +21,11 @@ its pipeline products gave it, this measures from the frame itself:
    galaxies and neighbours. Each round is detected as a user's run is, and a 34x34 stamp
    is cut around each detected injected star with its truth, written in the simulator's
    data set layout (``training.simulate``): rounds split 60/20/20 as frames are.
-3. **Fine-tuning**: step 2 (Gaussian NLL, both branches, every layer) from the parent
-   model's weights, on the tailored training split, resumable.
+3. **Fine-tuning**: step 2 (both branches, every layer) from the parent model's
+   weights, on the tailored training split, resumable. The loss is the Gaussian NLL
+   with Huber's tails beyond 3 sigma (`training.model.robust_gaussian_nll`): a real
+   frame gives the odd star that a neighbour or a detection a pixel off makes wrong by
+   tens of sigma, and under the plain Gaussian loss those few set every variance.
 4. **Export and calibration**: ONNX + card; the flux-bias correction and the sigma
    calibrations (network alone, and the PSF mode) refitted on the frame's own artificial
    stars (other seeds than the training set's), as the shipped card's are on simulations.
@@ -52,7 +55,7 @@ from . import simulate as simulate_mod
 TAILOR = {
     "stamps": 20_000, "stars_per_round": 300, "samples": 150_000, "lr": 3e-4,
     "eval_every": 25_000, "calibration_stars": 1500, "validation_stars": 1000, "seed": 0,
-    "snr_range": list(SNR_RANGE),
+    "snr_range": list(SNR_RANGE), "loss": "robust_nll",
 }
 QUICK = {**TAILOR, "stamps": 300, "stars_per_round": 60, "samples": 1024, "eval_every": 512,
          "calibration_stars": 150, "validation_stars": 100}
@@ -373,7 +376,8 @@ def tailor(image, out, *, hdu=None, gain=None, saturation=None, psf_model="auto"
         log(f"== fine-tune (step 2 from {parent_card['name']}_v{parent_card['version']})")
         train_mod.train(data_dir, "step2", step, config["samples"], init=parent_dir,
                         lr=config["lr"], mean_lr_factor=1.0, seed=config["seed"],
-                        eval_every=config["eval_every"], log=log)
+                        eval_every=config["eval_every"], loss=config.get("loss", "nll"),
+                        log=log)
     history = json.loads((step / "history.json").read_text())
     name = f"{parent_card['name']}_v{parent_card['version']}_tailored"
     image_path = Path(image)

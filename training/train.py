@@ -31,6 +31,7 @@ from .model import (
     TSMVE,
     gaussian_nll,
     huber,
+    robust_gaussian_nll,
     share_trunk,
     shared_convs_of,
     sigma_head_parameters,
@@ -164,7 +165,7 @@ def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batc
           lr=1e-3, eval_every=250_000, val_limit=50_000, patience=8, train_limit=None,
           threads=None, device="cpu", checkpoint_seconds=300, max_steps=None,
           exclude_families=(), stop_after=None, mean_lr_factor=None, shared_convs=None,
-          log=print):
+          loss="nll", log=print):
     """Train one network; returns its history. See the module docstring."""
     if stage not in STAGES:
         msg = f"stage must be one of {STAGES}, got {stage!r}"
@@ -235,7 +236,13 @@ def train(data, stage, out, samples, *, init=None, freeze_parts=(), seed=0, batc
     if last.exists() and "rng" in ckpt:
         # Resuming continues the same batch sequence: interrupted = uninterrupted run.
         rng.bit_generator.state = ckpt["rng"]
-    loss_fn = gaussian_nll if with_variance else huber
+    if loss not in ("nll", "robust_nll"):
+        msg = f"loss must be 'nll' or 'robust_nll', got {loss!r}"
+        raise ValueError(msg)
+    # Step 1 is always Huber on the means; step 2 the Gaussian NLL, or its robust form
+    # (`robust_gaussian_nll`) for sets made from real frames (training.tailor).
+    loss_fn = (huber if not with_variance
+               else robust_gaussian_nll if loss == "robust_nll" else gaussian_nll)
     # Step 1 trains the mean branch alone: running the variance branch would double the cost.
     forward = model if with_variance else model.mean
     steps_per_eval = max(1, eval_every // batch_size)

@@ -10,7 +10,7 @@ from asidfe_phot import _stamps
 from training import simulate
 from training.data import StampSet
 from training.export import export_onnx, fuse_pad_into_conv, parity
-from training.model import TSMVE, gaussian_nll
+from training.model import TSMVE, gaussian_nll, robust_gaussian_nll
 from training.train import freeze, load_model
 
 
@@ -37,6 +37,29 @@ def test_gaussian_nll_minimised_at_true_variance():
         return float(gaussian_nll(outputs, targets))
     best = min(np.linspace(-4, 2, 61), key=nll)
     assert abs(best - np.log(0.25)) < 0.15
+
+
+def test_robust_nll_keeps_the_variance_of_the_bulk_against_a_few_wild_stamps():
+    # 0.2 % of the stamps wrong by 100 sigma: the Gaussian NLL's best sigma follows them
+    # (4.6x the bulk's), the robust one stays near the bulk's (1.3x).
+    rng = np.random.default_rng(0)
+    n = 20000
+    values = rng.normal(0, 0.5, (n, 3))
+    values[:40] = 50.0
+    targets = torch.from_numpy(values.astype(np.float32))
+
+    def best(loss):
+        def value(logvar):
+            outputs = torch.cat([torch.zeros(n, 3), torch.full((n, 3), logvar)], dim=1)
+            return float(loss(outputs, targets))
+        return min(np.linspace(-4, 4, 161), key=value)
+
+    assert best(gaussian_nll) > np.log(0.25) + 2.5
+    assert abs(best(robust_gaussian_nll) - np.log(0.25)) < 0.7
+    # Within 3 sigma everywhere, the two losses are the same.
+    outputs = torch.cat([torch.zeros(n, 3), torch.zeros(n, 3)], dim=1)
+    small = torch.from_numpy(rng.uniform(-2.9, 2.9, (n, 3)).astype(np.float32))
+    assert torch.allclose(gaussian_nll(outputs, small), robust_gaussian_nll(outputs, small))
 
 
 def test_split_by_frame_and_reproducible(dataset, tmp_path):
