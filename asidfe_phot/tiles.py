@@ -1,10 +1,10 @@
 """
 Frames larger than memory, measured tile by tile.
 
-`measure_tiled` reads a frame one overlapping tile at a time (a memory-mapped FITS file,
-or any array that reads a slice on demand: `numpy.memmap`, an HDU's ``section``, an h5py
-or zarr dataset) and runs an `~asidfe_phot.MLPhotometry` on each: memory is set by the
-tile size, not by the frame's. Each source is measured in the one tile whose core holds
+`measure_tiled` reads a frame one overlapping tile at a time (a FITS HDU's ``section``,
+or any array that reads a slice on demand: `numpy.memmap`, an h5py or zarr dataset)
+and runs an `~asidfe_phot.MLPhotometry` on each: memory is set by the tile size, not by
+the frame's. Each source is measured in the one tile whose core holds
 its input position; the tile's margin (default two background meshes) keeps its stamp,
 its PSF-fit box and its neighbours (measured along, then dropped) whole, so a source is
 measured as on the whole frame except for what each tile estimates from its own pixels:
@@ -69,7 +69,7 @@ def measure_tiled(phot, data, init_params=None, *, tile=4096, margin=None, mask=
         is kept by the tile whose core holds it).
     data : 2-D array-like
         Anything that reads ``data[rows, cols]`` on demand: a `numpy.memmap`, a FITS
-        HDU's ``section`` (``fits.open(path, memmap=True)[0].section``), an h5py / zarr
+        HDU's ``section`` (``fits.open(path)[0].section``), an h5py / zarr
         dataset, a Dask array, or an ordinary array.
     init_params : table or positions, optional
         As `~asidfe_phot.MLPhotometry.__call__` takes them, in the frame's pixels.

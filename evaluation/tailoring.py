@@ -2,6 +2,7 @@
 Does a model tailored to a frame beat the shipped one there? Before and after, per S/N bin.
 
     python -m evaluation.tailoring --out runs/tailoring [--frames ntt,airy_spikes,coma] [--quick]
+        [--loss nll|robust_nll]
 
 Frames:
 
@@ -141,8 +142,10 @@ def main(argv=None):
     parser.add_argument("--frames", default="ntt,airy_spikes,coma")
     parser.add_argument("--n-stars", type=int, default=800)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--loss", choices=("nll", "robust_nll"), default="nll",
+                        help="the tailoring's step-2 loss (training.tailor --loss)")
     args = parser.parse_args(argv)
-    config = tailor_mod.QUICK if args.quick else tailor_mod.TAILOR
+    config = {**(tailor_mod.QUICK if args.quick else tailor_mod.TAILOR), "loss": args.loss}
     results = run(args.out, args.frames.split(","), config, n_stars=args.n_stars)
     print(rst_table(results))
 

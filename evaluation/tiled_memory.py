@@ -1,6 +1,6 @@
 """
 Peak memory against frame size: the whole frame in memory against `asidfe_phot.tiles`
-(a memory-mapped FITS file read one tile at a time).
+(a FITS file read one tile at a time through its HDU's ``section``).
 
     python -m evaluation.tiled_memory [--sizes 2048,4096,8192] [--tile 2048] [--psf auto]
 
@@ -13,8 +13,8 @@ flux - 1| (MdRE) of the sources both runs measured unflagged.
 """
 
 import argparse
-import math
 import json
+import math
 import os
 import subprocess
 import sys
@@ -40,7 +40,7 @@ if mode == "whole":
     data, header, _ = read_image(frame)
     table = phot(data, init_params=cat, gain=2.0)
 else:
-    with fits.open(frame, memmap=True) as hdul:
+    with fits.open(frame, memmap=False) as hdul:  # section: reads each tile from the file
         table = measure_tiled(phot, hdul[0].section, cat, tile=tile, gain=2.0)
 seconds = time.perf_counter() - start
 with open("/proc/self/status") as f:
