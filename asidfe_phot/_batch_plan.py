@@ -19,7 +19,7 @@ COMBINED_NAME = "asidfe_batch"
 #: The single-image command's options a batch passes on to every frame (`measure_many`'s
 #: ``options``), by their Python names; ``asidfe-phot --help`` describes them.
 OPTIONS = ("hdu", "fwhm", "threshold", "gain", "saturation", "aperture_correction", "psf",
-           "model", "batch_size", "providers", "precision")
+           "model", "batch_size", "providers", "precision", "tile")
 
 class _BatchInputError(_CLIError, ValueError):
     """Bad arguments, found before any work (a ValueError; the command prints it)."""

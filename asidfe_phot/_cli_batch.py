@@ -61,7 +61,8 @@ def _build_parser():
                           ("gain", "E_PER_ADU"), ("saturation", "LEVEL"),
                           ("aperture_correction", "MODE"), ("psf", "auto|none|FILE"),
                           ("model", "NAME_OR_DIR"), ("batch_size", "N"),
-                          ("providers", "NAME[,NAME...]"), ("precision", "fp32|int8")):
+                          ("providers", "NAME[,NAME...]"), ("precision", "fp32|int8"),
+                          ("tile", "PX")):
         single.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar=metavar)
     return parser
 

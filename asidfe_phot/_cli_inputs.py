@@ -222,10 +222,11 @@ class MapBackground:
         self.background_rms = background_rms
 
 
-def read_map(path, hdu, shape, option):
+def read_map(path, hdu, shape, option, lazy=False):
     """
     A 2-D float32 map matching an image of ``shape`` read from HDU ``hdu``: the map
-    file's HDU of the same index, or its only 2-D image HDU.
+    file's HDU of the same index, or its only 2-D image HDU (``lazy``: a
+    `~asidfe_phot._fitsio.FrameSection`).
     """
     entries, description, _ = image_hdus(path)
     images = [i for i, naxis in entries if naxis == 2]
@@ -238,7 +239,7 @@ def read_map(path, hdu, shape, option):
         msg = (f"{option} {path} has {what} to match the image's HDU {hdu} "
                f"(HDUs: {description})")
         raise CLIError(msg)
-    data, _, _ = read_image(path, index)
+    data, _, _ = read_image(path, index, lazy=lazy)
     if data.shape != shape:
         msg = (f"{option} {path} [HDU {index}] is {data.shape[1]}x{data.shape[0]} px but the "
                f"image [HDU {hdu}] is {shape[1]}x{shape[0]} px: they must match pixel for "
@@ -247,10 +248,26 @@ def read_map(path, hdu, shape, option):
     return data, index
 
 
-def noise_inputs(args, hdu, image, unit):
+class _Transformed:
+    """A map read a block at a time (``map[rows, cols]``), each block transformed."""
+
+    def __init__(self, source, transform):
+        self.source, self.transform, self.shape = source, transform, source.shape
+
+    def __getitem__(self, region):
+        return self.transform(self.source[region])
+
+
+def _as_mask(values):
+    return (values != 0) | ~np.isfinite(values)
+
+
+def noise_inputs(args, hdu, image, unit, lazy=False):
     """
     ``(keywords for MLPhotometry.__call__, notes)`` from ``--mask``, ``--error`` and
-    ``--weight``/``--weight-type``, for the image of HDU ``hdu``.
+    ``--weight``/``--weight-type``, for the image of HDU ``hdu``. ``lazy`` (``--tile``):
+    the maps are read a tile at a time, as the image is (no ``--weight``, whose scale
+    needs the whole image).
 
     The weight map is SourceExtractor's: the background noise, to which the
     sources' photon noise is added from the gain. ``weight`` maps are relative
@@ -260,12 +277,21 @@ def noise_inputs(args, hdu, image, unit):
     keywords, notes = {}, []
     mask = None
     if args.mask is not None:
-        values, index = read_map(args.mask, hdu, image.shape, "--mask")
-        mask = (values != 0) | ~np.isfinite(values)
-        notes.append(f"mask: {args.mask} [HDU {index}], {np.count_nonzero(mask)} bad pixel(s)")
+        values, index = read_map(args.mask, hdu, image.shape, "--mask", lazy)
+        if lazy:
+            mask = _Transformed(values, _as_mask)
+            notes.append(f"mask: {args.mask} [HDU {index}], read a tile at a time")
+        else:
+            mask = _as_mask(values)
+            notes.append(f"mask: {args.mask} [HDU {index}], {np.count_nonzero(mask)} bad "
+                         "pixel(s)")
     if args.error is not None:
-        error, index = read_map(args.error, hdu, image.shape, "--error")
-        keywords["error"] = error * unit if unit is not None else error
+        error, index = read_map(args.error, hdu, image.shape, "--error", lazy)
+        if lazy and unit is not None:
+            error = _Transformed(error, lambda values: values * unit)
+        elif unit is not None:
+            error = error * unit
+        keywords["error"] = error
         notes.append(f"error: {args.error} [HDU {index}], total 1-sigma error, used as given")
     elif args.weight is not None:
         values, index = read_map(args.weight, hdu, image.shape, "--weight")

@@ -80,7 +80,31 @@ def image_hdus(path):
         return entries, _describe(hdul), len(hdul)
 
 
-def read_image(path, hdu=None):
+class FrameSection:
+    """
+    A FITS file's 2-D image HDU read a block at a time: ``frame[rows, cols]`` is a
+    native-endian float32 array read from the file (the HDU's ``section``; BSCALE and
+    BZERO applied), never the whole image unless asked. The file is opened for each read
+    (a header parse, small beside a tile's measurement), so nothing stays open.
+    """
+
+    ndim = 2
+
+    def __init__(self, path, index, shape):
+        self.path, self.index, self.shape = path, int(index), tuple(int(n) for n in shape)
+
+    def __getitem__(self, region):
+        try:
+            with quiet_header_warnings(), _open(self.path) as hdul:
+                block = np.array(hdul[self.index].section[region])
+        except (ValueError, TypeError, OSError) as exc:
+            msg = (f"HDU {self.index} of {self.path} cannot be read: the file is truncated "
+                   f"or corrupt ({type(exc).__name__}: {exc})")
+            raise FITSReadError(msg) from exc
+        return _native_float32(block)
+
+
+def read_image(path, hdu=None, lazy=False):
     """
     A 2-D image and its header from a FITS file.
 
@@ -89,10 +113,12 @@ def read_image(path, hdu=None):
     path : path-like
     hdu : int, optional
         HDU index. Default: the first HDU holding a 2-D image.
+    lazy : bool
+        Return a `FrameSection` (read a block at a time) instead of the data.
 
     Returns
     -------
-    data : 2-D native-endian float32 array
+    data : 2-D native-endian float32 array, or `FrameSection`
     header : `~astropy.io.fits.Header`
         The image HDU's header; for an extension, the primary header's
         GAIN and SATURATE are added when the extension lacks them.
@@ -121,6 +147,9 @@ def read_image(path, hdu=None):
                     raise FITSReadError(msg)
                 index %= len(hdul)
             selected = hdul[index]
+            if lazy and selected.is_image and selected.header.get("NAXIS", 0) == 2:
+                header = _with_inherited(selected.header.copy(), hdul, index)
+                return FrameSection(path, index, selected.shape), header, index
             try:
                 data = selected.data if selected.is_image else None
             except (ValueError, TypeError, OSError) as exc:
@@ -133,13 +162,18 @@ def read_image(path, hdu=None):
                 msg = (f"HDU {index} of {path} holds {shape}, not a 2-D image; choose another "
                        f"with --hdu (HDUs: {_describe(hdul)})")
                 raise FITSReadError(msg)
-            header = selected.header.copy()
-            if index != 0:
-                for key in _INHERITED_KEYWORDS:
-                    if key not in header and key in hdul[0].header:
-                        header[key] = (hdul[0].header[key], "from the primary header")
+            header = _with_inherited(selected.header.copy(), hdul, index)
             data = _native_float32(data)
     return data, header, index
+
+
+def _with_inherited(header, hdul, index):
+    """An extension's header with the primary header's GAIN and SATURATE where it lacks them."""
+    if index != 0:
+        for key in _INHERITED_KEYWORDS:
+            if key not in header and key in hdul[0].header:
+                header[key] = (hdul[0].header[key], "from the primary header")
+    return header
 
 
 def _native_float32(data):

@@ -133,6 +133,9 @@ def _build_parser():
                           "(default: the library's default, psf_model of MLPhotometry)")
     net.add_argument("--model", metavar="NAME_OR_DIR", default=None,
                      help="shipped model name or model directory (default: the default model)")
+    net.add_argument("--tile", type=int, default=None, metavar="PX",
+                     help="read and measure the frame in tiles of PX x PX (plus a margin): "
+                          "memory set by the tile, not the frame (asidfe_phot.tiles)")
     net.add_argument("--threads", type=int, default=None,
                      help="CPU threads of the network (default: all cores; use 1 when "
                           "running one process per image)")
@@ -168,6 +171,12 @@ def _check_sky(catalog, wcs):
         msg = (f"catalogue {catalog.path} has no position columns but sky_centroid, and the "
                "image has no celestial WCS; give x and y in pixels")
         raise CLIError(msg)
+
+
+def _central(shape, tile):
+    """The central ``tile`` x ``tile`` block of a frame of ``shape`` (slices)."""
+    return tuple(slice(max(n // 2 - tile // 2, 0), min(n // 2 - tile // 2 + tile, n))
+                 for n in shape)
 
 
 def _make_finder(image, fwhm, nsigma):
@@ -299,6 +308,19 @@ class _Job:
         self.__dict__.update(kw)
 
 
+def _check_tile_options(args):
+    """``--tile``: what needs the whole frame at once is refused before any work."""
+    if args.tile < 64:
+        msg = f"--tile must be at least 64 px, got {args.tile}"
+        raise CLIError(msg)
+    clash = [name for name, given in (("--demo", args.demo), ("--weight", args.weight),
+                                      ("--plot", args.plot)) if given]
+    if clash:
+        msg = (f"--tile reads the frame a tile at a time; {', '.join(clash)} needs the "
+               "whole frame (give --error instead of --weight, or drop --tile)")
+        raise CLIError(msg)
+
+
 def _plan(args):
     """Inputs read and checked, output names checked: nothing is measured yet."""
     demo = None
@@ -321,6 +343,8 @@ def _plan(args):
             raise CLIError(msg)
         hdus = _inputs.select_hdus(args.image, args.hdu)
         image_name = args.image
+    if args.tile is not None:
+        _check_tile_options(args)
     several = args.hdu == "all" or (isinstance(args.hdu, list) and len(args.hdu) > 1)
     catalog, ext_numbers, counts = None, {}, [len(demo[2])] if demo else []
     if args.catalog is not None:
@@ -419,7 +443,7 @@ def _measure_hdu(args, job, hdu, phot, stdout, stderr):
     if job.demo is not None:
         image, header, _ = job.demo
     else:
-        image, header, hdu = read_image(args.image, hdu)
+        image, header, hdu = read_image(args.image, hdu, lazy=args.tile is not None)
     unit = header_unit(header)
     wcs = header_wcs(header)
     gain = args.gain if args.gain is not None else header_float(header, "GAIN")
@@ -435,13 +459,16 @@ def _measure_hdu(args, job, hdu, phot, stdout, stderr):
           "  gain: estimated from the sky level (no --gain, no GAIN keyword)", file=stdout)
     print(f"  saturation: {saturation} ({sat_from})" if saturation else
           "  saturation: not set (no --saturation, no SATURATE keyword)", file=stdout)
-    noise_kw, notes = _inputs.noise_inputs(args, hdu, image, unit)
+    noise_kw, notes = _inputs.noise_inputs(args, hdu, image, unit, lazy=args.tile is not None)
     for note in notes:
         print(f"  {note}", file=stdout)
 
     init_params = None
     if args.find:
-        finder, threshold = _make_finder(image, args.fwhm, args.threshold)
+        # Tiled: the threshold from the central tile's pixels (the frame is never whole).
+        finder, threshold = _make_finder(image if args.tile is None
+                                         else image[_central(image.shape, args.tile)],
+                                         args.fwhm, args.threshold)
         positions_from = (f"DAOStarFinder (fwhm {args.fwhm:g} px, threshold {threshold:.4g} = "
                           f"{args.threshold:g} x background rms)")
         progress = args.progress
@@ -461,12 +488,20 @@ def _measure_hdu(args, job, hdu, phot, stdout, stderr):
     print(f"  model: {phot.model_card['name']}_v{phot.model_card['version']} on "
           f"{', '.join(phot.providers)}", file=stdout)
 
-    data = image * unit if unit is not None else image
+    data = image * unit if unit is not None and args.tile is None else image
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        tbl = phot(data, init_params=init_params, gain=gain, saturation=saturation, wcs=wcs,
-                   **noise_kw)
+        if args.tile is None:
+            tbl = phot(data, init_params=init_params, gain=gain, saturation=saturation,
+                       wcs=wcs, **noise_kw)
+        else:
+            from asidfe_phot.tiles import measure_tiled
+
+            tbl = measure_tiled(phot, image, init_params, tile=args.tile, unit=unit,
+                                gain=gain, saturation=saturation, wcs=wcs, **noise_kw)
+            print(f"  tiles: {len(tbl.meta['tiles'])} of {args.tile} px "
+                  f"(margin {tbl.meta['tile_margin']} px)", file=stdout)
     elapsed = time.perf_counter() - start
     for w in caught:
         if w.category.__name__ == "NoDetectionsWarning":

@@ -53,12 +53,12 @@ def _read(array, region):
     if array is None or len(getattr(array, "shape", ())) == 0:
         return array
     block = array[region]
-    return np.asarray(block.compute() if hasattr(block, "compute") else block)
+    return np.asanyarray(block.compute() if hasattr(block, "compute") else block)
 
 
 def measure_tiled(phot, data, init_params=None, *, tile=4096, margin=None, mask=None,
                   error=None, background=None, gain=None, saturation=None, wcs=None,
-                  progress=None):
+                  unit=None, progress=None):
     """
     Measure a frame tile by tile, reading one tile (plus margin) at a time.
 
@@ -83,6 +83,8 @@ def measure_tiled(phot, data, init_params=None, *, tile=4096, margin=None, mask=
     gain, saturation : float, optional
     wcs : `~astropy.wcs.WCS`, optional
         The frame's; each tile gets its slice.
+    unit : `~astropy.units.Unit`, optional
+        The data's unit (each tile is read as a Quantity of it), for arrays without one.
     progress : callable, optional
         Called as ``progress(done, total)`` after each tile.
 
@@ -130,7 +132,10 @@ def measure_tiled(phot, data, init_params=None, *, tile=4096, margin=None, mask=
             tile_params["y_init"] = tile_params["y_init"] - oy
         else:
             tile_params = None
-        tbl = phot(_read(data, region), init_params=tile_params, mask=_read(mask, region),
+        tile_data = _read(data, region)
+        if unit is not None:
+            tile_data = tile_data * unit
+        tbl = phot(tile_data, init_params=tile_params, mask=_read(mask, region),
                    error=_read(error, region), background=_read(background, region),
                    gain=gain, saturation=saturation,
                    wcs=None if wcs is None else wcs[region])

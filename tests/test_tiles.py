@@ -2,6 +2,7 @@
 
 import warnings
 
+import astropy.units as u
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -104,3 +105,56 @@ def test_bad_tile_sizes_are_refused(field):
         measure_tiled(MLPhotometry(psf_model=None), image, init, tile=32)
     with pytest.raises(ValueError, match="2-D"):
         measure_tiled(MLPhotometry(psf_model=None), image[None], init)
+
+
+def _frame_files(tmp_path, field):
+    image, init, meta = field
+    header = fits.Header({"BUNIT": "adu", "GAIN": 2.0})
+    path = tmp_path / "frame.fits"
+    fits.PrimaryHDU(image.astype(">f4"), header=header).writeto(path)
+    error = tmp_path / "error.fits"
+    fits.PrimaryHDU(np.asarray(meta["noise"], ">f4")).writeto(error)
+    mask = tmp_path / "mask.fits"
+    bad = np.zeros(image.shape, np.uint8)
+    bad[100:104, 50:60] = 1
+    fits.PrimaryHDU(bad).writeto(mask)
+    cat = tmp_path / "cat.ecsv"
+    init.write(cat, format="ascii.ecsv")
+    return path, cat, error, mask
+
+
+def test_the_command_line_tiles_a_frame_with_its_maps(field, tmp_path, capsys):
+    from astropy.table import QTable
+
+    from asidfe_phot import cli
+
+    path, cat, error, mask = _frame_files(tmp_path, field)
+    common = [str(path), "--catalog", str(cat), "--error", str(error), "--mask", str(mask),
+              "--psf", "none", "--aperture-correction", "off", "--no-progress"]
+    assert cli.main([*common, "-o", str(tmp_path / "whole.ecsv")]) == 0
+    assert cli.main([*common, "--tile", "96", "-o", str(tmp_path / "tiled.ecsv")]) == 0
+    out = capsys.readouterr().out
+    assert "tiles: 12 of 96 px" in out
+    whole = QTable.read(tmp_path / "whole.ecsv")
+    tiled = QTable.read(tmp_path / "tiled.ecsv")
+    assert list(tiled["id"]) == list(whole["id"])
+    assert tiled["flux_fit"].unit == whole["flux_fit"].unit == u.adu
+    # The maps are read tile by tile: masked pixels and errors as on the whole frame.
+    ok = np.isfinite(whole["flux_fit"].value)
+    ratio = tiled["flux_fit"].value[ok] / whole["flux_fit"].value[ok]
+    assert np.median(np.abs(ratio - 1)) < 0.01
+    np.testing.assert_array_equal(np.asarray(tiled["flags"]) & 0b11110,
+                                  np.asarray(whole["flags"]) & 0b11110)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--tile", "32"], "at least 64"),
+    (["--tile", "128", "--weight", "{error}"], "--weight needs the whole frame"),
+])
+def test_the_command_line_refuses_tile_clashes(field, tmp_path, capsys, extra, message):
+    from asidfe_phot import cli
+
+    path, cat, error, _ = _frame_files(tmp_path, field)
+    argv = [str(path), "--catalog", str(cat), *[a.format(error=error) for a in extra]]
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
