@@ -66,20 +66,25 @@ def _measure_located(prepared, x, y, options, sampler=None, local_bkg=None):
     sat = slice(ref - _t.SATURATION_RADIUS, ref + _t.SATURATION_RADIUS + 1)
     local = None if local_bkg is None else np.asarray(local_bkg, dtype=np.float32)
     report = _progress_reporter(n, options.progress_bar)
+    # Sources by row: a batch's stamps then share a band of rows, whose maps are cheaper
+    # evaluated whole (`_band`). Each source's numbers do not depend on its batch.
+    order = np.argsort(y, kind="stable")
     for start in range(0, n, options.batch_size):
-        sl = slice(start, min(start + options.batch_size, n))
+        sl = order[start:start + options.batch_size]
         bx, by = x[sl], y[sl]
-        data, inside = _stamps.cutout_stamps(prepared.subtracted, bx, by, size)
+        source, first_row = _band(prepared, by, size)
+        cut_y = by - first_row
+        data, inside = _stamps.cutout_stamps(source.subtracted, bx, cut_y, size)
         valid = inside
-        if prepared.bad is not None:
-            bad, _ = _stamps.cutout_stamps(prepared.bad, bx, by, size, fill=True)
+        if source.bad is not None:
+            bad, _ = _stamps.cutout_stamps(source.bad, bx, cut_y, size, fill=True)
             valid = inside & ~bad
         if local is not None:
             data = data - local[sl, None, None]
-        if prepared.error is not None:
-            error, _ = _stamps.cutout_stamps(prepared.error, bx, by, size, fill=1.0)
+        if source.error is not None:
+            error, _ = _stamps.cutout_stamps(source.error, bx, cut_y, size, fill=1.0)
         else:
-            rms, _ = _stamps.cutout_stamps(prepared.rms, bx, by, size, fill=1.0)
+            rms, _ = _stamps.cutout_stamps(source.rms, bx, cut_y, size, fill=1.0)
             error = _stamps.total_error(data, rms, prepared.gain)
         scale = _stamps.noise_scale(error, valid)
         psf = None
@@ -99,7 +104,7 @@ def _measure_located(prepared, x, y, options, sampler=None, local_bkg=None):
                 axis=(1, 2))] |= _flags.CORE_MASKED | _flags.MASKED
         f[~usable] |= _flags.NO_OVERLAP
         if prepared.saturation is not None:
-            raw, _ = _stamps.cutout_stamps(prepared.raw, bx, by, size, fill=-np.inf)
+            raw, _ = _stamps.cutout_stamps(source.raw, bx, cut_y, size, fill=-np.inf)
             f[(raw[:, sat, sat] >= prepared.saturation).any(axis=(1, 2))] |= _flags.SATURATED
         if prepared.error is None and prepared.gain is None:
             f |= _flags.NO_SOURCE_NOISE
@@ -107,14 +112,14 @@ def _measure_located(prepared, x, y, options, sampler=None, local_bkg=None):
         idx = np.flatnonzero(usable)
         if idx.size:
             snr_core = _stamps.core_snr(data[idx], error[idx], valid[idx])
-            out["snr_core"][start + idx] = snr_core
+            gl = sl[idx]
+            out["snr_core"][gl] = snr_core
             res = _stamps.decode_outputs(_onnx.run(options.session, inputs[idx]), unit[idx],
                                          options.calibration, snr_core,
                                          options.flux_bias)
             rx = _stamps.reference_pixel(bx[idx])
             ry = _stamps.reference_pixel(by[idx])
             xf, yf = rx + res["dx"], ry + res["dy"]
-            gl = start + idx
             out["x_fit"][gl], out["y_fit"][gl] = xf, yf
             out["flux_fit"][gl] = res["flux"]
             out["x_err"][gl], out["y_err"][gl] = res["dx_err"], res["dy_err"]
@@ -125,9 +130,30 @@ def _measure_located(prepared, x, y, options, sampler=None, local_bkg=None):
             f[idx[(snr < _t.SNR_RANGE[0]) | (snr > _t.SNR_RANGE[1])]] |= _flags.OUTSIDE_TRAINING
             f[idx[res["flux"] <= 0]] |= _flags.NONPOSITIVE_FLUX
         out["flags"][sl] |= f
-        report.update(sl.stop - sl.start)
+        report.update(sl.size)
     report.close()
     return out
+
+
+#: A batch reads its band of rows whole when the band has at most this many times the
+#: pixels of its stamps (a map costs ~1.5 ns per pixel row by row, ~10 ns at a stamp's).
+BAND_PIXELS_PER_STAMP_PIXEL = 4
+
+
+def _band(prepared, y, size):
+    """
+    Where a batch's stamps are cut from: the rows they span (a `~asidfe_phot._prepare.
+    RowBand`, and its first row) when that band is small enough, else ``prepared``
+    itself (and 0).
+    """
+    if not hasattr(prepared, "rows") or y.size == 0:
+        return prepared, 0
+    ny, nx = prepared.shape
+    origin = _stamps.stamp_origin(y, size)
+    first, stop = max(int(origin.min()), 0), min(int(origin.max()) + size, ny)
+    if stop <= first or (stop - first) * nx > BAND_PIXELS_PER_STAMP_PIXEL * y.size * size**2:
+        return prepared, 0
+    return prepared.rows(first, stop), first
 
 
 def _compact(data, error, valid, ref, psf=None):

@@ -89,17 +89,22 @@ class PreparedImage:
         if self._subtracted is None:
             out = np.empty(self.shape, dtype=np.float32)
             for start in range(0, self.shape[0], TILE_ROWS):
-                rows = slice(start, min(start + TILE_ROWS, self.shape[0]))
-                with np.errstate(invalid="ignore", over="ignore"):
-                    np.subtract(
-                        self.raw[rows],
-                        self.background_map.block(rows.start, rows.stop),
-                        out=out[rows],
-                    )
-                if self.bad is not None:
-                    out[rows][self.bad[rows]] = 0
+                stop = min(start + TILE_ROWS, self.shape[0])
+                self.subtracted_rows(start, stop, out=out[start:stop])
             self._subtracted = out
         return self._subtracted
+
+    def subtracted_rows(self, start, stop, out=None):
+        """`subtracted`'s rows ``start:stop`` (float32), without the whole image."""
+        if self._subtracted is not None and out is None:
+            return self._subtracted[start:stop]
+        if out is None:
+            out = np.empty((stop - start, self.shape[1]), dtype=np.float32)
+        with np.errstate(invalid="ignore", over="ignore"):
+            np.subtract(self.raw[start:stop], self.background_map.block(start, stop), out=out)
+        if self.bad is not None:
+            out[self.bad[start:stop]] = 0
+        return out
 
     @property
     def background(self):
@@ -149,6 +154,31 @@ class StampView:
         self.subtracted = LazyImage(prepared.shape, prepared.subtracted_stamps)
         rms = prepared.rms_map
         self.rms = None if rms is None else LazyImage(prepared.shape, rms.stamps)
+        self.shape = prepared.shape
+        self._prepared = prepared
+
+    def rows(self, start, stop):
+        """
+        Image rows ``start:stop`` as whole arrays (`RowBand`): where many stamps share
+        those rows, the maps evaluated row by row cost a fraction of evaluating them at
+        each stamp's pixels (~1.5 against ~10 ns per pixel), with the same values.
+        """
+        return RowBand(self._prepared, start, stop)
+
+
+class RowBand:
+    """Rows ``start:stop`` of a `PreparedImage`, with `StampView`'s attributes as arrays."""
+
+    def __init__(self, prepared, start, stop):
+        band = slice(start, stop)
+        self.start = start
+        self.gain, self.saturation = prepared.gain, prepared.saturation
+        self.raw = prepared.raw[band]
+        self.bad = None if prepared.bad is None else prepared.bad[band]
+        self.error = None if prepared.error is None else prepared.error[band]
+        self.subtracted = prepared.subtracted_rows(start, stop)
+        rms = prepared.rms_map
+        self.rms = None if rms is None else rms.block(start, stop)
 
 
 def prepare(coerced, background, gain, saturation, box_size, threads=1):

@@ -258,3 +258,29 @@ def test_noise_scale_is_np_median_of_full_stamps():
         scale = _stamps.noise_scale(errors, np.ones(errors.shape, bool))
         assert_array_equal(scale, np.median(errors.reshape(200, -1), axis=1))
         assert np.isnan(scale[3])
+
+
+def test_stamps_cut_from_a_band_of_rows_equal_stamps_cut_one_by_one(monkeypatch):
+    # Dense batches read their rows' background and rms whole (cheaper per pixel); the
+    # numbers must be those of the per-stamp evaluation (masked pixels, edges and all).
+    import warnings
+
+    from astropy.table import Table
+
+    from asidfe_phot import MLPhotometry, _network
+    from asidfe_phot.datasets import make_star_field
+
+    image, truth, _ = make_star_field((160, 140), 150, sky=100.0, gain=2.0, seed=5)
+    mask = np.zeros(image.shape, bool)
+    mask[40:43, 10:100] = True
+    init = Table({"x": np.asarray(truth["x"]), "y": np.asarray(truth["y"])})
+    tables = []
+    for factor in (0, 10**6):
+        monkeypatch.setattr(_network, "BAND_PIXELS_PER_STAMP_PIXEL", factor)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            phot = MLPhotometry(psf_model=None, batch_size=64)
+            tables.append(phot(image, init_params=init, gain=2.0, mask=mask))
+    for name in ("x_fit", "y_fit", "flux_fit", "flux_err", "x_err", "flags"):
+        np.testing.assert_allclose(np.asarray(tables[1][name]), np.asarray(tables[0][name]),
+                                   rtol=1e-6)
