@@ -374,3 +374,22 @@ def aperture_correction_value(text):
         msg = f"expected auto, on, off or a positive factor, got {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return factor
+
+
+def check_tile_options(args):
+    """``--tile``: what needs the whole frame at once is refused before any work."""
+    if args.tile < 64:
+        msg = f"--tile must be at least 64 px, got {args.tile}"
+        raise CLIError(msg)
+    clash = [name for name, given in (("--demo", args.demo), ("--weight", args.weight),
+                                      ("--plot", args.plot)) if given]
+    if clash:
+        msg = (f"--tile reads the frame a tile at a time; {', '.join(clash)} needs the "
+               "whole frame (give --error instead of --weight, or drop --tile)")
+        raise CLIError(msg)
+
+
+def central_block(shape, tile):
+    """The central ``tile`` x ``tile`` block of a frame of ``shape`` (slices)."""
+    return tuple(slice(max(n // 2 - tile // 2, 0), min(n // 2 - tile // 2 + tile, n))
+                 for n in shape)

@@ -173,12 +173,6 @@ def _check_sky(catalog, wcs):
         raise CLIError(msg)
 
 
-def _central(shape, tile):
-    """The central ``tile`` x ``tile`` block of a frame of ``shape`` (slices)."""
-    return tuple(slice(max(n // 2 - tile // 2, 0), min(n // 2 - tile // 2 + tile, n))
-                 for n in shape)
-
-
 def _make_finder(image, fwhm, nsigma):
     """``--find``'s DAOStarFinder and threshold (shared with ``asidfe-phot ast``)."""
     from asidfe_phot._detection import make_finder
@@ -308,19 +302,6 @@ class _Job:
         self.__dict__.update(kw)
 
 
-def _check_tile_options(args):
-    """``--tile``: what needs the whole frame at once is refused before any work."""
-    if args.tile < 64:
-        msg = f"--tile must be at least 64 px, got {args.tile}"
-        raise CLIError(msg)
-    clash = [name for name, given in (("--demo", args.demo), ("--weight", args.weight),
-                                      ("--plot", args.plot)) if given]
-    if clash:
-        msg = (f"--tile reads the frame a tile at a time; {', '.join(clash)} needs the "
-               "whole frame (give --error instead of --weight, or drop --tile)")
-        raise CLIError(msg)
-
-
 def _plan(args):
     """Inputs read and checked, output names checked: nothing is measured yet."""
     demo = None
@@ -344,7 +325,7 @@ def _plan(args):
         hdus = _inputs.select_hdus(args.image, args.hdu)
         image_name = args.image
     if args.tile is not None:
-        _check_tile_options(args)
+        _inputs.check_tile_options(args)
     several = args.hdu == "all" or (isinstance(args.hdu, list) and len(args.hdu) > 1)
     catalog, ext_numbers, counts = None, {}, [len(demo[2])] if demo else []
     if args.catalog is not None:
@@ -467,7 +448,7 @@ def _measure_hdu(args, job, hdu, phot, stdout, stderr):
     if args.find:
         # Tiled: the threshold from the central tile's pixels (the frame is never whole).
         finder, threshold = _make_finder(image if args.tile is None
-                                         else image[_central(image.shape, args.tile)],
+                                         else image[_inputs.central_block(image.shape, args.tile)],
                                          args.fwhm, args.threshold)
         positions_from = (f"DAOStarFinder (fwhm {args.fwhm:g} px, threshold {threshold:.4g} = "
                           f"{args.threshold:g} x background rms)")
