@@ -94,11 +94,16 @@ def _measure_located(prepared, x, y, options, sampler=None, local_bkg=None):
         inputs, unit = _stamps.encode_inputs(
             data, error, valid, scale, psf_stamps=psf if options.n_channels == 3 else None,
             n_channels=options.n_channels)
-        usable = (valid.any(axis=(1, 2)) & np.isfinite(scale) & (scale > 0)
-                  & np.isfinite(unit))
+        # Per-stamp reductions once, and only over the stamps that need them (most stamps
+        # are whole and unmasked).
+        whole = inside.all(axis=(1, 2))
+        valid_all = whole if valid is inside else valid.all(axis=(1, 2))
+        valid_any = valid_all.copy()
+        valid_any[~valid_all] = valid[~valid_all].any(axis=(1, 2))
+        usable = valid_any & np.isfinite(scale) & (scale > 0) & np.isfinite(unit)
         f = np.zeros(len(scale), dtype=np.int32)
-        f[~inside.all(axis=(1, 2))] |= _flags.EDGE
-        f[~valid.all(axis=(1, 2)) & inside.all(axis=(1, 2))] |= _flags.MASKED
+        f[~whole] |= _flags.EDGE
+        f[~valid_all & whole] |= _flags.MASKED
         if prepared.bad is not None:
             f[(~valid[:, core, core]).any(axis=(1, 2)) & inside[:, core, core].all(
                 axis=(1, 2))] |= _flags.CORE_MASKED | _flags.MASKED

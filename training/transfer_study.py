@@ -28,6 +28,7 @@ finished mode is skipped. Results: ``OUT/study.json`` and ``OUT/study.rst``.
 The paper's own target was real (ZTF frames labelled by DAOPHOT)::
 
     python -m training.transfer_study --target real --out runs/transfer_real [--samples 50000]
+        [--reference sextractor|daophot]
 
 Target: the real ESO NTT frame of ``shared/real``, labelled by its SourceExtractor + PSFEx
 PSF-fit catalogue (`training.real_target`: the rows, the stamps cut as MLPhotometry prepares
@@ -74,6 +75,10 @@ REAL_STUDY = {**STUDY, "target": {"kind": "real", "frame": "eso_ntt_emmi/galaxie
               "contest_sample": 10**6, "threads": 1, "patience": 10**6}
 REAL_QUICK = {**REAL_STUDY, "target": {**REAL_STUDY["target"], "cut": [0, 512, 0, 1024]},
               "samples": 1024, "eval_every": 512}
+#: The same frame labelled by DAOPHOT ALLSTAR instead (``--reference daophot``), as the
+#: paper labelled ZTF.
+DAOPHOT_TARGET = {"reference": "daophot",
+                  "daophot": "eso_ntt_emmi/galaxies_iraf_daophot_allstar_rerun.txt"}
 MODES = ("direct", "direct+psf", "frozen", "retrained", "scratch")
 #: S/N bins of the per-bin table (evaluation.metrics.SNR_BINS; training may not import it).
 SNR_EDGES = (3, 10, 30, 100, 300, 1000, np.inf)
@@ -279,9 +284,17 @@ def main(argv=None):
     parser.add_argument("--target", choices=("simulated", "real"), default="simulated",
                         help="the simulated undersampled telescope (default) or the real NTT "
                              "frame labelled by its SourceExtractor PSF-fit catalogue")
+    parser.add_argument("--reference", choices=("sextractor", "daophot"),
+                        default="sextractor",
+                        help="the real target's labels: SourceExtractor + PSFEx PSF fits "
+                             "(default) or IRAF DAOPHOT ALLSTAR")
     args = parser.parse_args(argv)
     configs = {"simulated": (STUDY, QUICK), "real": (REAL_STUDY, REAL_QUICK)}[args.target]
     config = dict(configs[1] if args.quick else configs[0])
+    if args.reference == "daophot":
+        if args.target != "real":
+            parser.error("--reference daophot labels the real target: add --target real")
+        config["target"] = {**config["target"], **DAOPHOT_TARGET}
     if args.samples:
         config["samples"] = int(args.samples)
     run(args.out, config)

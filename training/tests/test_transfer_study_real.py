@@ -116,3 +116,28 @@ def test_report_marks_one_row_bins_and_is_valid_rst():
     docutils.core.publish_doctree(text, settings_overrides={"warning_stream": errors,
                                                             "report_level": 1})
     assert errors.getvalue() == ""
+
+
+def test_daophot_labels_are_matched_to_the_detections(tmp_path):
+    # A small ALLSTAR list against a small SourceExtractor table: mutual nearest within
+    # 1.5 px, the flux from the magnitude, the position error unknown.
+    cat = {"NUMBER": np.array([1.0, 2.0, 3.0, 4.0]),
+           "X_IMAGE": np.array([10.0, 20.0, 30.0, 30.8]),
+           "Y_IMAGE": np.array([10.0, 20.0, 30.0, 30.0]),
+           "FLAGS": np.zeros(4), "SPREAD_MODEL": np.zeros(4)}
+    allstar = tmp_path / "allstar.txt"
+    # 1-based centres: star 1 matches row 1 (0.3 px), star 2 none (3 px off), star 3 lies
+    # between rows 3 and 4 and is the nearest of row 4 only; MERR 9.99 is a failed star.
+    allstar.write_text("1 11.3 11.0 15.0 0.01 0 1 0\n"
+                       "2 24.0 21.0 16.0 0.02 0 1 0\n"
+                       "3 31.6 31.0 17.0 0.05 0 1 0\n"
+                       "4 41.0 41.0 18.0 9.99 0 1 0\n")
+    labels = real_target.daophot_labels(allstar, cat)
+    assert list(labels["NUMBER"]) == [1.0, 4.0]
+    np.testing.assert_allclose(labels["XPSF_IMAGE"], [10.3, 30.6])
+    np.testing.assert_allclose(labels["FLUX_PSF"], [10**4, 10**3.2])
+    np.testing.assert_allclose(labels["FLUXERR_PSF"] / labels["FLUX_PSF"],
+                               np.array([0.01, 0.05]) * np.log(10) / 2.5)
+    assert np.isnan(labels["ERRX2PSF_IMAGE"]).all()
+    # The first is too near the edge for a stamp; no SPREAD_MODEL cut for DAOPHOT labels.
+    assert list(real_target.select_rows(labels, (64, 64))) == [1]
