@@ -115,12 +115,15 @@ def _measure_located(prepared, x, y, options, sampler=None, local_bkg=None):
             f |= _flags.NO_SOURCE_NOISE
         f[_compact(data, error, valid, ref, psf)] |= _flags.COMPACT
         idx = np.flatnonzero(usable)
+        # Every stamp usable (the common case): the arrays as they are, not fancy-indexed
+        # copies (a batch's inputs alone are 25 MB).
+        pick = slice(None) if idx.size == usable.size else idx
         if idx.size:
-            snr_core = _stamps.core_snr(data[idx], error[idx], valid[idx])
+            snr_core = _stamps.core_snr(data[pick], error[pick], valid[pick])
             gl = sl[idx]
             out["snr_core"][gl] = snr_core
-            res = _stamps.decode_outputs(_onnx.run(options.session, inputs[idx]), unit[idx],
-                                         options.calibration, snr_core,
+            res = _stamps.decode_outputs(_onnx.run(options.session, inputs[pick]),
+                                         unit[pick], options.calibration, snr_core,
                                          options.flux_bias)
             rx = _stamps.reference_pixel(bx[idx])
             ry = _stamps.reference_pixel(by[idx])

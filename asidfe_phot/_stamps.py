@@ -158,8 +158,17 @@ def total_error(data, background_rms, gain=None):
     unit). ``gain=None`` gives the background noise alone.
     """
     variance = np.square(background_rms, dtype=np.float32)
-    if gain is not None:
-        variance = variance + np.clip(data, 0, None) / np.asarray(gain, dtype=np.float32)
+    if gain is None:
+        return np.sqrt(variance, dtype=np.float32)
+    gain = np.asarray(gain, dtype=np.float32)
+    if (getattr(data, "dtype", None) == np.float32 and variance.shape == data.shape
+            and gain.ndim == 0):
+        # The network's stamps: the same float32 operations, in one work array.
+        source = np.maximum(data, np.float32(0))
+        np.divide(source, gain, out=source)
+        np.add(variance, source, out=variance)
+        return np.sqrt(variance, out=variance)
+    variance = variance + np.clip(data, 0, None) / gain
     return np.sqrt(variance, dtype=np.float32)
 
 
