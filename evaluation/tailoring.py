@@ -142,7 +142,7 @@ def main(argv=None):
     parser.add_argument("--frames", default="ntt,airy_spikes,coma")
     parser.add_argument("--n-stars", type=int, default=800)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--loss", choices=("nll", "robust_nll"), default="nll",
+    parser.add_argument("--loss", choices=("nll", "robust_nll"), default="robust_nll",
                         help="the tailoring's step-2 loss (training.tailor --loss)")
     args = parser.parse_args(argv)
     config = {**(tailor_mod.QUICK if args.quick else tailor_mod.TAILOR), "loss": args.loss}

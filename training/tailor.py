@@ -22,11 +22,11 @@ its pipeline products gave it, this measures from the frame itself:
    is cut around each detected injected star with its truth, written in the simulator's
    data set layout (``training.simulate``): rounds split 60/20/20 as frames are.
 3. **Fine-tuning**: step 2 (both branches, every layer) from the parent model's
-   weights, on the tailored training split, resumable. The loss is the Gaussian NLL, or
-   with ``--loss robust_nll`` its form with Huber's tails beyond 3 sigma
-   (`training.model.robust_gaussian_nll`): a real frame gives the odd star that a
-   neighbour or a detection a pixel off makes wrong by tens of sigma, and under the
-   plain Gaussian loss those few set every variance (see the performance page's EY UMa).
+   weights, on the tailored training split, resumable. The loss is the Gaussian NLL with
+   Huber's tails beyond 3 sigma (`training.model.robust_gaussian_nll`; ``--loss nll``:
+   the plain one): a real frame gives the odd star that a neighbour or a detection a
+   pixel off makes wrong by tens of sigma, and under the plain Gaussian loss those few
+   set every variance (see the performance page's EY UMa).
 4. **Export and calibration**: ONNX + card; the flux-bias correction and the sigma
    calibrations (network alone, and the PSF mode) refitted on the frame's own artificial
    stars (other seeds than the training set's), as the shipped card's are on simulations.
@@ -56,7 +56,7 @@ from . import simulate as simulate_mod
 TAILOR = {
     "stamps": 20_000, "stars_per_round": 300, "samples": 150_000, "lr": 3e-4,
     "eval_every": 25_000, "calibration_stars": 1500, "validation_stars": 1000, "seed": 0,
-    "snr_range": list(SNR_RANGE), "loss": "nll",
+    "snr_range": list(SNR_RANGE), "loss": "robust_nll",
 }
 QUICK = {**TAILOR, "stamps": 300, "stars_per_round": 60, "samples": 1024, "eval_every": 512,
          "calibration_stars": 150, "validation_stars": 100}
@@ -468,7 +468,8 @@ def main(argv=None, prog=None):
     parser.add_argument("--samples", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--loss", choices=("nll", "robust_nll"), default=None,
-                        help="step 2's loss (default nll; robust_nll: Huber tails in z)")
+                        help="step 2's loss (default robust_nll: Gaussian NLL with Huber "
+                             "tails in z; nll: the plain Gaussian NLL)")
     parser.add_argument("--quick", action="store_true", help="tiny set and budget (tests)")
     args = parser.parse_args(argv)
     config = dict(QUICK if args.quick else TAILOR)
