@@ -32,14 +32,18 @@ _PSF_FLUX_ERROR_PER_EPS = 0.5
 _PSF_POSITION_ERROR_PER_EPS = 0.25
 
 
-def psf_sampler(psf_model, prepared):
+def psf_sampler(psf_model, prepared, prebuilt=None):
     """The PSF of this image, tabulated (or None), and what to report in meta.
 
-    ``psf_model``: `~asidfe_phot.MLPhotometry`'s (resolved: a model, ``"auto"`` or None).
+    ``psf_model``: `~asidfe_phot.MLPhotometry`'s (resolved: a model, ``"auto"`` or None);
+    ``prebuilt``: for ``"auto"``, ``(model, meta entries)`` of an ePSF already built for
+    the frame this image is a tile of (`asidfe_phot.tiles`), used instead of building one.
     """
     if psf_model is None:
         return None, {"psf_model": None, "psf_used": False}
-    if isinstance(psf_model, str):  # "auto"
+    if isinstance(psf_model, str) and prebuilt is not None:
+        model, info = prebuilt[0], {**prebuilt[1], "psf_built_for": "frame"}
+    elif isinstance(psf_model, str):  # "auto"
         saturation = None
         if prepared.saturation is not None:
             # The saturation level above the median background; the difference image is

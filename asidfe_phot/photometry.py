@@ -280,6 +280,9 @@ class MLPhotometry:
                                   else bool(sigma_calibration))
         self.flux_bias_correction = bool(flux_bias_correction)
         self.diagnostics = bool(diagnostics)
+        # psf_model="auto"'s ePSF when already built for the frame a call's image belongs to
+        # (`asidfe_phot.tiles`: one ePSF per frame, not per tile); None: built per call.
+        self._frame_epsf = None
 
     def _card_entry(self, key):
         """
@@ -403,6 +406,18 @@ class MLPhotometry:
                                       psf_shape=psf_shape, include_local_bkg=include_local_bkg,
                                       results=results)
         return _results.subtract(data, model)
+
+    def _build_frame_epsf(self, data, *, mask=None, error=None, background=None, gain=None,
+                          saturation=None):
+        """
+        ``psf_model="auto"``'s ePSF built from ``data`` (a region of a larger frame) as a
+        call would build it: ``(model, meta entries)``, or None without enough stars.
+        """
+        coerced = coerce_data(data, mask, error, None)
+        prepared, _ = prepare(coerced, background, gain, saturation, self.background_box_size,
+                              threads=self.threads)
+        sampler, info = _psf_mode.psf_sampler(self.psf_model, prepared)
+        return None if sampler is None else (sampler.model, info)
 
     def _last_psf_sampler(self):
         if self._last is None:
@@ -542,7 +557,8 @@ class MLPhotometry:
         # Input sources sharing a stamp's core: BLENDED, and their errors widened where
         # no PSF fit splits them.
         pairs = _blends.core_pairs(x, y)
-        sampler, psf_info = _psf_mode.psf_sampler(self.psf_model, prepared)
+        sampler, psf_info = _psf_mode.psf_sampler(self.psf_model, prepared,
+                                                  getattr(self, "_frame_epsf", None))
         info.update(psf_info)
         results = self._measure(prepared, x, y, pairs, sampler, inputs.local_extra)
         if sampler is not None:

@@ -10,8 +10,11 @@ its PSF-fit box and its neighbours (measured along, then dropped) whole, so a so
 measured as on the whole frame except for what each tile estimates from its own pixels:
 
 * the 2-D background mesh (its cells near a tile's edge see the margin, not the frame);
-* ``psf_model="auto"``'s ePSF and the aperture correction (built per tile, which also
-  follows a PSF that varies across a survey frame);
+* ``psf_model="auto"``'s ePSF: built once, from the frame's central region of up to
+  `EPSF_REGION` px a side (a tile alone often lacks the ten isolated bright stars it
+  needs), and used for every tile, as the whole frame's call builds one; per tile only
+  when that region has too few stars;
+* the aperture correction (per tile, where no PSF is used);
 * the gain when estimated from the sky (sky / rms^2).
 
 With a given ``background`` and a given or header gain, and ``psf_model=None``, a tile's
@@ -26,6 +29,8 @@ from asidfe_phot._validation import parse_positions
 
 __all__ = ["measure_tiled", "tile_grid"]
 
+#: Side (px) of the central region ``psf_model="auto"``'s one ePSF is built from.
+EPSF_REGION = 4096
 #: Position columns a result holds in the frame's pixels (shifted back from the tile's).
 _POSITION_COLUMNS = ("x_init", "y_init", "x_fit", "y_fit")
 
@@ -112,6 +117,17 @@ def measure_tiled(phot, data, init_params=None, *, tile=4096, margin=None, mask=
         params = _positions_only(params, x, y, ids)
     tables, tile_meta, group_offset = [], [], 0
     grid = tile_grid(shape, tile, margin)
+    frame_epsf = None
+    if isinstance(phot.psf_model, str) and len(grid) > 1:
+        side = max(tile, EPSF_REGION)
+        centre = tuple(slice(max(n // 2 - side // 2, 0), min(n // 2 - side // 2 + side, n))
+                       for n in shape)
+        region_data = _read(data, centre)
+        frame_epsf = phot._build_frame_epsf(
+            region_data if unit is None else region_data * unit, mask=_read(mask, centre),
+            error=_read(error, centre), background=_read(background, centre), gain=gain,
+            saturation=saturation)
+        del region_data
     for done, (core, region) in enumerate(grid, 1):
         oy, ox = region[0].start, region[1].start
         if params is not None:
@@ -135,10 +151,14 @@ def measure_tiled(phot, data, init_params=None, *, tile=4096, margin=None, mask=
         tile_data = _read(data, region)
         if unit is not None:
             tile_data = tile_data * unit
-        tbl = phot(tile_data, init_params=tile_params, mask=_read(mask, region),
-                   error=_read(error, region), background=_read(background, region),
-                   gain=gain, saturation=saturation,
-                   wcs=None if wcs is None else wcs[region])
+        phot._frame_epsf = frame_epsf
+        try:
+            tbl = phot(tile_data, init_params=tile_params, mask=_read(mask, region),
+                       error=_read(error, region), background=_read(background, region),
+                       gain=gain, saturation=saturation,
+                       wcs=None if wcs is None else wcs[region])
+        finally:
+            phot._frame_epsf = None
         for name in _POSITION_COLUMNS:
             if name in tbl.colnames:
                 tbl[name] = tbl[name] + (ox if name.startswith("x") else oy)
@@ -173,6 +193,9 @@ def measure_tiled(phot, data, init_params=None, *, tile=4096, margin=None, mask=
     else:
         result["id"] = np.arange(1, len(result) + 1)
     result.meta = {**meta, "tiles": tile_meta, "tile": tile, "tile_margin": margin}
+    if isinstance(phot.psf_model, str):
+        result.meta["tile_epsf"] = ("one for the frame, from its central region"
+                                    if frame_epsf is not None else "per tile")
     return result
 
 

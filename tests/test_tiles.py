@@ -158,3 +158,22 @@ def test_the_command_line_refuses_tile_clashes(field, tmp_path, capsys, extra, m
     argv = [str(path), "--catalog", str(cat), *[a.format(error=error) for a in extra]]
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_auto_epsf_is_built_once_for_the_frame():
+    # A tile alone may lack the stars an ePSF needs: one is built from the frame's centre
+    # and every tile uses it, as the whole frame's call does.
+    image, truth, _ = make_star_field((512, 512), 500, sky=100.0, gain=2.0, seed=3,
+                                      flux_range=(300, 3e5))
+    image = image.astype(np.float32)
+    init = Table({"x": np.asarray(truth["x"]), "y": np.asarray(truth["y"])})
+    phot = MLPhotometry()
+    whole = _quiet(phot, image, init_params=init, gain=2.0)
+    tiled = _quiet(measure_tiled, phot, image, init, tile=128, gain=2.0)
+    assert whole.meta["psf_used"]
+    assert tiled.meta["tile_epsf"] == "one for the frame, from its central region"
+    assert all(t["psf_used"] and t["psf_built_for"] == "frame" for t in tiled.meta["tiles"])
+    assert phot._frame_epsf is None           # not left behind for the next call
+    ok = np.isfinite(np.asarray(whole["flux_fit"])) & (np.asarray(whole["flags"]) == 0)
+    ratio = np.asarray(tiled["flux_fit"])[ok] / np.asarray(whole["flux_fit"])[ok]
+    assert np.median(np.abs(ratio - 1)) < 0.01
