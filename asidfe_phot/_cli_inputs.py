@@ -387,9 +387,3 @@ def check_tile_options(args):
         msg = (f"--tile reads the frame a tile at a time; {', '.join(clash)} needs the "
                "whole frame (give --error instead of --weight, or drop --tile)")
         raise CLIError(msg)
-
-
-def central_block(shape, tile):
-    """The central ``tile`` x ``tile`` block of a frame of ``shape`` (slices)."""
-    return tuple(slice(max(n // 2 - tile // 2, 0), min(n // 2 - tile // 2 + tile, n))
-                 for n in shape)

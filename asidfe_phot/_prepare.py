@@ -167,12 +167,13 @@ class StampView:
 
 
 class RowBand:
-    """Rows ``start:stop`` of a `PreparedImage`, with `StampView`'s attributes as arrays."""
+    """
+    Rows ``start:stop`` of a `PreparedImage`: the images stamps are cut from
+    (``subtracted``, ``rms``, ``bad``, ``error``, ``raw``), as arrays.
+    """
 
     def __init__(self, prepared, start, stop):
         band = slice(start, stop)
-        self.start = start
-        self.gain, self.saturation = prepared.gain, prepared.saturation
         self.raw = prepared.raw[band]
         self.bad = None if prepared.bad is None else prepared.bad[band]
         self.error = None if prepared.error is None else prepared.error[band]

@@ -447,9 +447,13 @@ def _measure_hdu(args, job, hdu, phot, stdout, stderr):
     init_params = None
     if args.find:
         # Tiled: the threshold from the central tile's pixels (the frame is never whole).
-        finder, threshold = _make_finder(image if args.tile is None
-                                         else image[_inputs.central_block(image.shape, args.tile)],
-                                         args.fwhm, args.threshold)
+        if args.tile is not None:
+            from asidfe_phot.tiles import central_region
+
+            image_for_threshold = image[central_region(image.shape, args.tile)]
+        else:
+            image_for_threshold = image
+        finder, threshold = _make_finder(image_for_threshold, args.fwhm, args.threshold)
         positions_from = (f"DAOStarFinder (fwhm {args.fwhm:g} px, threshold {threshold:.4g} = "
                           f"{args.threshold:g} x background rms)")
         progress = args.progress

@@ -557,8 +557,7 @@ class MLPhotometry:
         # Input sources sharing a stamp's core: BLENDED, and their errors widened where
         # no PSF fit splits them.
         pairs = _blends.core_pairs(x, y)
-        sampler, psf_info = _psf_mode.psf_sampler(self.psf_model, prepared,
-                                                  getattr(self, "_frame_epsf", None))
+        sampler, psf_info = _psf_mode.psf_sampler(self.psf_model, prepared, self._frame_epsf)
         info.update(psf_info)
         results = self._measure(prepared, x, y, pairs, sampler, inputs.local_extra)
         if sampler is not None:

@@ -27,7 +27,7 @@ from astropy.table import QTable, vstack
 from asidfe_phot._photutils_api import init_params_table
 from asidfe_phot._validation import parse_positions
 
-__all__ = ["measure_tiled", "tile_grid"]
+__all__ = ["central_region", "measure_tiled", "tile_grid"]
 
 #: Side (px) of the central region ``psf_model="auto"``'s one ePSF is built from.
 EPSF_REGION = 4096
@@ -51,6 +51,12 @@ def tile_grid(shape, tile, margin):
                       slice(max(x0 - margin, 0), min(x1 + margin, nx)))
             out.append((core, region))
     return out
+
+
+def central_region(shape, side):
+    """The central ``side`` x ``side`` block of a frame of ``shape`` (slices, clipped)."""
+    return tuple(slice(max(n // 2 - side // 2, 0), min(n // 2 - side // 2 + side, n))
+                 for n in shape)
 
 
 def _read(array, region):
@@ -117,11 +123,10 @@ def measure_tiled(phot, data, init_params=None, *, tile=4096, margin=None, mask=
         params = _positions_only(params, x, y, ids)
     tables, tile_meta, group_offset = [], [], 0
     grid = tile_grid(shape, tile, margin)
+    frame = (slice(0, shape[0]), slice(0, shape[1]))
     frame_epsf = None
     if isinstance(phot.psf_model, str) and len(grid) > 1:
-        side = max(tile, EPSF_REGION)
-        centre = tuple(slice(max(n // 2 - side // 2, 0), min(n // 2 - side // 2 + side, n))
-                       for n in shape)
+        centre = central_region(shape, max(tile, EPSF_REGION))
         region_data = _read(data, centre)
         frame_epsf = phot._build_frame_epsf(
             region_data if unit is None else region_data * unit, mask=_read(mask, centre),
@@ -131,17 +136,14 @@ def measure_tiled(phot, data, init_params=None, *, tile=4096, margin=None, mask=
     for done, (core, region) in enumerate(grid, 1):
         oy, ox = region[0].start, region[1].start
         if params is not None:
-            inside = ((x >= core[1].start - 0.5) & (x < core[1].stop - 0.5)
-                      & (y >= core[0].start - 0.5) & (y < core[0].stop - 0.5))
+            inside = _within(x, y, core)
             # A source off the frame belongs to the nearest tile (it is flagged there).
-            inside |= _nearest_tile(x, y, core, shape, tile) & ~_on_frame(x, y, shape)
+            inside |= _nearest_tile(x, y, core, shape) & ~_within(x, y, frame)
             if not inside.any():
                 continue
             # The sources in the margin come too, as the neighbours they are on the whole
             # frame (blends, the PSF fit's joint fluxes, groups), and are dropped after.
-            context = ((x >= region[1].start - 0.5) & (x < region[1].stop - 0.5)
-                       & (y >= region[0].start - 0.5) & (y < region[0].stop - 0.5))
-            rows = np.flatnonzero(inside | context)
+            rows = np.flatnonzero(inside | _within(x, y, region))
             own = inside[rows]
             tile_params = params[rows]
             tile_params["x_init"] = tile_params["x_init"] - ox
@@ -164,10 +166,7 @@ def measure_tiled(phot, data, init_params=None, *, tile=4096, margin=None, mask=
                 tbl[name] = tbl[name] + (ox if name.startswith("x") else oy)
         if params is None:
             # The finder's sources: each kept by the tile whose core holds it.
-            xi, yi = np.asarray(tbl["x_init"]), np.asarray(tbl["y_init"])
-            keep = ((xi >= core[1].start - 0.5) & (xi < core[1].stop - 0.5)
-                    & (yi >= core[0].start - 0.5) & (yi < core[0].stop - 0.5))
-            tbl = tbl[keep]
+            tbl = tbl[_within(np.asarray(tbl["x_init"]), np.asarray(tbl["y_init"]), core)]
         else:
             tbl = tbl[own]
             tbl["_order"] = order_key[rows[own]]
@@ -212,19 +211,19 @@ def _positions_only(params, x, y, ids):
     return table
 
 
-def _on_frame(x, y, shape):
-    ny, nx = shape
-    return (x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5)
-
-
-def _nearest_tile(x, y, core, shape, tile):
-    """Sources whose position, clipped to the frame, falls in ``core``."""
-    ny, nx = shape
+def _within(x, y, box):
+    """Positions whose pixel lies in ``box`` (row and column slices); NaN: none."""
     with np.errstate(invalid="ignore"):
-        cx = np.clip(np.nan_to_num(x, nan=0.0), 0, nx - 1)
-        cy = np.clip(np.nan_to_num(y, nan=0.0), 0, ny - 1)
-    return ((cx >= core[1].start - 0.5) & (cx < core[1].stop - 0.5)
-            & (cy >= core[0].start - 0.5) & (cy < core[0].stop - 0.5))
+        return ((x >= box[1].start - 0.5) & (x < box[1].stop - 0.5)
+                & (y >= box[0].start - 0.5) & (y < box[0].stop - 0.5))
+
+
+def _nearest_tile(x, y, core, shape):
+    """Sources whose position, clipped to the frame (NaN: its first pixel), is in ``core``."""
+    ny, nx = shape
+    cx = np.clip(np.nan_to_num(x, nan=0.0), 0, nx - 1)
+    cy = np.clip(np.nan_to_num(y, nan=0.0), 0, ny - 1)
+    return _within(cx, cy, core)
 
 
 def _per_tile(key):

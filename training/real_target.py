@@ -102,7 +102,6 @@ def daophot_labels(path, cat):
     out["FLUXERR_PSF"] = flux * merr[star] * np.log(10.0) / 2.5
     out["ERRX2PSF_IMAGE"] = np.full(star.size, np.nan)
     out["ERRY2PSF_IMAGE"] = np.full(star.size, np.nan)
-    out["SPREAD_MODEL_CUT"] = np.zeros(star.size, bool)    # no SourceExtractor fit to judge
     return out
 
 
@@ -133,13 +132,13 @@ def select_rows(cat, shape):
     half = _stamps.STORED_STAMP_SIZE // 2
     ref_x = _stamps.reference_pixel(cat["X_IMAGE"])
     ref_y = _stamps.reference_pixel(cat["Y_IMAGE"])
-    # DAOPHOT labels have no position errors (NaN) and no SPREAD_MODEL cut of their own.
-    errors_known = np.isfinite(cat["ERRX2PSF_IMAGE"]) | np.isfinite(cat["ERRY2PSF_IMAGE"])
+    # DAOPHOT labels (`daophot_labels`) have no position errors (NaN), and the
+    # SPREAD_MODEL cut of SourceExtractor's failed fits does not judge them.
+    sextractor_fit = np.isfinite(cat["ERRX2PSF_IMAGE"]) | np.isfinite(cat["ERRY2PSF_IMAGE"])
     ok = ((cat["FLUX_PSF"] > 0) & (cat["FLUXERR_PSF"] > 0)
-          & (~errors_known | ((cat["ERRX2PSF_IMAGE"] > 0) & (cat["ERRY2PSF_IMAGE"] > 0)))
-          & ((cat["FLAGS"].astype(int) & ~3) == 0))
-    if "SPREAD_MODEL_CUT" not in cat:
-        ok &= cat["SPREAD_MODEL"] >= MIN_SPREAD_MODEL
+          & ((cat["FLAGS"].astype(int) & ~3) == 0)
+          & (~sextractor_fit | ((cat["ERRX2PSF_IMAGE"] > 0) & (cat["ERRY2PSF_IMAGE"] > 0)
+                                & (cat["SPREAD_MODEL"] >= MIN_SPREAD_MODEL))))
     ok &= (ref_x - half >= 0) & (ref_x + half < shape[1])
     ok &= (ref_y - half >= 0) & (ref_y + half < shape[0])
     return np.flatnonzero(ok)
