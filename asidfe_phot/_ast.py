@@ -262,9 +262,14 @@ def _round(frame, finder, phot, x, y, flux, rng, cat_x, cat_y, catalog, gain, sa
         values = np.where(found, values[take] if values.size else np.nan, np.nan)
         unit = getattr(column, "unit", None)
         out[name] = values if unit is None or not name.startswith("flux") else values * unit
-    if "snr_core" in rows.colnames:     # MLPhotometry(diagnostics=True): for calibrations
-        values = np.asarray(rows["snr_core"], dtype=float)
-        out["snr_core"] = np.where(found, values[take] if values.size else np.nan, np.nan)
+    # MLPhotometry(diagnostics=True): the core S/N (for calibrations) and the network's
+    # own estimates before a PSF fit (which of the two the PSF mode chose, and why).
+    for name in ("snr_core", *(c for c in rows.colnames
+                               if c.endswith("_network") or c.endswith("_psf"))):
+        if name not in rows.colnames:
+            continue
+        values = np.asarray(getattr(rows[name], "value", rows[name]), dtype=float)
+        out[name] = np.where(found, values[take] if values.size else np.nan, np.nan)
     flags = np.asarray(rows["flags"]) if len(rows) else np.zeros(0, np.int64)
     out["flags"] = np.where(found, flags[take] if flags.size else 0, 0).astype(flags.dtype)
     flux_fit = np.asarray(getattr(out["flux_fit"], "value", out["flux_fit"]))

@@ -270,7 +270,12 @@ def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes
         x_input = np.asarray(x_input, dtype=np.float64)
         y_input = np.asarray(y_input, dtype=np.float64)
         drawn = np.hypot(x - x_input, y - y_input) > 1.0
-        x[drawn & fit], y[drawn & fit] = x_input[drawn & fit], y_input[drawn & fit]
+        # The other start of a drawn source: an undersampled star's detection may itself
+        # be a pixel off, and the fit cannot climb to the star from there (the first
+        # pass descends from both and keeps the better).
+        drawn &= fit
+        alt_x, alt_y = x[drawn], y[drawn]
+        x[drawn], y[drawn] = x_input[drawn], y_input[drawn]
         # A held coordinate is the input's (photutils' fixed x_0, y_0).
         if not free[1]:
             x[fit] = x_input[fit]
@@ -346,6 +351,29 @@ def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes
         """Every source's model (``everyone``, at box_pix) in the boxes of chunk ``c``."""
         return np.where(valid[c], everyone[slot[c]], 0.0)
 
+    def descend(box, px, py, pf):
+        """Gauss-Newton steps of sources alone in their boxes (`_box_chi2`'s ``box``)."""
+        bx0, by0, w, target, ax, ay = box
+        px, py, pf = px.copy(), py.copy(), pf.copy()
+        for _ in range(steps if moves else 0):
+            prof, gx, gy = sampler.render(px, py, bx0, by0, size, derivatives=True)
+            jac = np.stack([prof, pf[:, None, None] * gx, pf[:, None, None] * gy],
+                           axis=1)[:, cols]
+            resid = target - pf[:, None, None] * prof
+            jw = jac * w[:, None]
+            normal = np.einsum("nipq,njpq->nij", jw, jac)
+            grad = np.einsum("nipq,npq->ni", jw, resid)
+            ok = np.isfinite(normal).all(axis=(1, 2)) & (np.abs(np.linalg.det(normal)) > 0)
+            step = np.zeros((ok.size, 3))
+            if ok.any():
+                step[np.ix_(ok, cols)] = np.linalg.solve(normal[ok],
+                                                         grad[ok][..., None])[..., 0]
+            step[:, 1:] = np.clip(step[:, 1:], -_MAX_STEP, _MAX_STEP)
+            pf, px, py = pf + step[:, 0], px + step[:, 1], py + step[:, 2]
+            if bounds is not None:
+                px, py = _within_bounds(px, py, ax, ay, bounds)
+        return px, py, pf
+
     for p in range(passes):
         flux, inflation = joint()
         if p == 0 and flux_err is not None:
@@ -359,26 +387,20 @@ def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes
         for c in chunks:
             own = sampler.render(fx[c], fy[c], x0[c], y0[c], size) * ff[c, None, None]
             target = dbox[c] - (model_boxes(c) - own)   # this source alone, neighbours removed
-            for _ in range(steps if moves else 0):
-                prof, gx, gy = sampler.render(fx[c], fy[c], x0[c], y0[c], size,
-                                              derivatives=True)
-                jac = np.stack([prof, ff[c, None, None] * gx, ff[c, None, None] * gy],
-                               axis=1)[:, cols]
-                resid = target - ff[c, None, None] * prof
-                jw = jac * weight[c][:, None]
-                normal = np.einsum("nipq,njpq->nij", jw, jac)
-                grad = np.einsum("nipq,npq->ni", jw, resid)
-                ok = (np.isfinite(normal).all(axis=(1, 2))
-                      & (np.abs(np.linalg.det(normal)) > 0))
-                step = np.zeros((ok.size, 3))
-                if ok.any():
-                    step[np.ix_(ok, cols)] = np.linalg.solve(normal[ok],
-                                                             grad[ok][..., None])[..., 0]
-                step[:, 1:] = np.clip(step[:, 1:], -_MAX_STEP, _MAX_STEP)
-                ff[c], fx[c], fy[c] = ff[c] + step[:, 0], fx[c] + step[:, 1], fy[c] + step[:, 2]
-                if bounds is not None:
-                    fx[c], fy[c] = _within_bounds(fx[c], fy[c], anchor_x[idx][c],
-                                                  anchor_y[idx][c], bounds)
+            box = (x0[c], y0[c], weight[c], target, anchor_x[idx][c], anchor_y[idx][c])
+            fx[c], fy[c], ff[c] = descend(box, fx[c], fy[c], ff[c])
+            other = np.flatnonzero(drawn[idx][c]) if p == 0 and x_input is not None else ()
+            if len(other):
+                # From the other start (the network's, with its flux): kept where it
+                # leaves the smaller chi^2 in the box.
+                sub = tuple(a[other] for a in box)
+                k = np.searchsorted(np.flatnonzero(drawn), idx[c][other])
+                ox, oy, of = descend(sub, alt_x[k], alt_y[k], prior[idx][c][other])
+                better = (_box_chi2(sampler, sub, size, ox, oy, of)
+                          < _box_chi2(sampler, sub, size, fx[c][other], fy[c][other],
+                                      ff[c][other]))
+                rows = np.arange(c.start, min(c.stop, idx.size))[other[better]]
+                fx[rows], fy[rows], ff[rows] = ox[better], oy[better], of[better]
         if moves:
             wandered = np.hypot(fx - anchor_x[idx], fy - anchor_y[idx]) > _MAX_SHIFT
             fx[wandered], fy[wandered] = start_x[idx][wandered], start_y[idx][wandered]
@@ -428,6 +450,13 @@ def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes
     out["chi2_scale"] = np.full(n, np.nan)
     out["chi2_scale"][idx] = scale
     return out
+
+
+def _box_chi2(sampler, box, size, x, y, flux):
+    """chi^2 of sources ``x, y, flux`` alone against ``box``'s target (see `fit_sources`)."""
+    bx0, by0, w, target = box[:4]
+    prof = sampler.render(x, y, bx0, by0, size)
+    return ((target - flux[:, None, None] * prof) ** 2 * w).sum(axis=(1, 2))
 
 
 def _within_bounds(x, y, anchor_x, anchor_y, bounds):

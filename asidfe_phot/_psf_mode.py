@@ -27,6 +27,9 @@ AUTO_CENTRE_TOLERANCE = 0.02
 UNUSABLE_PSF_ERROR = 0.25
 #: PSF-model error (relative) from which the fit is redone with it in the pixel variances.
 _MIN_PROFILE_ERROR = 0.005
+#: How many times smaller the network's error must be than the fit's for its value to
+#: be taken (a model card's ``psf_mode_network_margin``; see `takes_fit`).
+NETWORK_MARGIN = 1.0
 #: Flux error (relative) and position error (in FWHM) per unit relative PSF-model error.
 _PSF_FLUX_ERROR_PER_EPS = 0.5
 _PSF_POSITION_ERROR_PER_EPS = 0.25
@@ -77,8 +80,22 @@ def error_boxes(prepared):
     return boxes
 
 
+def takes_fit(fit_err, network_err, snr_core, margin=NETWORK_MARGIN):
+    """
+    Where the PSF mode takes the fit's value (of those fitted): from core S/N
+    ``PSF_FIT_MIN_SNR``, unless the network's error is ``margin`` times smaller than
+    the fit's (a NaN error of the network's: the fit's).
+
+    Both estimates come from the same pixels, so their errors are correlated: where
+    the two sigmas are close, picking the smaller one per source picks noise in the
+    sigmas. A tailored model measures on its frame's artificial stars how much smaller
+    the network's must be (`training.tailor`); the shipped cards use 1.
+    """
+    return ~(fit_err > margin * network_err) & (snr_core >= PSF_FIT_MIN_SNR)
+
+
 def fit_psf(prepared, res, sampler, psf_model, calibration=None, options=None,
-            flux_start=None):
+            flux_start=None, network_margin=NETWORK_MARGIN):
     """
     Refine ``res`` in place by a PSF fit at the network's estimates; meta entries.
 
@@ -90,7 +107,7 @@ def fit_psf(prepared, res, sampler, psf_model, calibration=None, options=None,
     flux is always the fit's, at the input position (a linear fit when the flux
     is free), with the fit's own errors (the card's calibrations are of the
     network's and the free fit's errors). A held flux starts, and stays, at
-    ``flux_start`` (``flux_init``).
+    ``flux_start`` (``flux_init``). ``network_margin``: see `takes_fit`.
     """
     auto = isinstance(psf_model, str)
     options = _psf_fit.FitOptions() if options is None else options
@@ -171,12 +188,19 @@ def fit_psf(prepared, res, sampler, psf_model, calibration=None, options=None,
         offset = np.zeros(2)
     x_err = np.hypot(fitted["x_err"], pos_floor)
     y_err = np.hypot(fitted["y_err"], pos_floor)
+    res["psf_estimates"] = {
+        "x_fit": np.where(fitted_ok, fitted["x"], np.nan),
+        "y_fit": np.where(fitted_ok, fitted["y"], np.nan),
+        "flux_fit": np.where(fitted_ok, fitted["flux"], np.nan),
+        "x_err": np.where(fitted_ok, x_err, np.nan), "y_err": np.where(fitted_ok, y_err, np.nan),
+        "flux_err": np.where(fitted_ok, flux_err, np.nan)}
     # Each value from whichever estimate is the more precise: the fit (bright sources,
     # a good model) or the network (faint ones, a poor model, tangled neighbours).
-    use_flux = fitted_ok & ~(flux_err > res["flux_err"]) & (res["snr_core"]
-                                                             >= PSF_FIT_MIN_SNR)
-    use_pos = fitted_ok & ~(np.hypot(x_err, y_err) > np.hypot(res["x_err"], res["y_err"]))
-    use_pos &= res["snr_core"] >= PSF_FIT_MIN_SNR
+    use_flux = fitted_ok & takes_fit(flux_err, res["flux_err"], res["snr_core"],
+                                     network_margin)
+    use_pos = fitted_ok & takes_fit(np.hypot(x_err, y_err),
+                                    np.hypot(res["x_err"], res["y_err"]), res["snr_core"],
+                                    network_margin)
     if forced:      # the flux at the user's position, whatever the network measured
         use_flux = fitted_ok.copy()
     res["flux_fit"] = np.where(use_flux, fitted["flux"], res["flux_fit"])

@@ -20,23 +20,28 @@ __all__ = []  # private module
 #: Flags serious enough for a (single, summary) warning.
 WARN_FLAGS = (_flags.NO_OVERLAP | _flags.CORE_MASKED | _flags.SATURATED | _flags.COMPACT
               | _flags.PSF_MISMATCH | _flags.NO_POSITION)
-#: The network's own estimates before the PSF fit, as ``diagnostics`` columns.
+#: The network's and the PSF fit's own estimates in the PSF mode, as ``diagnostics``
+#: columns (``<name>_network``, ``<name>_psf``).
 NETWORK_COLUMNS = ("x_fit", "y_fit", "flux_fit", "x_err", "y_err", "flux_err")
+ESTIMATES = (("network", "_network"), ("psf_estimates", "_psf"))
 
 
 def diagnostic_columns(res, scale):
     """
-    The ``diagnostics`` columns: ``snr_core``, and the network's estimates before a
-    PSF fit (``<name>_network``), fluxes back from the internal scale to the data's.
+    The ``diagnostics`` columns: ``snr_core``; in the PSF mode, the network's estimates
+    (``<name>_network``) and the PSF fit's (``<name>_psf``), each with the errors the
+    choice between them compared; fluxes back from the internal scale to the data's.
     """
     columns = {"snr_core": res["snr_core"]}
-    network = res.get("network")
-    if network is not None:
+    for entry, suffix in ESTIMATES:
+        estimates = res.get(entry)
+        if estimates is None:
+            continue
         for key in NETWORK_COLUMNS:
-            values = network[key]
+            values = estimates[key]
             if key.startswith("flux") and scale != 1:
                 values = values * scale
-            columns[f"{key}_network"] = values
+            columns[f"{key}{suffix}"] = values
     return columns
 
 

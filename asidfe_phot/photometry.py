@@ -37,6 +37,9 @@ __all__ = ["MLPhotometry"]
 #: the PSF mode (with a given PSF model, with ``psf_model="auto"``).
 _NETWORK_CALIBRATION = "sigma_calibration"
 _PSF_MODE_CALIBRATIONS = ("sigma_calibration_psf", "sigma_calibration_auto")
+#: The network's own calibrations when it is given the PSF (``flux_bias_correction``,
+#: ``sigma_calibration``), where a card has them apart from those without it.
+_NETWORK_PSF_CALIBRATION = "network_psf_calibration"
 
 
 class MLPhotometry:
@@ -284,10 +287,15 @@ class MLPhotometry:
         # (`asidfe_phot.tiles`: one ePSF per frame, not per tile); None: built per call.
         self._frame_epsf = None
 
-    def _card_entry(self, key):
+    def _card_entry(self, key, psf_given=False):
         """
         A calibration of the model card, or None where it is absent or switched off
         (``sigma_calibration``, ``flux_bias_correction``): the card stays intact.
+
+        ``psf_given``: of the network given the PSF (a PSF-conditioned model in the PSF
+        mode). Its outputs differ from those without it; a card may calibrate them
+        apart (``network_psf_calibration``: a tailored model, trained with its frame's
+        PSF only), else the network's one calibration serves both.
         """
         if key == _NETWORK_CALIBRATION and self.sigma_calibration is False:
             return None
@@ -295,6 +303,9 @@ class MLPhotometry:
             return None
         if key == "flux_bias_correction" and not self.flux_bias_correction:
             return None
+        with_psf = self._card.get(_NETWORK_PSF_CALIBRATION) or {}
+        if psf_given and key in with_psf:
+            return with_psf[key]
         return self._card.get(key)
 
     @property
@@ -604,15 +615,18 @@ class MLPhotometry:
         options = _psf_fit.FitOptions(
             self.fit_shape, free=(not fixed["flux"], not fixed["x"], not fixed["y"]),
             xy_bounds=self.xy_bounds, local_bkg=inputs.local_extra)
+        margin = self._card.get("psf_mode_network_margin") or _psf_mode.NETWORK_MARGIN
         return _psf_mode.fit_psf(prepared.stamp_view(), res, sampler, self.psf_model,
-                                 calibration, options, flux_start=inputs.flux_init)
+                                 calibration, options, flux_start=inputs.flux_init,
+                                 network_margin=margin)
 
     def _measure(self, prepared, x, y, pairs, sampler=None, local_bkg=None):
         """Per-source results of the network (see `_network.measure`); ``pairs`` BLENDED."""
+        psf_given = sampler is not None and self._n_channels == 3
         options = _network.NetworkOptions(
             self._session, self._n_channels, self.batch_size, self.max_shift,
-            calibration=self._card_entry(_NETWORK_CALIBRATION),
-            flux_bias=self._card_entry("flux_bias_correction"),
+            calibration=self._card_entry(_NETWORK_CALIBRATION, psf_given),
+            flux_bias=self._card_entry("flux_bias_correction", psf_given),
             progress_bar=self.progress_bar)
         results = _network.measure(prepared.stamp_view(), x, y, options, sampler, local_bkg)
         results["flags"][pairs.ravel()] |= _flags.BLENDED

@@ -135,7 +135,8 @@ def test_diagnostics_add_exactly_their_columns(stars):
     assert table.meta["psf_used"]
     assert table.colnames[:len(plain.colnames)] == plain.colnames
     assert set(table.colnames) - set(plain.colnames) == {
-        "snr_core", *(f"{name}_network" for name in NETWORK_COLUMNS)}
+        "snr_core", *(f"{name}{suffix}" for name in NETWORK_COLUMNS
+                      for suffix in ("_network", "_psf"))}
     _assert_same(table, plain, plain.colnames)
     image, init, error = stars
     with warnings.catch_warnings():
@@ -146,6 +147,13 @@ def test_diagnostics_add_exactly_their_columns(stars):
         np.testing.assert_array_equal(table[f"{name}_network"], internals["network"][name])
     # The PSF fit moved the bright stars' values away from the network's.
     assert not np.array_equal(table["flux_fit"], table["flux_fit_network"])
+    # Each flux is one of the two estimates: the one with the smaller error (the PSF
+    # mode's calibration off, as here, the chosen error is that estimate's own).
+    net, fit = table["flux_fit_network"], table["flux_fit_psf"]
+    took_fit = table["flux_fit"] == fit
+    assert took_fit.any() and (took_fit | (table["flux_fit"] == net)).all()
+    assert np.all(table["flux_err_psf"][took_fit] <= table["flux_err_network"][took_fit])
+    assert np.all(table["flux_err_psf"][~took_fit] > table["flux_err_network"][~took_fit])
     # Without a PSF model there are no network columns (the values are the network's).
     alone = _measure(MLPhotometry(psf_model=None, diagnostics=True), stars)
     assert set(alone.colnames) - set(plain.colnames) == {"snr_core"}

@@ -449,3 +449,44 @@ def test_the_model_at_some_pixels_is_the_whole_model_there():
     part = _psf_fit.model_image((40, 60), sampler, x, y, flux, pixels=pixels)
     np.testing.assert_allclose(part, whole.ravel()[pixels], rtol=1e-12, atol=1e-12)
     assert whole.sum() > 0.5 * flux[(x > 3) & (x < 57) & (y > 3) & (y < 37)].sum()
+
+
+def _fit_one(psf, truth_xy, start_xy, input_xy, flux=1e4, extra=0.0, seed=0):
+    """fit_sources of one star of ``psf`` (plus ``extra`` light) on a noisy frame."""
+    from asidfe_phot import _psf_fit
+    noise = 5.0
+    table = Table(rows=[(*truth_xy, flux)], names=("x_0", "y_0", "flux"))
+    image = make_model_image((64, 64), psf, table, x_name="x_0", y_name="y_0",
+                             model_shape=(25, 25))
+    image = image + extra + np.random.default_rng(seed).normal(0, noise, image.shape)
+
+    def boxes(cx, cy, size, data_boxes):
+        return np.full(data_boxes.shape, noise)
+
+    return _psf_fit.fit_sources(image, boxes, None, [start_xy[0]], [start_xy[1]], [flux],
+                                PSFSampler(psf), x_input=[input_xy[0]], y_input=[input_xy[1]],
+                                flux_err=[0.1 * flux])
+
+
+def test_an_undersampled_star_detected_a_pixel_off_is_fitted_from_the_network_start():
+    # FWHM 1 px: a detection 1.36 px off the star (as the finder gives on EY UMa) is a
+    # start the fit cannot climb from; the network's start, more than 1 px from the
+    # input, is tried too and kept for its smaller chi^2 (it was dropped: flux ~0).
+    psf = CircularGaussianPRF(fwhm=1.0)
+    out = _fit_one(psf, (32.3, 31.6), (32.28, 31.62), (32.7, 32.9))
+    assert abs(out["flux"][0] / 1e4 - 1) < 0.02
+    assert np.hypot(out["x"][0] - 32.3, out["y"][0] - 31.6) < 0.02
+
+
+def test_a_network_start_drawn_to_another_star_is_not_kept():
+    # The other start is kept only where it explains the star's own light better: a
+    # network drawn 1.45 px off an undersampled star, onto an unlisted fainter one
+    # (where a fit from there stays), leaves the input's start and the listed star
+    # (whose fit the unlisted one's light still pulls by 0.3 px, as from any start).
+    psf = CircularGaussianPRF(fwhm=0.8)
+    unlisted = Table({"x_0": [31.45], "y_0": [30.0], "flux": [1000.0]})
+    out = _fit_one(psf, (30.0, 30.0), (31.45, 30.0), (30.0, 30.0), flux=2000,
+                   extra=make_model_image((64, 64), psf, unlisted, x_name="x_0",
+                                          y_name="y_0", model_shape=(25, 25)))
+    assert abs(out["x"][0] - 30.0) < 0.5 and abs(out["y"][0] - 30.0) < 0.05
+    assert out["flux"][0] > 1500

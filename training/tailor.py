@@ -227,28 +227,87 @@ def _ast_results(data, model, psf_model, n_stars, seed, *, gain, saturation, mas
     return stars, bins
 
 
-def _pred_truth(stars, calibrating=False):
+def _good_stars(stars, calibrating=False):
     """
-    Found, unflagged stars as the calibration fitters take them. ``calibrating``: also
-    those flagged only OUTSIDE_TRAINING, a test of the predicted S/N, i.e. of the very
-    sigmas being calibrated.
+    Found, unflagged stars with errors, as the calibration fitters take them.
+    ``calibrating``: also those flagged only OUTSIDE_TRAINING, a test of the predicted
+    S/N, i.e. of the very sigmas being calibrated.
     """
     from asidfe_phot import flags as _flags
     from asidfe_phot.artificial_stars import BAD_FLAGS
 
     bad_flags = BAD_FLAGS & ~_flags.OUTSIDE_TRAINING if calibrating else BAD_FLAGS
-
-    def col(name):
-        values = stars[name]
-        return np.asarray(getattr(values, "value", values), dtype=float)
-
     ok = np.asarray(stars["found"]) & ((np.asarray(stars["flags"]) & bad_flags) == 0)
-    ok &= np.isfinite(col("flux_err")) & np.isfinite(col("snr_core"))
-    pred = {"dx": col("x_fit")[ok], "dy": col("y_fit")[ok], "flux": col("flux_fit")[ok],
-            "dx_err": col("x_err")[ok], "dy_err": col("y_err")[ok],
-            "flux_err": col("flux_err")[ok], "snr_core": col("snr_core")[ok]}
-    truth = {"dx": col("x_true")[ok], "dy": col("y_true")[ok], "flux": col("flux_true")[ok]}
-    return pred, truth
+    return ok & np.isfinite(_column(stars, "flux_err")) & np.isfinite(_column(stars, "snr_core"))
+
+
+def _column(stars, name):
+    values = stars[name]
+    return np.asarray(getattr(values, "value", values), dtype=float)
+
+
+def _estimates(stars, ok, suffix=""):
+    """
+    The calibration fitters' ``pred`` of the rows ``ok``. ``suffix``: ``"_network"`` or
+    ``"_psf"``, the network's or the PSF fit's own estimates in the PSF mode
+    (``diagnostics`` columns), not the values the mode chose.
+    """
+    pred = {key: _column(stars, f"{name}{suffix}")[ok] for key, name in (
+        ("dx", "x_fit"), ("dy", "y_fit"), ("flux", "flux_fit"), ("dx_err", "x_err"),
+        ("dy_err", "y_err"), ("flux_err", "flux_err"))}
+    pred["snr_core"] = _column(stars, "snr_core")[ok]
+    return pred
+
+
+def _pred_truth(stars, calibrating=False, suffix=""):
+    """``pred`` (see `_estimates`) and truths of the good stars (`_good_stars`)."""
+    ok = _good_stars(stars, calibrating)
+    if suffix:
+        ok &= np.isfinite(_column(stars, f"flux_err{suffix}"))
+    truth = {"dx": _column(stars, "x_true")[ok], "dy": _column(stars, "y_true")[ok],
+             "flux": _column(stars, "flux_true")[ok]}
+    return _estimates(stars, ok, suffix), truth
+
+
+#: The margins `choose_network_margin` tries (see `asidfe_phot._psf_mode.takes_fit`).
+NETWORK_MARGINS = (1.0, 1.5, 2.0, 3.0)
+
+
+def psf_mode_values(stars, ok, margin):
+    """
+    The PSF mode's values and errors (before its calibration) of the rows ``ok`` as
+    ``margin`` would choose them, from the ``diagnostics`` columns (the rule of
+    `asidfe_phot._psf_mode.takes_fit`, where the fit has a value).
+    """
+    from asidfe_phot._psf_mode import takes_fit
+
+    net, fit = _estimates(stars, ok, "_network"), _estimates(stars, ok, "_psf")
+    snr_core = net["snr_core"]
+    pred = {"snr_core": snr_core}
+    fitted = np.isfinite(fit["flux"])    # the fit's estimates are NaN where it failed
+    flux = fitted & takes_fit(fit["flux_err"], net["flux_err"], snr_core, margin)
+    pos = fitted & takes_fit(np.hypot(fit["dx_err"], fit["dy_err"]),
+                             np.hypot(net["dx_err"], net["dy_err"]), snr_core, margin)
+    for keys, take in ((("flux", "flux_err"), flux), (("dx", "dy", "dx_err", "dy_err"), pos)):
+        for key in keys:
+            pred[key] = np.where(take, fit[key], net[key])
+    return pred
+
+
+def choose_network_margin(stars):
+    """
+    The margin (of `NETWORK_MARGINS`) whose PSF-mode fluxes scatter least about the
+    truth on these artificial stars, in units of each star's expected error
+    (1.4826 MAD of ``(f / f_true - 1) S/N_true``), and the scores.
+    """
+    ok = _good_stars(stars, calibrating=True) & np.isfinite(_column(stars, "flux_err_network"))
+    truth = _column(stars, "flux_true")[ok]
+    snr = _column(stars, "snr_true")[ok]
+    scores = {}
+    for margin in NETWORK_MARGINS:
+        r = (psf_mode_values(stars, ok, margin)["flux"] / truth - 1) * snr
+        scores[margin] = float(1.4826 * np.median(np.abs(r - np.median(r))))
+    return min(scores, key=scores.get), scores
 
 
 #: Fewest good artificial stars to refit a calibration from (else the parent's is kept).
@@ -259,13 +318,25 @@ def _n_bins(pred):
     return min(12, max(2, pred["flux"].size // 40))
 
 
+def _network_calibrations(pred, truth):
+    """The flux-bias correction, then the sigma calibration of bias-corrected values."""
+    from . import calibrate as calibrate_mod
+
+    bias = calibrate_mod.fit_flux_bias(pred["snr_core"], pred["flux"] / truth["flux"],
+                                       n_bins=_n_bins(pred))
+    _stamps.correct_flux_bias(pred, bias, pred["snr_core"])
+    return bias, calibrate_mod.fit_sigma_calibration(pred, truth, n_bins=_n_bins(pred))
+
+
 def calibrate_on_frame(model_dir, data, config, *, gain, saturation, mask, error,
                        psf_model="auto", parent_card=None, log=print):
     """
     The card's flux-bias correction and sigma calibrations, refitted on the frame's own
-    artificial stars: the network alone first (bias, then its sigmas), then the PSF mode
-    with the network's calibration applied (as MLPhotometry chains them). A fit with fewer
-    than ``MIN_CALIBRATION_STARS`` good stars keeps the parent's entry (and says so).
+    artificial stars: the network alone first (bias, then its sigmas); the network given
+    the frame's PSF (``network_psf_calibration``: its outputs differ, and the PSF mode
+    picks the fit's or the network's value by their sigmas); then the PSF mode with the
+    network's calibrations applied (as MLPhotometry chains them). A fit with fewer than
+    ``MIN_CALIBRATION_STARS`` good stars keeps the parent's entry (and says so).
     """
     from . import calibrate as calibrate_mod
     from .export import update_card
@@ -280,24 +351,45 @@ def calibrate_on_frame(model_dir, data, config, *, gain, saturation, mask, error
             "sigma_calibration_auto")
     inherited = {key: parent.get(key) for key in keys}
     notes = {}
-    update_card(model_dir, dict.fromkeys(keys))
+    update_card(model_dir, {**dict.fromkeys(keys), "network_psf_calibration": None,
+                            "psf_mode_network_margin": None})
     log("== calibrate: the network alone")
     stars, _ = _ast_results(data, model_dir, None, n, seed, **common)
     pred, truth = _pred_truth(stars, calibrating=True)
     if pred["flux"].size >= MIN_CALIBRATION_STARS:
-        bias = calibrate_mod.fit_flux_bias(pred["snr_core"], pred["flux"] / truth["flux"],
-                                           n_bins=_n_bins(pred))
-        _stamps.correct_flux_bias(pred, bias, pred["snr_core"])
-        network = calibrate_mod.fit_sigma_calibration(pred, truth, n_bins=_n_bins(pred))
+        bias, network = _network_calibrations(pred, truth)
         notes["network"] = f"refitted on {pred['flux'].size} artificial stars"
     else:
         bias, network = inherited["flux_bias_correction"], inherited["sigma_calibration"]
         notes["network"] = f"the parent's: only {pred['flux'].size} good artificial stars"
     update_card(model_dir, {"flux_bias_correction": bias, "sigma_calibration": network})
+    log("== calibrate: the network given the frame's PSF")
+    stars, _ = _ast_results(data, model_dir, psf_model, n, seed + 2, sigma_calibration=False,
+                            flux_bias_correction=False, **common)
+    pred, truth = _pred_truth(stars, calibrating=True, suffix="_network")
+    with_psf = None
+    if pred["flux"].size >= MIN_CALIBRATION_STARS:
+        bias, network = _network_calibrations(pred, truth)
+        with_psf = {"flux_bias_correction": bias, "sigma_calibration": network}
+        notes["network_psf"] = f"refitted on {pred['flux'].size} artificial stars"
+    else:
+        notes["network_psf"] = (f"the network's without the PSF: only {pred['flux'].size} "
+                                "good artificial stars")
+    update_card(model_dir, {"network_psf_calibration": with_psf})
     log("== calibrate: the PSF mode")
     stars, _ = _ast_results(data, model_dir, psf_model, n, seed + 1, sigma_calibration="network",
                             **common)
     pred, truth = _pred_truth(stars, calibrating=True)
+    margin = None
+    if pred["flux"].size >= MIN_CALIBRATION_STARS and "flux_err_psf" in stars.colnames:
+        # Which of the network's and the fit's values to take: chosen on these stars,
+        # then the sigmas of the values so chosen calibrated.
+        margin, scores = choose_network_margin(stars)
+        notes["psf_mode_network_margin"] = (
+            f"{margin} of {list(scores)}, scores (1.4826 MAD of (f / f_true - 1) S/N_true) "
+            + ", ".join(f"{v:.3f}" for v in scores.values()))
+        ok = _good_stars(stars, calibrating=True)
+        pred = psf_mode_values(stars, ok, margin)
     if pred["flux"].size >= MIN_CALIBRATION_STARS:
         psf_mode = calibrate_mod.fit_sigma_calibration(pred, truth, n_bins=_n_bins(pred))
         notes["psf_mode"] = (f"refitted on {pred['flux'].size} artificial stars; "
@@ -307,6 +399,7 @@ def calibrate_on_frame(model_dir, data, config, *, gain, saturation, mask, error
         notes["psf_mode"] = f"the parent's: only {pred['flux'].size} good artificial stars"
     log(f"   calibrations: {notes}")
     return update_card(model_dir, {
+        "psf_mode_network_margin": margin,
         "sigma_calibration_auto": psf_mode, "sigma_calibration_psf": psf_mode,
         "calibration_note": {"source": "artificial stars injected into the tailored frame "
                                        "(training.tailor), not simulations", **notes}})

@@ -44,6 +44,11 @@ def test_tailor_writes_a_usable_model_with_its_provenance(frame_file, tmp_path, 
     # Calibrations refitted on the frame, and the before/after statistics.
     for key in ("sigma_calibration", "sigma_calibration_auto", "flux_bias_correction"):
         assert card[key]["log10_core_snr"]
+    # The network given the frame's PSF is calibrated apart, and the PSF mode's choice
+    # between its values and the fit's measured on the frame.
+    for key in ("sigma_calibration", "flux_bias_correction"):
+        assert card["network_psf_calibration"][key]["log10_core_snr"]
+    assert card["psf_mode_network_margin"] in tailor.NETWORK_MARGINS
     assert {"parent", "tailored"} <= set(card["tailored_validation"])
     # The model is usable as any model directory.
     image = fits.getdata(frame_file)
@@ -70,3 +75,30 @@ def test_tailor_refuses_a_frame_without_a_gain(frame_file, tmp_path):
     fits.PrimaryHDU(data - 200.0).writeto(path)      # sky removed: no gain from sky / rms^2
     with pytest.raises(ValueError, match="gain"):
         tailor.tailor(path, tmp_path / "run", config=tailor.QUICK, log=lambda *a: None)
+
+
+def test_the_psf_mode_choice_redone_from_the_diagnostics_is_the_packages(frame_file):
+    # The margin is chosen, and the PSF mode's sigmas calibrated, on values chosen
+    # offline from the network's and the fit's own estimates: at the card's margin (1)
+    # they must be the values MLPhotometry chose.
+    from astropy.io import fits as _fits
+    from photutils.psf import CircularGaussianPRF
+
+    data = _fits.getdata(frame_file)
+    psf = CircularGaussianPRF(fwhm=3.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stars, _ = tailor._ast_results(data, None, psf, 150, 3, gain=2.0, saturation=None,
+                                       mask=None, error=None, frame_psf=psf,
+                                       sigma_calibration="network")
+    ok = tailor._good_stars(stars, calibrating=True)
+    chosen = tailor.psf_mode_values(stars, ok, 1.0)
+    final, _ = tailor._pred_truth(stars, calibrating=True)
+    assert ok.sum() > 50
+    for key in ("flux", "flux_err", "dx", "dy", "dx_err", "dy_err"):
+        np.testing.assert_array_equal(chosen[key], final[key])
+    # Some values are the network's, some the fit's: the test sees both branches.
+    took_fit = chosen["flux"] == tailor._estimates(stars, ok, "_psf")["flux"]
+    assert 0 < took_fit.sum() < took_fit.size
+    margin, scores = tailor.choose_network_margin(stars)
+    assert margin in tailor.NETWORK_MARGINS and set(scores) == set(tailor.NETWORK_MARGINS)
