@@ -151,8 +151,9 @@ class MLPhotometry:
         factors that make the predicted errors match the scatter on
         simulations, of the network's outputs (``sigma_calibration``) and of
         the PSF mode's (``sigma_calibration_psf`` with a given PSF model,
-        ``sigma_calibration_auto`` with ``"auto"``). ``False``: none, the raw
-        network (and PSF-fit) sigmas, e.g. to fit a new calibration.
+        ``sigma_calibration_auto`` with ``"auto"``; a tailored model's card
+        also calibrates the network given the PSF apart). ``False``: none, the
+        raw network (and PSF-fit) sigmas, e.g. to fit a new calibration.
         ``"network"``: the network's only, the PSF mode's left out (to fit
         those). Recorded in ``meta``.
     flux_bias_correction : bool, optional
@@ -163,10 +164,12 @@ class MLPhotometry:
         Add columns for checking and calibrating the measurement (default
         ``False``): ``snr_core``, the S/N of the sum of each stamp's central
         5x5 pixels measured on the data (the variable of the model card's
-        calibrations), and, when a PSF model was used, the network's own
-        estimates before the PSF fit, ``x_fit_network, y_fit_network,
-        flux_fit_network, x_err_network, y_err_network, flux_err_network``
-        (units as ``x_fit`` ... ``flux_err``; NaN where the network gave none).
+        calibrations), and, when a PSF model was used, the two estimates the
+        PSF mode chose from, each with the error it compared: the network's,
+        ``x_fit_network, y_fit_network, flux_fit_network, x_err_network,
+        y_err_network, flux_err_network``, and the PSF fit's, ``x_fit_psf``
+        ... ``flux_err_psf`` (units as ``x_fit`` ... ``flux_err``; NaN where
+        that estimate is missing).
 
     Notes
     -----

@@ -2,7 +2,7 @@
 Does a model tailored to a frame beat the shipped one there? Before and after, per S/N bin.
 
     python -m evaluation.tailoring --out runs/tailoring [--frames ntt,airy_spikes,coma] [--quick]
-        [--loss nll|robust_nll]
+        [--loss nll|robust_nll] [--ast-stars 5000]
 
 Frames:
 
@@ -11,7 +11,8 @@ Frames:
   (stars of the frame's PSF injected with a seed the training and calibration never used;
   the card's ``tailored_validation``). ``ntt`` uses the ePSF of ``psf_model="auto"``; the
   others have too few stars for one and use `evaluation.injection`'s PSF (a Moffat fitted
-  to their bright stars), gain and saturation.
+  to their bright stars), gain and saturation. With ``--ast-stars N`` (default 5000) both
+  models measure N artificial stars of another seed, the same stars for both, instead.
 * ``donut``, ``coma``, ``trailed``, ``airy_spikes``: simulated 1024x1024 frames
   (`evaluation.unseen_psfs`) with PSF shapes no shipped model was trained on. The model is
   tailored on the frame (``psf_model="auto"``: the ePSF it builds), then both models
@@ -69,8 +70,12 @@ def truth_bins(image, truth, model, seed):
 
 def card_bins(card, label):
     """The card's before/after artificial-star statistics in the same layout."""
+    return _ast_rows(card["tailored_validation"][label])
+
+
+def _ast_rows(bins):
     rows = []
-    for b in card["tailored_validation"][label]:
+    for b in bins:
         if b.get("n_good", 0) < 10:
             continue
         rows.append({"snr_bin": b["snr_bin"], "n": int(b["n_good"]),
@@ -79,7 +84,38 @@ def card_bins(card, label):
     return rows
 
 
-def run(out, frames, config, n_stars=800, seed=0, log=print):
+def ast_bins(path, options, model, n_stars, seed):
+    """
+    Per S/N bin statistics of an artificial-star test of ``model`` on a real frame, as
+    the tailoring's own validation runs it (same PSF, gain, saturation), with
+    ``n_stars`` stars: the same stars for every model given the same ``seed``.
+    """
+    from asidfe_phot.artificial_stars import bin_statistics
+    from asidfe_phot.io import read_image
+
+    data, _, _ = read_image(path, options.get("hdu"))
+    psf = options.get("psf_model", "auto")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stars, bins = tailor_mod._ast_results(data, model, psf, n_stars, seed, frame_psf=psf,
+                                              gain=options.get("gain"),
+                                              saturation=options.get("saturation"),
+                                              mask=None, error=None)
+    rows = _ast_rows(tailor_mod._bins_json(bins))
+    if "flux_fit_network" in stars.colnames:
+        # The network's own estimates, before the PSF mode chose between them and the fit's.
+        network = stars.copy()
+        for name in ("x_fit", "y_fit", "flux_fit", "x_err", "y_err", "flux_err"):
+            network[name] = stars[f"{name}_network"]
+        by_bin = {r["snr_bin"]: r for r in _ast_rows(tailor_mod._bins_json(
+            bin_statistics(network)))}
+        for row in rows:
+            row["network_scatter"] = by_bin.get(row["snr_bin"], {}).get("flux_scatter",
+                                                                       float("nan"))
+    return rows
+
+
+def run(out, frames, config, n_stars=800, seed=0, ast_stars=0, log=print):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -94,7 +130,16 @@ def run(out, frames, config, n_stars=800, seed=0, log=print):
                        "saturation": spec["saturation"]}
         card = tailor_mod.tailor(path, out / name, config=config, log=log, **options)
         entry = {"tailor_minutes": card.get("tailor_minutes", (time.time() - t0) / 60)}
-        if truth is None:
+        if truth is None and ast_stars:
+            # More stars than the card's validation: its bins hold 50-150 stars on a small
+            # frame, where the scatter's own error is 9-16 %.
+            ast_seed = config["seed"] + 3000
+            entry["method"] = (f"artificial stars: {ast_stars}, seed {ast_seed}, the same "
+                               "for both models")
+            entry["shipped"] = ast_bins(path, options, DEFAULT_MODEL, ast_stars, ast_seed)
+            entry["tailored"] = ast_bins(path, options, out / name / "model", ast_stars,
+                                         ast_seed)
+        elif truth is None:
             entry["method"] = "artificial stars (card's tailored_validation)"
             entry["shipped"] = card_bins(card, "parent")
             entry["tailored"] = card_bins(card, "tailored")
@@ -114,25 +159,33 @@ def rst_table(results):
     for name, entry in results.items():
         lines += [f"**{name}** ({entry['method']}; tailoring took "
                   f"{entry['tailor_minutes']:.1f} min)", ""]
-        rule = "========== ===== ============ ============ ========== ============ " \
-               "============ =========="
         error = "MARE" if entry["shipped"] and np.isfinite(entry["shipped"][0]["flux_mare"]) \
             else "scatter"
-        lines += [rule, f"S/N        n     shipped {error:<5}     bias shipped z  "
-                  f"tailored {error:<5}   tailored bias tailored z", rule]
+        key = "flux_mare" if error == "MARE" else "flux_scatter"
+        # With the networks' own flux scatter (before the PSF mode's choice), where measured.
+        network = bool(entry["shipped"]) and "network_scatter" in entry["shipped"][0]
+        rule = "========== ===== ============ ============ ========== ============ " \
+               "============ ==========" + (" ============ ============" if network else "")
+        header = (f"S/N        n     shipped {error:<5}     bias shipped z  "
+                  f"tailored {error:<5}   tailored bias tailored z"
+                  + ("   shipped net  tailored net" if network else ""))
+        lines += [rule, header, rule]
         tailored = {t["snr_bin"]: t for t in entry["tailored"]}
         for s in entry["shipped"]:
             t = tailored.get(s["snr_bin"])
             if t is None:
                 continue
-            key = "flux_mare" if error == "MARE" else "flux_scatter"
-            lines.append(f"{s['snr_bin']:<10} {s['n']:<5} {s[key]:<12.4f} "
-                         f"{s['flux_bias']:<+12.4f} {s['zstd_flux']:<10.2f} "
-                         f"{t[key]:<12.4f} {t['flux_bias']:<+12.4f} "
-                         f"{t['zstd_flux']:<10.2f}")
+            line = (f"{s['snr_bin']:<10} {s['n']:<5} {s[key]:<12.4f} "
+                    f"{s['flux_bias']:<+12.4f} {s['zstd_flux']:<10.2f} "
+                    f"{t[key]:<12.4f} {t['flux_bias']:<+12.4f} "
+                    f"{t['zstd_flux']:<10.2f}")
+            if network:
+                line += f" {s['network_scatter']:<12.4f} {t['network_scatter']:<12.4f}"
+            lines.append(line.rstrip())
         lines += [rule, ""]
     lines.append("MARE: mean |f / f_true - 1|; scatter: 1.4826 MAD of f / f_true - 1 (artificial "
-                 "stars); bias: median f / f_true - 1; z: std of (f - f_true) / flux_err.")
+                 "stars); bias: median f / f_true - 1; z: std of (f - f_true) / flux_err; net: "
+                 "the scatter of the network's own flux, before the PSF mode's choice.")
     return "\n".join(lines) + "\n"
 
 
@@ -141,12 +194,16 @@ def main(argv=None):
     parser.add_argument("--out", required=True)
     parser.add_argument("--frames", default="ntt,airy_spikes,coma")
     parser.add_argument("--n-stars", type=int, default=800)
+    parser.add_argument("--ast-stars", type=int, default=5000,
+                        help="real frames: artificial stars per model for the before/after "
+                             "table (0: the card's validation, 1000 stars)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--loss", choices=("nll", "robust_nll"), default="robust_nll",
                         help="the tailoring's step-2 loss (training.tailor --loss)")
     args = parser.parse_args(argv)
     config = {**(tailor_mod.QUICK if args.quick else tailor_mod.TAILOR), "loss": args.loss}
-    results = run(args.out, args.frames.split(","), config, n_stars=args.n_stars)
+    results = run(args.out, args.frames.split(","), config, n_stars=args.n_stars,
+                  ast_stars=args.ast_stars)
     print(rst_table(results))
 
 

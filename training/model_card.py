@@ -182,6 +182,14 @@ def render(card):
             cal = calibration_lines(card[key])
             cal[0] = f"## Sigma calibration {what}"
             lines += cal
+    if card.get("network_psf_calibration"):
+        cal = calibration_lines(card["network_psf_calibration"]["sigma_calibration"])
+        cal[0] = "## Sigma calibration of the network given the PSF (before the PSF fit)"
+        lines += cal
+    if card.get("psf_mode_network_margin"):
+        lines += ["## The PSF mode's choice", "",
+                  f"The network's value is taken where its error is "
+                  f"{card['psf_mode_network_margin']:g} times smaller than the PSF fit's.", ""]
     if "generalisation" in card:
         lines += generalisation_lines(card["generalisation"])
     if "ensemble_comparison" in card:

@@ -269,6 +269,7 @@ def _pred_truth(stars, calibrating=False, suffix=""):
     return _estimates(stars, ok, suffix), truth
 
 
+_FITTED_ON = "artificial stars injected into the tailored frame (training.tailor)"
 #: The margins `choose_network_margin` tries (see `asidfe_phot._psf_mode.takes_fit`).
 NETWORK_MARGINS = (1.0, 1.5, 2.0, 3.0)
 
@@ -325,7 +326,9 @@ def _network_calibrations(pred, truth):
     bias = calibrate_mod.fit_flux_bias(pred["snr_core"], pred["flux"] / truth["flux"],
                                        n_bins=_n_bins(pred))
     _stamps.correct_flux_bias(pred, bias, pred["snr_core"])
-    return bias, calibrate_mod.fit_sigma_calibration(pred, truth, n_bins=_n_bins(pred))
+    sigmas = calibrate_mod.fit_sigma_calibration(pred, truth, n_bins=_n_bins(pred))
+    bias["fitted_on"] = sigmas["fitted_on"] = _FITTED_ON
+    return bias, sigmas
 
 
 def calibrate_on_frame(model_dir, data, config, *, gain, saturation, mask, error,
@@ -392,6 +395,7 @@ def calibrate_on_frame(model_dir, data, config, *, gain, saturation, mask, error
         pred = psf_mode_values(stars, ok, margin)
     if pred["flux"].size >= MIN_CALIBRATION_STARS:
         psf_mode = calibrate_mod.fit_sigma_calibration(pred, truth, n_bins=_n_bins(pred))
+        psf_mode["fitted_on"] = _FITTED_ON
         notes["psf_mode"] = (f"refitted on {pred['flux'].size} artificial stars; "
                              "sigma_calibration_psf = sigma_calibration_auto")
     else:
