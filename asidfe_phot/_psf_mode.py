@@ -27,8 +27,8 @@ AUTO_CENTRE_TOLERANCE = 0.02
 UNUSABLE_PSF_ERROR = 0.25
 #: PSF-model error (relative) from which the fit is redone with it in the pixel variances.
 _MIN_PROFILE_ERROR = 0.005
-#: How many times smaller the network's error must be than the fit's for its value to
-#: be taken (a model card's ``psf_mode_network_margin``; see `takes_fit`).
+#: The fit's value is taken unless its error exceeds this times the network's (a model
+#: card's ``psf_mode_network_margin``; see `takes_fit`).
 NETWORK_MARGIN = 1.0
 #: Flux error (relative) and position error (in FWHM) per unit relative PSF-model error.
 _PSF_FLUX_ERROR_PER_EPS = 0.5
@@ -83,13 +83,15 @@ def error_boxes(prepared):
 def takes_fit(fit_err, network_err, snr_core, margin=NETWORK_MARGIN):
     """
     Where the PSF mode takes the fit's value (of those fitted): from core S/N
-    ``PSF_FIT_MIN_SNR``, unless the network's error is ``margin`` times smaller than
-    the fit's (a NaN error of the network's: the fit's).
+    ``PSF_FIT_MIN_SNR``, unless the fit's error exceeds ``margin`` times the network's
+    (a NaN error of the network's: the fit's). 1: the smaller error wins; above 1 the
+    fit is favoured, below 1 the network (0: the network's value always).
 
     Both estimates come from the same pixels, so their errors are correlated: where
     the two sigmas are close, picking the smaller one per source picks noise in the
-    sigmas. A tailored model measures on its frame's artificial stars how much smaller
-    the network's must be (`training.tailor`); the shipped cards use 1.
+    sigmas; and a fit's error does not count what its model leaves out (a background
+    the mesh misses under nebulosity). A tailored model measures the margin on its
+    frame's artificial stars (`training.tailor`); the shipped cards use 1.
     """
     return ~(fit_err > margin * network_err) & (snr_core >= PSF_FIT_MIN_SNR)
 

@@ -618,7 +618,8 @@ class MLPhotometry:
         options = _psf_fit.FitOptions(
             self.fit_shape, free=(not fixed["flux"], not fixed["x"], not fixed["y"]),
             xy_bounds=self.xy_bounds, local_bkg=inputs.local_extra)
-        margin = self._card.get("psf_mode_network_margin") or _psf_mode.NETWORK_MARGIN
+        margin = self._card.get("psf_mode_network_margin")
+        margin = _psf_mode.NETWORK_MARGIN if margin is None else float(margin)
         return _psf_mode.fit_psf(prepared.stamp_view(), res, sampler, self.psf_model,
                                  calibration, options, flux_start=inputs.flux_init,
                                  network_margin=margin)

@@ -233,3 +233,41 @@ def test_warnings_of_a_call_point_at_the_callers_line(stars):
     with pytest.warns(FlaggedSourcesWarning) as record:
         phot._call(image, init_params=outside, error=error, background=0)
     _assert_at_this_file(record, FlaggedSourcesWarning)
+
+
+def _model_with(tmp_path, entries):
+    """The shipped default model, copied, with ``entries`` added to its card."""
+    directory = _model_without(tmp_path, ())
+    card = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**card, **entries}))
+    return directory
+
+
+@pytest.mark.parametrize("margin", [0.0, 1e9])
+def test_a_cards_margin_weighs_the_psf_modes_choice(tmp_path, stars, margin):
+    # 0: the network's value always; a huge margin: the fit's wherever it fitted.
+    phot = MLPhotometry(model=_model_with(tmp_path, {"psf_mode_network_margin": margin}),
+                        psf_model=GAUSSIAN, diagnostics=True)
+    table = _measure(phot, stars)
+    fitted = np.isfinite(table["flux_fit_psf"])
+    assert fitted.sum() > 10
+    chosen = table["flux_fit_network"] if margin == 0 else table["flux_fit_psf"]
+    np.testing.assert_array_equal(table["flux_fit"][fitted], chosen[fitted])
+    chosen = table["x_fit_network"] if margin == 0 else table["x_fit_psf"]
+    np.testing.assert_array_equal(table["x_fit"][fitted], chosen[fitted])
+
+
+def test_a_cards_network_psf_calibration_is_used_only_with_the_psf(tmp_path, stars):
+    # The network given the PSF takes the card's calibration of that case; without a
+    # PSF the network's one calibration stays.
+    card = json.loads((model_path(None) / "config.json").read_text())
+    doubled = {**card["sigma_calibration"],
+               **{t: [2 * f for f in card["sigma_calibration"][t]] for t in ("dx", "dy", "flux")}}
+    model = _model_with(tmp_path, {"network_psf_calibration": {"sigma_calibration": doubled}})
+    for psf_model in (GAUSSIAN, None):
+        plain = _measure(MLPhotometry(psf_model=psf_model, diagnostics=True), stars)
+        other = _measure(MLPhotometry(model=model, psf_model=psf_model, diagnostics=True),
+                         stars)
+        suffix = "_network" if psf_model is not None else ""
+        ratio = np.asarray(other[f"flux_err{suffix}"]) / np.asarray(plain[f"flux_err{suffix}"])
+        np.testing.assert_allclose(ratio, 2.0 if psf_model is not None else 1.0, rtol=1e-9)

@@ -186,10 +186,10 @@ def render(card):
         cal = calibration_lines(card["network_psf_calibration"]["sigma_calibration"])
         cal[0] = "## Sigma calibration of the network given the PSF (before the PSF fit)"
         lines += cal
-    if card.get("psf_mode_network_margin"):
+    if card.get("psf_mode_network_margin") is not None:
         lines += ["## The PSF mode's choice", "",
-                  f"The network's value is taken where its error is "
-                  f"{card['psf_mode_network_margin']:g} times smaller than the PSF fit's.", ""]
+                  "The PSF fit's value is taken unless its error exceeds "
+                  f"{card['psf_mode_network_margin']:g} times the network's.", ""]
     if "generalisation" in card:
         lines += generalisation_lines(card["generalisation"])
     if "ensemble_comparison" in card:

@@ -270,8 +270,9 @@ def _pred_truth(stars, calibrating=False, suffix=""):
 
 
 _FITTED_ON = "artificial stars injected into the tailored frame (training.tailor)"
-#: The margins `choose_network_margin` tries (see `asidfe_phot._psf_mode.takes_fit`).
-NETWORK_MARGINS = (1.0, 1.5, 2.0, 3.0)
+#: The margins `choose_network_margin` tries (see `asidfe_phot._psf_mode.takes_fit`): below
+#: 1 the network's value is favoured (0: always taken), above 1 the fit's.
+NETWORK_MARGINS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
 
 
 def psf_mode_values(stars, ok, margin):
