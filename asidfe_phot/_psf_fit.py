@@ -274,8 +274,12 @@ def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes
         # be a pixel off, and the fit cannot climb to the star from there (the first
         # pass descends from both and keeps the better).
         drawn &= fit
-        alt_x, alt_y = x[drawn], y[drawn]
-        x[drawn], y[drawn] = x_input[drawn], y_input[drawn]
+        x[drawn], y[drawn], alt_x, alt_y = x_input[drawn], y_input[drawn], x[drawn], y[drawn]
+        if not (free[1] and free[2]):     # a held coordinate: the input's start only
+            drawn[:] = False
+        elif options.xy_bounds is not None:
+            alt_x, alt_y = _within_bounds(alt_x, alt_y, x_input[drawn], y_input[drawn],
+                                          options.xy_bounds)
         # A held coordinate is the input's (photutils' fixed x_0, y_0).
         if not free[1]:
             x[fit] = x_input[fit]

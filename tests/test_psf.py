@@ -451,7 +451,7 @@ def test_the_model_at_some_pixels_is_the_whole_model_there():
     assert whole.sum() > 0.5 * flux[(x > 3) & (x < 57) & (y > 3) & (y < 37)].sum()
 
 
-def _fit_one(psf, truth_xy, start_xy, input_xy, flux=1e4, extra=0.0, seed=0):
+def _fit_one(psf, truth_xy, start_xy, input_xy, flux=1e4, extra=0.0, seed=0, options=None):
     """fit_sources of one star of ``psf`` (plus ``extra`` light) on a noisy frame."""
     from asidfe_phot import _psf_fit
     noise = 5.0
@@ -465,7 +465,7 @@ def _fit_one(psf, truth_xy, start_xy, input_xy, flux=1e4, extra=0.0, seed=0):
 
     return _psf_fit.fit_sources(image, boxes, None, [start_xy[0]], [start_xy[1]], [flux],
                                 PSFSampler(psf), x_input=[input_xy[0]], y_input=[input_xy[1]],
-                                flux_err=[0.1 * flux])
+                                flux_err=[0.1 * flux], options=options)
 
 
 def test_an_undersampled_star_detected_a_pixel_off_is_fitted_from_the_network_start():
@@ -490,3 +490,17 @@ def test_a_network_start_drawn_to_another_star_is_not_kept():
                                           y_name="y_0", model_shape=(25, 25)))
     assert abs(out["x"][0] - 30.0) < 0.5 and abs(out["y"][0] - 30.0) < 0.05
     assert out["flux"][0] > 1500
+
+
+@pytest.mark.parametrize("bounds", [None, (0.2, 0.2)])
+def test_a_held_or_bounded_position_keeps_its_input_when_the_network_is_drawn(bounds):
+    # Forced photometry (x, y held) measures at the input whatever the network's start;
+    # xy_bounds hold the other start within the bounds too.
+    from asidfe_phot import _psf_fit
+    psf = CircularGaussianPRF(fwhm=1.0)
+    free = (True, True, True) if bounds else (True, False, False)
+    out = _fit_one(psf, (32.3, 31.6), (32.28, 31.62), (32.7, 32.9),
+                   options=_psf_fit.FitOptions(free=free, xy_bounds=bounds))
+    assert abs(out["x"][0] - 32.7) <= 0.2 + 1e-9 and abs(out["y"][0] - 32.9) <= 0.2 + 1e-9
+    if not bounds:
+        assert (out["x"][0], out["y"][0]) == (32.7, 32.9)
