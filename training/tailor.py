@@ -273,6 +273,9 @@ _FITTED_ON = "artificial stars injected into the tailored frame (training.tailor
 #: The margins `choose_network_margin` tries (see `asidfe_phot._psf_mode.takes_fit`): below
 #: 1 the network's value is favoured (0: always taken), above 1 the fit's.
 NETWORK_MARGINS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
+#: Those that favour the network, tried only with a given PSF model (see
+#: `choose_network_margin`).
+NETWORK_FAVOURING = tuple(m for m in NETWORK_MARGINS if m < 1)
 
 
 def psf_mode_values(stars, ok, margin):
@@ -296,17 +299,27 @@ def psf_mode_values(stars, ok, margin):
     return pred
 
 
-def choose_network_margin(stars):
+def choose_network_margin(stars, favour_network=True):
     """
     The margin (of `NETWORK_MARGINS`) whose PSF-mode fluxes scatter least about the
     truth on these artificial stars, in units of each star's expected error
     (1.4826 MAD of ``(f / f_true - 1) S/N_true``), and the scores.
+
+    ``favour_network=False`` leaves out the margins below 1. The artificial stars are
+    copies of the PSF model, so the choice holds for the frame's own stars only as far
+    as the model describes them. An ePSF (``psf_model="auto"``) stops at its footprint
+    (25-31 px), inside the network's 32-px stamp and beyond the fit's box: on the
+    simulated ``airy_spikes`` frame the copies favoured the network (margin 0), and the
+    frame's own stars, whose spikes reach beyond the ePSF, then scattered 1.1-1.5 times
+    more at S/N 10-300 (flux MARE) than with the fit favoured (margin 3) (`evaluation.tailoring`).
     """
     ok = _good_stars(stars, calibrating=True) & np.isfinite(_column(stars, "flux_err_network"))
     truth = _column(stars, "flux_true")[ok]
     snr = _column(stars, "snr_true")[ok]
     scores = {}
     for margin in NETWORK_MARGINS:
+        if margin in NETWORK_FAVOURING and not favour_network:
+            continue
         r = (psf_mode_values(stars, ok, margin)["flux"] / truth - 1) * snr
         scores[margin] = float(1.4826 * np.median(np.abs(r - np.median(r))))
     return min(scores, key=scores.get), scores
@@ -388,7 +401,8 @@ def calibrate_on_frame(model_dir, data, config, *, gain, saturation, mask, error
     if pred["flux"].size >= MIN_CALIBRATION_STARS and "flux_err_psf" in stars.colnames:
         # Which of the network's and the fit's values to take: chosen on these stars,
         # then the sigmas of the values so chosen calibrated.
-        margin, scores = choose_network_margin(stars)
+        given_psf = not (isinstance(psf_model, str) and psf_model == "auto")
+        margin, scores = choose_network_margin(stars, favour_network=given_psf)
         notes["psf_mode_network_margin"] = (
             f"{margin} of {list(scores)}, scores (1.4826 MAD of (f / f_true - 1) S/N_true) "
             + ", ".join(f"{v:.3f}" for v in scores.values()))

@@ -49,6 +49,7 @@ def test_tailor_writes_a_usable_model_with_its_provenance(frame_file, tmp_path, 
     for key in ("sigma_calibration", "flux_bias_correction"):
         assert card["network_psf_calibration"][key]["log10_core_snr"]
     assert card["psf_mode_network_margin"] in tailor.NETWORK_MARGINS
+    assert card["psf_mode_network_margin"] >= 1      # an ePSF: the fit is not outweighed
     assert {"parent", "tailored"} <= set(card["tailored_validation"])
     # The model is usable as any model directory.
     image = fits.getdata(frame_file)
@@ -102,3 +103,6 @@ def test_the_psf_mode_choice_redone_from_the_diagnostics_is_the_packages(frame_f
     assert 0 < took_fit.sum() < took_fit.size
     margin, scores = tailor.choose_network_margin(stars)
     assert margin in tailor.NETWORK_MARGINS and set(scores) == set(tailor.NETWORK_MARGINS)
+    margin, scores = tailor.choose_network_margin(stars, favour_network=False)
+    assert margin >= 1 and set(scores) == set(tailor.NETWORK_MARGINS) - set(
+        tailor.NETWORK_FAVOURING)
