@@ -311,7 +311,8 @@ def choose_network_margin(stars, favour_network=True):
     (25-31 px), inside the network's 32-px stamp and beyond the fit's box: on the
     simulated ``airy_spikes`` frame the copies favoured the network (margin 0), and the
     frame's own stars, whose spikes reach beyond the ePSF, then scattered 1.1-1.5 times
-    more at S/N 10-300 (flux MARE) than with the fit favoured (margin 3) (`evaluation.tailoring`).
+    more at S/N 10-300 (flux MARE; `evaluation.tailoring`) than with the fit favoured
+    (margin 3).
     """
     ok = _good_stars(stars, calibrating=True) & np.isfinite(_column(stars, "flux_err_network"))
     truth = _column(stars, "flux_true")[ok]
