@@ -177,12 +177,12 @@ class MLPhotometry:
 
     With a PSF model, each source is fitted for flux and centre in a box of
     ``2 ceil(1.5 FWHM) + 1`` px, every other input source's model subtracted,
-    starting from the network's estimates (two passes, as DAOPHOT's ALLSTAR
-    iterates). The fitted values replace the network's where the fit is
-    the more precise (has the smaller error); ``flux_fit`` is then the total flux as
-    the PSF model defines it (unit-flux model), so no aperture correction is
-    measured. ``qfit`` and ``cfit`` have photutils' definitions (NaN without a
-    PSF model), and `make_model_image` and `make_residual_image` render the
+    starting from the network's estimates (the PSF guide of the docs has the
+    details). The fitted values replace the network's where the fit is the
+    more precise (a tailored model's card may weigh that choice);
+    ``flux_fit`` is then the PSF model's total flux, so no aperture
+    correction is measured. ``qfit`` and ``cfit`` are photutils' (NaN without
+    a PSF model); `make_model_image` and `make_residual_image` render the
     last result.
 
     Forced photometry, as in photutils: a ``psf_model`` with ``x_0.fixed``

@@ -115,41 +115,6 @@ def ast_bins(path, options, model, n_stars, seed):
     return rows, stars
 
 
-def paired_ratios(shipped, tailored, n_boot=1000, seed=0):
-    """
-    Per S/N bin, over the stars both models measured unflagged: the median |f / f_true -
-    1| of the tailored model over the shipped one's, and its 95 % bootstrap interval
-    (stars resampled in pairs: the two models' errors on one star are correlated, so
-    the pair is far more telling than two independent scatters).
-    """
-    from asidfe_phot.artificial_stars import BAD_FLAGS, SNR_BINS, _label
-
-    def good(stars):
-        return np.asarray(stars["found"]) & ((np.asarray(stars["flags"]) & BAD_FLAGS) == 0)
-
-    def error(stars):
-        return np.abs(_col(stars, "flux_fit") / _col(stars, "flux_true") - 1)
-
-    both = good(shipped) & good(tailored)
-    snr = _col(shipped, "snr_true")
-    a, b = error(shipped), error(tailored)
-    rng = np.random.default_rng(seed)
-    out = {}
-    for lo, hi in zip(SNR_BINS[:-1], SNR_BINS[1:], strict=True):
-        sel = np.flatnonzero(both & (snr >= lo) & (snr < hi) & np.isfinite(a) & np.isfinite(b))
-        if sel.size < 10:
-            continue
-        draws = rng.integers(0, sel.size, (n_boot, sel.size))
-        boot = np.median(b[sel][draws], axis=1) / np.median(a[sel][draws], axis=1)
-        out[_label(lo, hi)] = (float(np.median(b[sel]) / np.median(a[sel])),
-                               float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5)))
-    return out
-
-
-def _col(stars, name):
-    return np.asarray(getattr(stars[name], "value", stars[name]), dtype=float)
-
-
 def run(out, frames, config, n_stars=800, seed=0, ast_stars=0, log=print):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -175,7 +140,7 @@ def run(out, frames, config, n_stars=800, seed=0, ast_stars=0, log=print):
                                                  ast_seed)
             entry["tailored"], tailored = ast_bins(path, options, out / name / "model",
                                                    ast_stars, ast_seed)
-            ratios = paired_ratios(shipped, tailored)
+            ratios = tailor_mod.paired_ratios(shipped, tailored)
             for row in entry["tailored"]:
                 row["paired_ratio"] = ratios.get(row["snr_bin"], (np.nan,) * 3)
         elif truth is None:

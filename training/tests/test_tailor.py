@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 from astropy.io import fits
-from astropy.table import QTable
+from astropy.table import QTable, Table
 
 from asidfe_phot import MLPhotometry, cli
 from asidfe_phot.datasets import make_star_field
@@ -51,6 +51,8 @@ def test_tailor_writes_a_usable_model_with_its_provenance(frame_file, tmp_path, 
     assert card["psf_mode_network_margin"] in tailor.NETWORK_MARGINS
     assert card["psf_mode_network_margin"] >= 1      # an ePSF: the fit is not outweighed
     assert {"parent", "tailored"} <= set(card["tailored_validation"])
+    for ratio, lo, hi in card["tailored_validation"]["paired_flux_error_ratio"].values():
+        assert 0 < lo <= ratio <= hi
     # The model is usable as any model directory.
     image = fits.getdata(frame_file)
     phot = MLPhotometry(model=model_dir)
@@ -106,3 +108,27 @@ def test_the_psf_mode_choice_redone_from_the_diagnostics_is_the_packages(frame_f
     margin, scores = tailor.choose_network_margin(stars, favour_network=False)
     assert margin >= 1 and set(scores) == set(tailor.NETWORK_MARGINS) - set(
         tailor.NETWORK_FAVOURING)
+
+
+def _stars(errors, snr, flags=0):
+    truth = np.full(errors.size, 1000.0)
+    return Table({"found": np.ones(errors.size, bool), "flags": np.full(errors.size, flags),
+                  "snr_true": snr, "flux_true": truth, "flux_fit": truth * (1 + errors)})
+
+
+def test_paired_ratios_compare_the_same_stars():
+    rng = np.random.default_rng(1)
+    snr = np.repeat([30.0, 200.0], 400)
+    errors = rng.normal(0, 0.05, snr.size)
+    shipped = _stars(errors, snr)
+    # About half the error on every star: the ratio is near 0.5, its interval around
+    # it and clear of 1.
+    halved = errors / 2 + rng.normal(0, 0.005, snr.size)
+    ratios = tailor.paired_ratios(shipped, _stars(halved, snr))
+    assert set(ratios) == {"20-50", "100-300"}
+    for ratio, lo, hi in ratios.values():
+        assert abs(ratio - 0.5) < 0.05 and lo < ratio < hi < 0.7
+    # The same errors: exactly 1. Flagged stars of either model are left out.
+    assert all(r == (1.0, 1.0, 1.0) for r in
+               tailor.paired_ratios(shipped, _stars(errors, snr)).values())
+    assert tailor.paired_ratios(shipped, _stars(errors, snr, flags=1)) == {}
