@@ -52,8 +52,9 @@ from . import simulate as simulate_mod
 
 #: The tailoring recipe (recorded in the card). On 2 CPU cores a 1024² frame takes about
 #: 5 minutes (the NTT frame: 5.4 from scratch): the set, 150 k samples of step 2 (about
-#: 3 minutes), three calibration and two before/after artificial-star runs; larger
-#: frames take longer in the artificial-star runs, not in the training.
+#: 3 minutes), three calibration and two before/after artificial-star runs. A larger
+#: frame adds time in those runs (each round measures the whole frame); the training's
+#: budget is fixed.
 TAILOR = {
     "stamps": 20_000, "stars_per_round": 300, "samples": 150_000, "lr": 3e-4,
     "eval_every": 25_000, "calibration_stars": 1500, "validation_stars": 1000, "seed": 0,
