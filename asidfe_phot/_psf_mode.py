@@ -241,6 +241,7 @@ def fit_psf(prepared, res, sampler, psf_model, calibration=None, options=None,
             "psf_centre_offset": [float(offset[0]), float(offset[1])],
             "psf_centre_scatter": float(scatter), "psf_centre_nsources": n_ref,
             "psf_fit_flux_nsources": int(np.count_nonzero(use_flux)),
+            "psf_mode_network_margin": float(network_margin),
             "psf_fit_position_nsources": int(np.count_nonzero(use_pos)),
             }
 

@@ -249,6 +249,7 @@ def test_a_cards_margin_weighs_the_psf_modes_choice(tmp_path, stars, margin):
     phot = MLPhotometry(model=_model_with(tmp_path, {"psf_mode_network_margin": margin}),
                         psf_model=GAUSSIAN, diagnostics=True)
     table = _measure(phot, stars)
+    assert table.meta["psf_mode_network_margin"] == margin
     fitted = np.isfinite(table["flux_fit_psf"])
     assert fitted.sum() > 10
     chosen = table["flux_fit_network"] if margin == 0 else table["flux_fit_psf"]
