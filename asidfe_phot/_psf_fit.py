@@ -274,12 +274,13 @@ def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes
         # be a pixel off, and the fit cannot climb to the star from there (the first
         # pass descends from both and keeps the better).
         drawn &= fit
-        x[drawn], y[drawn], alt_x, alt_y = x_input[drawn], y_input[drawn], x[drawn], y[drawn]
+        other_x, other_y = x.copy(), y.copy()
+        x[drawn], y[drawn] = x_input[drawn], y_input[drawn]
         if not (free[1] and free[2]):     # a held coordinate: the input's start only
             drawn[:] = False
         elif options.xy_bounds is not None:
-            alt_x, alt_y = _within_bounds(alt_x, alt_y, x_input[drawn], y_input[drawn],
-                                          options.xy_bounds)
+            other_x, other_y = _within_bounds(other_x, other_y, x_input, y_input,
+                                              options.xy_bounds)
         # A held coordinate is the input's (photutils' fixed x_0, y_0).
         if not free[1]:
             x[fit] = x_input[fit]
@@ -393,13 +394,13 @@ def fit_sources(data, error_boxes_fn, bad, x, y, flux, sampler, fit=None, passes
             target = dbox[c] - (model_boxes(c) - own)   # this source alone, neighbours removed
             box = (x0[c], y0[c], weight[c], target, anchor_x[idx][c], anchor_y[idx][c])
             fx[c], fy[c], ff[c] = descend(box, fx[c], fy[c], ff[c])
-            other = np.flatnonzero(drawn[idx][c]) if p == 0 and x_input is not None else ()
+            other = np.flatnonzero(drawn[idx[c]]) if p == 0 and x_input is not None else ()
             if len(other):
                 # From the other start (the network's, with its flux): kept where it
                 # leaves the smaller chi^2 in the box.
                 sub = tuple(a[other] for a in box)
-                k = np.searchsorted(np.flatnonzero(drawn), idx[c][other])
-                ox, oy, of = descend(sub, alt_x[k], alt_y[k], prior[idx][c][other])
+                src = idx[c][other]
+                ox, oy, of = descend(sub, other_x[src], other_y[src], prior[src])
                 better = (_box_chi2(sampler, sub, size, ox, oy, of)
                           < _box_chi2(sampler, sub, size, fx[c][other], fy[c][other],
                                       ff[c][other]))

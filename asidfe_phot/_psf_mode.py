@@ -91,7 +91,7 @@ def takes_fit(fit_err, network_err, snr_core, margin=NETWORK_MARGIN):
     the two sigmas are close, picking the smaller one per source picks noise in the
     sigmas; and a fit's error does not count what its model leaves out (a background
     the mesh misses under nebulosity). A tailored model measures the margin on its
-    frame's artificial stars (`training.tailor`); the shipped cards use 1.
+    frame's artificial stars (`training.tailor_calibration`); the shipped cards use 1.
     """
     return ~(fit_err > margin * network_err) & (snr_core >= PSF_FIT_MIN_SNR)
 
@@ -241,8 +241,8 @@ def fit_psf(prepared, res, sampler, psf_model, calibration=None, options=None,
             "psf_centre_offset": [float(offset[0]), float(offset[1])],
             "psf_centre_scatter": float(scatter), "psf_centre_nsources": n_ref,
             "psf_fit_flux_nsources": int(np.count_nonzero(use_flux)),
-            "psf_mode_network_margin": float(network_margin),
             "psf_fit_position_nsources": int(np.count_nonzero(use_pos)),
+            "psf_mode_network_margin": float(network_margin),
             }
 
 
