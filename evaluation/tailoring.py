@@ -35,10 +35,12 @@ from astropy.io import fits
 from astropy.table import Table
 
 from asidfe_phot import MLPhotometry
+from asidfe_phot._results import NETWORK_COLUMNS
 from asidfe_phot.models import DEFAULT_MODEL
 from evaluation import injection, real_data_dir
 from evaluation.unseen_psfs import bin_rows, star_field
 from training import tailor as tailor_mod
+from training import tailor_calibration
 
 #: Real frames: the ePSF of psf_model="auto" where the frame has the stars for one (ntt),
 #: else the PSF, gain and saturation of `evaluation.injection`'s frame (a Moffat fitted
@@ -97,17 +99,17 @@ def ast_bins(path, options, model, n_stars, seed):
     psf = options.get("psf_model", "auto")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        stars, bins = tailor_mod._ast_results(data, model, psf, n_stars, seed, frame_psf=psf,
+        stars, bins = tailor_calibration.ast_results(data, model, psf, n_stars, seed, frame_psf=psf,
                                               gain=options.get("gain"),
                                               saturation=options.get("saturation"),
                                               mask=None, error=None)
-    rows = _ast_rows(tailor_mod._bins_json(bins))
+    rows = _ast_rows(tailor_calibration.bins_json(bins))
     if "flux_fit_network" in stars.colnames:
         # The network's own estimates, before the PSF mode chose between them and the fit's.
         network = stars.copy()
-        for name in ("x_fit", "y_fit", "flux_fit", "x_err", "y_err", "flux_err"):
+        for name in NETWORK_COLUMNS:
             network[name] = stars[f"{name}_network"]
-        by_bin = {r["snr_bin"]: r for r in _ast_rows(tailor_mod._bins_json(
+        by_bin = {r["snr_bin"]: r for r in _ast_rows(tailor_calibration.bins_json(
             bin_statistics(network)))}
         for row in rows:
             row["network_scatter"] = by_bin.get(row["snr_bin"], {}).get("flux_scatter",
@@ -140,7 +142,7 @@ def run(out, frames, config, n_stars=800, seed=0, ast_stars=0, log=print):
                                                  ast_seed)
             entry["tailored"], tailored = ast_bins(path, options, out / name / "model",
                                                    ast_stars, ast_seed)
-            ratios = tailor_mod.paired_ratios(shipped, tailored)
+            ratios = tailor_calibration.paired_ratios(shipped, tailored)
             for row in entry["tailored"]:
                 row["paired_ratio"] = ratios.get(row["snr_bin"], (np.nan,) * 3)
         elif truth is None:

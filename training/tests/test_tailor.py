@@ -11,6 +11,7 @@ from astropy.table import QTable, Table
 from asidfe_phot import MLPhotometry, cli
 from asidfe_phot.datasets import make_star_field
 from training import tailor
+from training import tailor_calibration as calib
 
 
 @pytest.fixture(name="frame_file", scope="module")
@@ -48,7 +49,7 @@ def test_tailor_writes_a_usable_model_with_its_provenance(frame_file, tmp_path, 
     # between its values and the fit's measured on the frame.
     for key in ("sigma_calibration", "flux_bias_correction"):
         assert card["network_psf_calibration"][key]["log10_core_snr"]
-    assert card["psf_mode_network_margin"] in tailor.NETWORK_MARGINS
+    assert card["psf_mode_network_margin"] in calib.NETWORK_MARGINS
     assert card["psf_mode_network_margin"] >= 1      # an ePSF: the fit is not outweighed
     assert {"parent", "tailored"} <= set(card["tailored_validation"])
     for ratio, lo, hi in card["tailored_validation"]["paired_flux_error_ratio"].values():
@@ -91,23 +92,23 @@ def test_the_psf_mode_choice_redone_from_the_diagnostics_is_the_packages(frame_f
     psf = CircularGaussianPRF(fwhm=3.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        stars, _ = tailor._ast_results(data, None, psf, 150, 3, gain=2.0, saturation=None,
-                                       mask=None, error=None, frame_psf=psf,
-                                       sigma_calibration="network")
-    ok = tailor._good_stars(stars, calibrating=True)
-    chosen = tailor.psf_mode_values(stars, ok, 1.0)
-    final, _ = tailor._pred_truth(stars, calibrating=True)
+        stars, _ = calib.ast_results(data, None, psf, 150, 3, gain=2.0, saturation=None,
+                                     mask=None, error=None, frame_psf=psf,
+                                     sigma_calibration="network")
+    ok = calib.good_stars(stars, calibrating=True)
+    chosen = calib.psf_mode_values(stars, ok, 1.0)
+    final, _ = calib.pred_truth(stars, calibrating=True)
     assert ok.sum() > 50
     for key in ("flux", "flux_err", "dx", "dy", "dx_err", "dy_err"):
         np.testing.assert_array_equal(chosen[key], final[key])
     # Some values are the network's, some the fit's: the test sees both branches.
-    took_fit = chosen["flux"] == tailor._estimates(stars, ok, "_psf")["flux"]
+    took_fit = chosen["flux"] == calib.estimates(stars, ok, "_psf")["flux"]
     assert 0 < took_fit.sum() < took_fit.size
-    margin, scores = tailor.choose_network_margin(stars)
-    assert margin in tailor.NETWORK_MARGINS and set(scores) == set(tailor.NETWORK_MARGINS)
-    margin, scores = tailor.choose_network_margin(stars, favour_network=False)
-    assert margin >= 1 and set(scores) == set(tailor.NETWORK_MARGINS) - set(
-        tailor.NETWORK_FAVOURING)
+    margin, scores = calib.choose_network_margin(stars)
+    assert margin in calib.NETWORK_MARGINS and set(scores) == set(calib.NETWORK_MARGINS)
+    margin, scores = calib.choose_network_margin(stars, favour_network=False)
+    assert margin >= 1 and set(scores) == set(calib.NETWORK_MARGINS) - set(
+        calib.NETWORK_FAVOURING)
 
 
 def _stars(errors, snr, flags=0):
@@ -124,11 +125,11 @@ def test_paired_ratios_compare_the_same_stars():
     # About half the error on every star: the ratio is near 0.5, its interval around
     # it and clear of 1.
     halved = errors / 2 + rng.normal(0, 0.005, snr.size)
-    ratios = tailor.paired_ratios(shipped, _stars(halved, snr))
+    ratios = calib.paired_ratios(shipped, _stars(halved, snr))
     assert set(ratios) == {"20-50", "100-300"}
     for ratio, lo, hi in ratios.values():
         assert abs(ratio - 0.5) < 0.05 and lo < ratio < hi < 0.7
     # The same errors: exactly 1. Flagged stars of either model are left out.
     assert all(r == (1.0, 1.0, 1.0) for r in
-               tailor.paired_ratios(shipped, _stars(errors, snr)).values())
-    assert tailor.paired_ratios(shipped, _stars(errors, snr, flags=1)) == {}
+               calib.paired_ratios(shipped, _stars(errors, snr)).values())
+    assert calib.paired_ratios(shipped, _stars(errors, snr, flags=1)) == {}
